@@ -1,0 +1,75 @@
+import { execFile } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { XenStoreClient } from '../../xenstore/client/client.js';
+import { XenStoreSocketServer } from '../../xenstore/daemon/socket-server.js';
+import { XenStoreDaemon, type DaemonOptions } from '../../xenstore/daemon/xenstored.js';
+import { LoopbackBackend } from './loopback.js';
+
+export interface RunningDaemon {
+  daemon: XenStoreDaemon;
+  backend: LoopbackBackend;
+  socketPath: string;
+  dir: string;
+  /** A new socket client (dom0). */
+  client(): Promise<XenStoreClient>;
+  /** Introduces a domain and returns a client acting as it over its (loopback) ring. */
+  domain(domid: number): Promise<XenStoreClient>;
+  close(): Promise<void>;
+}
+
+/** Starts a daemon in this process on a socket in a fresh temporary directory. */
+export async function startDaemon(options: DaemonOptions = {}): Promise<RunningDaemon> {
+  const dir = mkdtempSync(join(tmpdir(), 'xenmesh-test-'));
+  const socketPath = join(dir, 'socket');
+  const backend = new LoopbackBackend();
+  const daemon = new XenStoreDaemon({ backend, ...options });
+  const server = new XenStoreSocketServer(daemon, socketPath);
+  await server.listen();
+  const clients: XenStoreClient[] = [];
+  return {
+    daemon,
+    backend,
+    socketPath,
+    dir,
+    async client() {
+      const client = await XenStoreClient.connect(socketPath);
+      clients.push(client);
+      return client;
+    },
+    async domain(domid: number) {
+      daemon.introduce(domid, 0n, 1);
+      const client = backend.clientFor(domid);
+      clients.push(client);
+      return client;
+    },
+    async close() {
+      for (const client of clients) client.close();
+      daemon.shutdown();
+      await server.close();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+export interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs an external program without blocking the event loop the daemon under test shares. */
+export function run(file: string, args: string[], env: Record<string, string> = {}, timeoutMs = 60_000): Promise<RunResult> {
+  return new Promise((resolve) => {
+    execFile(
+      file,
+      args,
+      { env: { ...process.env, ...env }, timeout: timeoutMs, maxBuffer: 64 * 1024 * 1024 },
+      (error, stdout, stderr) => {
+        const code = error ? (typeof error.code === 'number' ? error.code : -1) : 0;
+        resolve({ code, stdout: stdout.toString(), stderr: stderr.toString() });
+      },
+    );
+  });
+}

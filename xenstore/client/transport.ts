@@ -1,0 +1,79 @@
+import { connect, type Socket } from 'node:net';
+import { XsFrameDecoder, type XsMessage } from '../../shared/xs-wire.js';
+
+/**
+ * The client's side of a link to xenstored: a Unix socket now, a domain's
+ * end of its xenstore ring on the platform. It moves whole framed messages.
+ */
+export interface ClientTransport {
+  send(frame: Buffer): void;
+  /** Installs the receivers; called once by the client before any traffic. */
+  start(handlers: ClientTransportHandlers): void;
+  close(): void;
+}
+
+export interface ClientTransportHandlers {
+  message(msg: XsMessage): void;
+  /** The link is gone; `error` says why when it did not close cleanly. */
+  closed(error?: Error): void;
+}
+
+/** Where libxenstore looks for the daemon when XENSTORED_PATH is not set. */
+export const DEFAULT_XENSTORED_PATH = '/var/run/xenstored/socket';
+
+/** The socket path a client uses: XENSTORED_PATH if set, as libxenstore honours it. */
+export function xenstoredPath(): string {
+  return process.env['XENSTORED_PATH'] || DEFAULT_XENSTORED_PATH;
+}
+
+/** A Unix-socket connection to xenstored; it acts as dom0. */
+export class SocketClientTransport implements ClientTransport {
+  private handlers: ClientTransportHandlers | undefined;
+  private closedReported = false;
+
+  private constructor(private readonly socket: Socket) {}
+
+  static connect(path: string = xenstoredPath()): Promise<SocketClientTransport> {
+    return new Promise((resolve, reject) => {
+      const socket = connect(path);
+      socket.once('error', reject);
+      socket.once('connect', () => {
+        socket.off('error', reject);
+        socket.setNoDelay?.(true);
+        resolve(new SocketClientTransport(socket));
+      });
+    });
+  }
+
+  start(handlers: ClientTransportHandlers): void {
+    this.handlers = handlers;
+    const decoder = new XsFrameDecoder(
+      (msg) => handlers.message(msg),
+      (header) => {
+        this.reportClosed(new Error(`xenstored sent an oversized payload (${header.len} bytes)`));
+        this.socket.destroy();
+      },
+    );
+    let lastError: Error | undefined;
+    this.socket.on('data', (chunk) => decoder.push(chunk));
+    this.socket.on('error', (err) => {
+      lastError = err;
+    });
+    this.socket.on('close', () => this.reportClosed(lastError));
+  }
+
+  send(frame: Buffer): void {
+    this.socket.write(frame);
+  }
+
+  close(): void {
+    this.socket.end();
+    this.socket.destroy();
+  }
+
+  private reportClosed(error?: Error): void {
+    if (this.closedReported) return;
+    this.closedReported = true;
+    this.handlers?.closed(error);
+  }
+}

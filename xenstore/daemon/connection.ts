@@ -1,0 +1,214 @@
+import { XsFrameDecoder, type XsHeader, type XsMessage } from '../../shared/xs-wire.js';
+import type { Transaction } from '../store/transaction.js';
+import type { DomainRecord } from './domains.js';
+import type { ServerTransport, TransportError } from './transport.js';
+import type { Watch } from './watches.js';
+
+/**
+ * Ties a request to everything it caused to be queued (its reply, and the
+ * watch events an unprivileged domain's change fired for others): the
+ * request stays outstanding for its domain until all of them are delivered
+ * or dropped, so that a domain cannot make others' queues grow without
+ * limit (XSA-326).
+ */
+export class RequestTicket {
+  private refs = 0;
+
+  constructor(private readonly release: () => void) {}
+
+  hold(): void {
+    this.refs++;
+  }
+
+  drop(): void {
+    if (--this.refs === 0) this.release();
+  }
+}
+
+/** A message waiting for the transport. */
+interface Outgoing {
+  readonly frame: Buffer;
+  readonly isEvent: boolean;
+  readonly ticket: RequestTicket | undefined;
+  /** When an event was queued, for the watch-event timeout. */
+  readonly queuedAt: number;
+}
+
+export interface ConnectionHooks {
+  /** A complete message arrived and may be processed now. */
+  process(conn: Connection, msg: XsMessage): void;
+  /** Whether the connection may process another request now (quotas, flow control). */
+  mayProcess(conn: Connection): boolean;
+  /** The peer sent a header announcing an oversized payload. */
+  oversize(conn: Connection, header: XsHeader): void;
+  /** Memory held by the connection changed by `delta` bytes. */
+  memory(conn: Connection, delta: number): void;
+  closed(conn: Connection): void;
+}
+
+/**
+ * One client of the daemon: a socket or a domain's ring. It parses incoming
+ * messages, queues outgoing ones, and holds the client's watches and
+ * transactions. Requests are processed one at a time, in order.
+ */
+export class Connection {
+  readonly watches: Watch<Connection>[] = [];
+  readonly transactions = new Map<number, Transaction>();
+  private nextTransactionId = 1;
+  private readonly inbox: XsMessage[] = [];
+  private readonly outbox: Outgoing[] = [];
+  private outboxBytes = 0;
+  private writable = true;
+  private readingPaused = false;
+  private pumping = false;
+  private closedFlag = false;
+  private readonly decoder: XsFrameDecoder;
+
+  constructor(
+    readonly id: number,
+    readonly transport: ServerTransport,
+    readonly domain: DomainRecord,
+    private readonly hooks: ConnectionHooks,
+  ) {
+    this.decoder = new XsFrameDecoder(
+      (msg) => this.receive(msg),
+      (header) => this.hooks.oversize(this, header),
+    );
+    transport.attach({
+      onData: (chunk) => this.decoder.push(chunk),
+      onWritable: () => {
+        this.writable = true;
+        this.flush();
+      },
+      onClose: () => this.teardown(),
+    });
+  }
+
+  get domid(): number {
+    return this.domain.domid;
+  }
+
+  get closed(): boolean {
+    return this.closedFlag;
+  }
+
+  /** Bytes queued for the peer and not yet accepted by the transport. */
+  get queuedBytes(): number {
+    return this.outboxBytes;
+  }
+
+  /** Picks an unused transaction id (never 0, which means "no transaction"). */
+  allocateTransactionId(): number {
+    for (;;) {
+      const id = this.nextTransactionId;
+      this.nextTransactionId = this.nextTransactionId >= 0xffffffff ? 1 : this.nextTransactionId + 1;
+      if (!this.transactions.has(id)) return id;
+    }
+  }
+
+  /** Queues a reply (or error) to a request. */
+  reply(frame: Buffer, ticket: RequestTicket | undefined): void {
+    this.enqueue({ frame, isEvent: false, ticket, queuedAt: 0 });
+  }
+
+  /**
+   * Queues a watch event, unless an identical one is still waiting to be
+   * sent (xenstored drops such duplicates; special events are exempt).
+   * Returns whether it was queued.
+   */
+  event(frame: Buffer, ticket: RequestTicket | undefined, special: boolean, now: number): boolean {
+    if (!special && this.outbox.some((o) => o.isEvent && o.frame.equals(frame))) return false;
+    this.enqueue({ frame, isEvent: true, ticket, queuedAt: now });
+    return true;
+  }
+
+  private enqueue(item: Outgoing): void {
+    if (this.closedFlag) return;
+    item.ticket?.hold();
+    this.outbox.push(item);
+    this.outboxBytes += item.frame.length;
+    this.hooks.memory(this, item.frame.length);
+    this.flush();
+  }
+
+  /** Drops watch events that waited longer than `timeoutMs` (xenstored's watch-event timeout). */
+  expireEvents(now: number, timeoutMs: number): number {
+    let dropped = 0;
+    for (let i = this.outbox.length - 1; i >= 0; i--) {
+      const item = this.outbox[i]!;
+      if (item.isEvent && now - item.queuedAt >= timeoutMs) {
+        this.outbox.splice(i, 1);
+        this.release(item);
+        dropped++;
+      }
+    }
+    return dropped;
+  }
+
+  /** Whether any queued event is older than `timeoutMs`. */
+  hasStaleEvents(now: number, timeoutMs: number): boolean {
+    return this.outbox.some((o) => o.isEvent && now - o.queuedAt >= timeoutMs);
+  }
+
+  private flush(): void {
+    while (this.writable && this.outbox.length > 0) {
+      const item = this.outbox.shift()!;
+      this.release(item);
+      this.writable = this.transport.write(item.frame);
+    }
+    this.pump();
+  }
+
+  private release(item: Outgoing): void {
+    this.outboxBytes -= item.frame.length;
+    this.hooks.memory(this, -item.frame.length);
+    item.ticket?.drop();
+  }
+
+  private receive(msg: XsMessage): void {
+    this.inbox.push(msg);
+    this.pump();
+  }
+
+  /**
+   * Processes queued requests while the daemon allows it; otherwise stops
+   * reading from the transport until `pump` is called again.
+   */
+  pump(): void {
+    if (this.pumping || this.closedFlag) return;
+    this.pumping = true;
+    try {
+      while (this.inbox.length > 0 && !this.closedFlag) {
+        if (!this.hooks.mayProcess(this)) break;
+        this.hooks.process(this, this.inbox.shift()!);
+      }
+    } finally {
+      this.pumping = false;
+    }
+    if (this.closedFlag) return;
+    const blocked = this.inbox.length > 0;
+    if (blocked && !this.readingPaused) {
+      this.readingPaused = true;
+      this.transport.pauseReading();
+    } else if (!blocked && this.readingPaused) {
+      this.readingPaused = false;
+      this.transport.resumeReading();
+    }
+  }
+
+  /** Ends the connection, telling a ring peer why when it misbehaved. */
+  close(error?: TransportError): void {
+    if (this.closedFlag) return;
+    this.transport.close(error);
+    this.teardown();
+  }
+
+  private teardown(): void {
+    if (this.closedFlag) return;
+    this.closedFlag = true;
+    this.decoder.stop();
+    this.inbox.length = 0;
+    for (const item of this.outbox.splice(0)) this.release(item);
+    this.hooks.closed(this);
+  }
+}

@@ -1,0 +1,192 @@
+import { appendFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { XsError } from '../../shared/errors.js';
+import { createLogger } from '../../shared/log.js';
+import { nulStrings, splitNulStrings } from '../../shared/xs-wire.js';
+import { QUOTA_DESCRIPTIONS, QUOTA_ITEMS, SOFT_QUOTA_ITEMS, isQuotaItem, isSoftQuotaItem } from '../store/quota.js';
+import { cAtoi } from './args.js';
+import type { Connection } from './connection.js';
+import { TRACE_SWITCHES } from './trace.js';
+import type { XenStoreDaemon } from './xenstored.js';
+
+const log = createLogger('xenstored');
+
+/**
+ * The CONTROL commands, with the names, arguments and output formats of
+ * Xen's C xenstored (tools/xenstored/control.c), which is what
+ * xenstore-control sends and prints.
+ */
+interface Command {
+  readonly name: string;
+  readonly params: string;
+  run(daemon: XenStoreDaemon, args: string[], conn: Connection): string;
+}
+
+const OK = 'OK';
+
+function noArgs(args: string[]): void {
+  if (args.length !== 0) throw new XsError('EINVAL', 'this command takes no arguments');
+}
+
+function settings(title: string, rows: [string, number, string][]): string {
+  return `${title}\n${rows.map(([name, value, descr]) => `${name.padEnd(17)}: ${String(value).padStart(8)} ${descr}\n`).join('')}`;
+}
+
+function quotaSet(daemon: XenStoreDaemon, args: string[], kind: 'hard' | 'soft'): string {
+  if (args.length !== 2) throw new XsError('EINVAL', 'usage: set <name> <value>');
+  const [name, valueText] = args as [string, string];
+  const value = cAtoi(valueText);
+  if (value < 1) throw new XsError('EINVAL', `quota value must be at least 1`);
+  const quotas = daemon.domains.globalQuotas;
+  if (kind === 'hard' && isQuotaItem(name)) quotas.hard[name] = value;
+  else if (kind === 'soft' && isSoftQuotaItem(name)) quotas.soft[name] = value;
+  else throw new XsError('EINVAL', `unknown quota '${name}'`);
+  return OK;
+}
+
+function domainQuotaReport(daemon: XenStoreDaemon, domidText: string): string {
+  const domid = cAtoi(domidText);
+  const domain = daemon.domains.find(domid);
+  if (!domain) throw new XsError('ENOENT', `domain ${domid} is not known`);
+  const rows = QUOTA_ITEMS.map((item) => {
+    const current = daemon.domains.currentValue(domain, item);
+    return `${item.padEnd(17)}: ${String(current).padStart(8)} (max ${String(Math.max(current, domain.maxSeen[item])).padStart(8)})\n`;
+  });
+  return `Domain ${domid}:\n${rows.join('')}`;
+}
+
+function maxReport(daemon: XenStoreDaemon, args: string[]): string {
+  if (args.length > 1 || (args.length === 1 && args[0] !== '-r')) throw new XsError('EINVAL', 'usage: max [-r]');
+  if (args.length === 1) daemon.domains.resetMax();
+  const rows = QUOTA_ITEMS.map((item) => `${item.padEnd(17)}: ${String(daemon.domains.globalMax[item]).padStart(8)}\n`);
+  return `Max. seen accounting values:\n${rows.join('')}`;
+}
+
+/** What `memreport` writes: the store, the connections and the process's memory. */
+function memoryReport(daemon: XenStoreDaemon): string {
+  const usage = process.memoryUsage();
+  const lines = [
+    `memory report ${new Date().toISOString()}`,
+    `process: rss ${usage.rss} heapUsed ${usage.heapUsed} heapTotal ${usage.heapTotal} external ${usage.external} arrayBuffers ${usage.arrayBuffers}`,
+  ];
+  for (const [domid, u] of daemon.store.allUsage()) lines.push(`domain ${domid}: ${u.nodes} nodes, ${u.memory} bytes of nodes`);
+  for (const conn of daemon.connections) {
+    lines.push(
+      `connection ${conn.id} ${conn.transport.label} (d${conn.domid}): ${conn.watches.length} watches, ` +
+        `${conn.transactions.size} transactions, ${conn.queuedBytes} bytes queued`,
+    );
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+const COMMANDS: Command[] = [
+  {
+    name: 'check',
+    params: '',
+    run: (daemon, args) => {
+      noArgs(args);
+      const problems = daemon.checkStore();
+      for (const problem of problems) log.warn(`check: ${problem}`);
+      return OK;
+    },
+  },
+  {
+    name: 'log',
+    params: '[on|off|+<switch>|-<switch>]',
+    run: (daemon, args) => {
+      if (args.length === 0) {
+        const rows = TRACE_SWITCHES.map((sw) => `${sw.padEnd(8)}: ${daemon.tracer.isOn(sw) ? 'on' : 'off'}\n`);
+        return `Log switch settings:\n${rows.join('')}`;
+      }
+      if (args.length !== 1) throw new XsError('EINVAL', 'log takes one argument');
+      const arg = args[0]!;
+      if (arg === 'on') daemon.tracer.reopen();
+      else if (arg === 'off') daemon.tracer.close();
+      else if (!daemon.tracer.setSwitch(arg)) throw new XsError('EINVAL', `unknown log switch '${arg}'`);
+      return OK;
+    },
+  },
+  {
+    name: 'logfile',
+    params: '<file>',
+    run: (daemon, args) => {
+      if (args.length !== 1) throw new XsError('EINVAL', 'logfile takes a file name');
+      daemon.tracer.setFile(args[0]!);
+      return OK;
+    },
+  },
+  {
+    name: 'memreport',
+    params: '[<file>]',
+    run: (daemon, args) => {
+      if (args.length > 1) throw new XsError('EINVAL', 'memreport takes at most a file name');
+      const file = args.length === 1 ? resolve(args[0]!) : daemon.tracer.fileName;
+      if (!file) throw new XsError('EINVAL', 'no trace file to write the report to');
+      try {
+        appendFileSync(file, memoryReport(daemon), { mode: 0o600 });
+      } catch (err) {
+        throw new XsError('EINVAL', `cannot write ${file}: ${(err as Error).message}`);
+      }
+      return OK;
+    },
+  },
+  {
+    name: 'print',
+    params: '<string>',
+    run: (daemon, args) => {
+      if (args.length !== 1) throw new XsError('EINVAL', 'print takes one string');
+      log.info(`control: ${args[0]}`);
+      daemon.tracer.write(`control: ${args[0]}`);
+      return OK;
+    },
+  },
+  {
+    name: 'quota',
+    params: '[set <name> <val>|<domid>|max [-r]]',
+    run: (daemon, args) => {
+      const quotas = daemon.domains.globalQuotas;
+      if (args.length === 0) {
+        return settings(
+          'Quota settings:',
+          QUOTA_ITEMS.map((item) => [item, quotas.hard[item], QUOTA_DESCRIPTIONS[item]]),
+        );
+      }
+      if (args[0] === 'set') return quotaSet(daemon, args.slice(1), 'hard');
+      if (args[0] === 'max') return maxReport(daemon, args.slice(1));
+      if (args.length !== 1) throw new XsError('EINVAL', 'usage: quota <domid>');
+      return domainQuotaReport(daemon, args[0]!);
+    },
+  },
+  {
+    name: 'quota-soft',
+    params: '[set <name> <val>]',
+    run: (daemon, args) => {
+      const quotas = daemon.domains.globalQuotas;
+      if (args.length === 0) {
+        return settings(
+          'Quota settings:',
+          SOFT_QUOTA_ITEMS.map((item) => [item, quotas.soft[item], QUOTA_DESCRIPTIONS[item]]),
+        );
+      }
+      if (args[0] === 'set') return quotaSet(daemon, args.slice(1), 'soft');
+      throw new XsError('EINVAL', 'usage: quota-soft [set <name> <val>]');
+    },
+  },
+  {
+    name: 'help',
+    params: '',
+    run: (_daemon, args) => {
+      noArgs(args);
+      return COMMANDS.map((cmd) => `${cmd.name.padEnd(15)} ${cmd.params}\n`).join('');
+    },
+  },
+];
+
+/** Runs one CONTROL request: the command name, then its arguments, each NUL-terminated. */
+export function runControl(daemon: XenStoreDaemon, conn: Connection, payload: Buffer): Buffer {
+  const [name, ...args] = splitNulStrings(payload).strings;
+  if (name === undefined) throw new XsError('EINVAL', 'CONTROL needs a command');
+  const command = COMMANDS.find((cmd) => cmd.name === name);
+  if (!command) throw new XsError('EINVAL', `unknown control command '${name}'`);
+  return nulStrings(command.run(daemon, args, conn));
+}

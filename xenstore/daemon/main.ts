@@ -1,0 +1,83 @@
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createLogger } from '../../shared/log.js';
+import { OptionError, XENSTORED_USAGE, parseXenstoredOptions } from './options.js';
+import { XenStoreSocketServer } from './socket-server.js';
+import { XenStoreDaemon } from './xenstored.js';
+
+const log = createLogger('xenstored');
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Claims the pid file. Like xenstored, a second daemon started with the pid
+ * file of a running one leaves quietly; a file left by a dead daemon is taken over.
+ */
+function claimPidFile(file: string): boolean {
+  try {
+    const pid = Number(readFileSync(file, 'utf8').trim());
+    if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && processAlive(pid)) return false;
+  } catch {
+    // No pid file yet.
+  }
+  writeFileSync(file, `${process.pid}\n`, { mode: 0o600 });
+  return true;
+}
+
+/** `xenmesh xenstored`: the daemon in the foreground on its Unix socket. */
+export async function runXenstored(argv: readonly string[]): Promise<number> {
+  let options;
+  try {
+    options = parseXenstoredOptions(argv);
+  } catch (err) {
+    if (!(err instanceof OptionError)) throw err;
+    process.stderr.write(`xenmesh xenstored: ${err.message}\n${XENSTORED_USAGE}\n`);
+    return 1;
+  }
+  if (options.help) {
+    process.stdout.write(`${XENSTORED_USAGE}\n`);
+    return 0;
+  }
+  if (options.pidFile && !claimPidFile(options.pidFile)) {
+    log.info(`a daemon with pid file ${options.pidFile} is already running`);
+    return 0;
+  }
+
+  const daemon = new XenStoreDaemon({
+    quotas: options.quotas,
+    watchEventTimeoutMs: options.watchEventTimeoutMs,
+    traceFile: options.traceFile,
+  });
+  const server = new XenStoreSocketServer(daemon, options.socket);
+  try {
+    await server.listen();
+  } catch (err) {
+    log.error(`cannot listen on ${options.socket}: ${(err as Error).message}`);
+    daemon.shutdown();
+    if (options.pidFile) rmSync(options.pidFile, { force: true });
+    return 1;
+  }
+  log.info(`serving xenstore on ${options.socket}`);
+
+  return new Promise<number>((resolve) => {
+    let stopping = false;
+    const stop = (signal: NodeJS.Signals) => {
+      if (stopping) return;
+      stopping = true;
+      log.info(`${signal}: stopping`);
+      daemon.shutdown();
+      void server.close().then(() => {
+        if (options.pidFile) rmSync(options.pidFile, { force: true });
+        resolve(0);
+      });
+    };
+    process.once('SIGTERM', stop);
+    process.once('SIGINT', stop);
+  });
+}

@@ -1,0 +1,145 @@
+import { XENSTORE_REL_PATH_MAX } from '../../shared/xs-wire.js';
+import { defaultQuotas, isQuotaItem, isSoftQuotaItem, type QuotaSet } from '../store/quota.js';
+import { DEFAULT_SOCKET_PATH } from './socket-server.js';
+import { DEFAULT_WATCH_EVENT_TIMEOUT_MS } from './xenstored.js';
+
+/** The command line of `xenmesh xenstored`, with the flags of Xen's C xenstored. */
+export interface XenstoredOptions {
+  socket: string;
+  traceFile: string | undefined;
+  pidFile: string | undefined;
+  quotas: QuotaSet;
+  watchEventTimeoutMs: number;
+  help: boolean;
+}
+
+export class OptionError extends Error {}
+
+export const XENSTORED_USAGE = `Usage: xenmesh xenstored [options]
+
+  --socket <path>          Unix socket to serve (default ${DEFAULT_SOCKET_PATH})
+  -T, --trace <file>       trace every request and reply to <file> (also --trace-file)
+  -F, --pid-file <file>    write the daemon's pid to <file>
+  -E, --entry-nb <nb>      limit the number of nodes per domain (default 1000)
+  -S, --entry-size <size>  limit the size of a node (default 2048)
+  -W, --watch-nb <nb>      limit the number of watches per domain (default 128)
+  -t, --transaction <nb>   limit the number of transactions per domain (default 10)
+  -A, --perm-nb <nb>       limit the number of permissions per node (default 5)
+  -M, --path-max <chars>   limit the length of a node path (at most ${XENSTORE_REL_PATH_MAX})
+  -Q, --quota <what>=<nb>  set the quota <what>: nodes, watches, outstanding, memory,
+                           transactions, transaction-nodes, node-permissions,
+                           path-max, node-size
+  -q, --quota-soft <what>=<nb>  set a soft quota (memory), which only warns
+  -w, --timeout <what>=<seconds>  watch-event: how long a watch event may wait
+                           for an unprivileged domain (default 20)
+  -N, --no-fork            accepted for compatibility: the daemon always runs in the foreground
+  -H, --help               show this help
+
+A quota of 0 disables the check. The privileged domain (dom0, and every socket
+client) is exempt from quotas. SIGTERM and SIGINT stop the daemon cleanly.`;
+
+/** Flags taking a value, by every name they go by. */
+const VALUE_FLAGS: Record<string, string> = {
+  '--socket': 'socket',
+  '-T': 'trace',
+  '--trace': 'trace',
+  '--trace-file': 'trace',
+  '-F': 'pid-file',
+  '--pid-file': 'pid-file',
+  '-E': 'nodes',
+  '--entry-nb': 'nodes',
+  '-S': 'node-size',
+  '--entry-size': 'node-size',
+  '-W': 'watches',
+  '--watch-nb': 'watches',
+  '-t': 'transactions',
+  '--transaction': 'transactions',
+  '-A': 'node-permissions',
+  '--perm-nb': 'node-permissions',
+  '-M': 'path-max',
+  '--path-max': 'path-max',
+  '-Q': 'quota',
+  '--quota': 'quota',
+  '-q': 'quota-soft',
+  '--quota-soft': 'quota-soft',
+  '-w': 'timeout',
+  '--timeout': 'timeout',
+};
+
+/** xenstored's get_optval_uint(): a whole decimal number no larger than INT_MAX. */
+function unsignedValue(text: string): number {
+  if (!/^[0-9]+$/.test(text) || Number(text) > 0x7fffffff) throw new OptionError(`invalid parameter value "${text}"`);
+  return Number(text);
+}
+
+function assignment(text: string, what: string): [string, number] {
+  const eq = text.indexOf('=');
+  if (eq < 0) throw new OptionError(`${what} must be specified via <what>=<nb>`);
+  return [text.slice(0, eq), unsignedValue(text.slice(eq + 1))];
+}
+
+export function parseXenstoredOptions(argv: readonly string[]): XenstoredOptions {
+  const options: XenstoredOptions = {
+    socket: DEFAULT_SOCKET_PATH,
+    traceFile: undefined,
+    pidFile: undefined,
+    quotas: defaultQuotas(),
+    watchEventTimeoutMs: DEFAULT_WATCH_EVENT_TIMEOUT_MS,
+    help: false,
+  };
+  for (let i = 0; i < argv.length; i++) {
+    let arg = argv[i]!;
+    let value: string | undefined;
+    const eq = arg.indexOf('=');
+    if (arg.startsWith('--') && eq > 0) {
+      value = arg.slice(eq + 1);
+      arg = arg.slice(0, eq);
+    }
+    if (arg === '-H' || arg === '--help' || arg === '-h') {
+      options.help = true;
+      continue;
+    }
+    if (arg === '-N' || arg === '--no-fork') continue;
+    const name = VALUE_FLAGS[arg];
+    if (!name) throw new OptionError(`unknown option '${arg}'`);
+    if (value === undefined) {
+      value = argv[++i];
+      if (value === undefined) throw new OptionError(`option '${arg}' needs a value`);
+    }
+    switch (name) {
+      case 'socket':
+        options.socket = value;
+        break;
+      case 'trace':
+        options.traceFile = value;
+        break;
+      case 'pid-file':
+        options.pidFile = value;
+        break;
+      case 'quota': {
+        const [what, nb] = assignment(value, 'quotas');
+        if (!isQuotaItem(what)) throw new OptionError(`unknown quota "${what}"`);
+        options.quotas.hard[what] = what === 'path-max' ? Math.min(nb, XENSTORE_REL_PATH_MAX) : nb;
+        break;
+      }
+      case 'quota-soft': {
+        const [what, nb] = assignment(value, 'quotas');
+        if (!isSoftQuotaItem(what)) throw new OptionError(`unknown soft quota "${what}"`);
+        options.quotas.soft[what] = nb;
+        break;
+      }
+      case 'timeout': {
+        const [what, seconds] = assignment(value, 'timeouts');
+        if (what !== 'watch-event') throw new OptionError(`unknown timeout "${what}"`);
+        options.watchEventTimeoutMs = seconds * 1000;
+        break;
+      }
+      default: {
+        if (!isQuotaItem(name)) throw new OptionError(`unknown option '${arg}'`);
+        const nb = unsignedValue(value);
+        options.quotas.hard[name] = name === 'path-max' ? Math.min(nb, XENSTORE_REL_PATH_MAX) : nb;
+      }
+    }
+  }
+  return options;
+}

@@ -1,0 +1,430 @@
+import { XsError } from '../../shared/errors.js';
+import { XsServerFeature, XsType, nulStrings, type XsMessage } from '../../shared/xs-wire.js';
+import { DOMID_FIRST_RESERVED, DOMID_SELF } from '../store/domid.js';
+import { canonicalize, domainHome, type StorePath } from '../store/path.js';
+import { formatPerm, parsePermStrings } from '../store/permissions.js';
+import { quotaNames, resolveQuotaName } from '../store/quota.js';
+import { directoryPart, type ChangeEvent, type StoreView } from '../store/store.js';
+import { atLeastStrings, cAtoi, domidArg, exactStrings, oneArg, strings } from './args.js';
+import type { Connection, RequestTicket } from './connection.js';
+import { runControl } from './control.js';
+import { PRIVILEGED_DOMID, SUPPORTED_FEATURES } from './domains.js';
+import type { XenStoreDaemon } from './xenstored.js';
+
+export interface RequestContext {
+  readonly daemon: XenStoreDaemon;
+  readonly conn: Connection;
+  readonly msg: XsMessage;
+  readonly ticket: RequestTicket;
+  /** Runs `fn` once the reply is queued (WATCH sends its first event after its reply). */
+  afterReply(fn: () => void): void;
+}
+
+export interface Handler {
+  /** Only the privileged domain may send it (xenstored's XS_FLAG_PRIV): EACCES otherwise. */
+  readonly privileged?: boolean;
+  /** The tx_id is not looked at (xenstored's XS_FLAG_NOTID). */
+  readonly ignoresTransaction?: boolean;
+  run(ctx: RequestContext): Buffer;
+}
+
+const OK = nulStrings('OK');
+const EMPTY_VALUE = Buffer.alloc(0);
+
+/** A path argument, validated and made absolute for this connection. */
+function pathArg(ctx: RequestContext, text: string, allowSpecial = false): StorePath {
+  const domain = ctx.conn.domain;
+  const path = canonicalize(text, {
+    home: domainHome(ctx.conn.domid),
+    allowSpecial,
+    pathMax: domain.quotas.hard['path-max'],
+  });
+  ctx.daemon.domains.noteValue(domain, 'path-max', path.full.length);
+  return path;
+}
+
+/**
+ * Runs a store operation in the request's transaction, or on the live store
+ * with its watch events fired before the reply is queued (the order
+ * xenstored uses).
+ */
+function inView<T>(ctx: RequestContext, op: (view: StoreView) => T): T {
+  const tx = ctx.msg.txId !== 0 ? ctx.conn.transactions.get(ctx.msg.txId) : undefined;
+  if (tx) return op(tx);
+  const events: ChangeEvent[] = [];
+  const result = op(ctx.daemon.store.liveView(events));
+  ctx.daemon.fire(events, ctx.conn, ctx.ticket);
+  return result;
+}
+
+function caller(ctx: RequestContext) {
+  return ctx.daemon.callerOf(ctx.conn);
+}
+
+/** A domain that INTRODUCE made known and that is still there, for RELEASE, RESUME and SET_TARGET. */
+function introducedDomain(ctx: RequestContext, domid: number) {
+  const domain = ctx.daemon.domains.find(domid);
+  if (!domain?.introduced) throw new XsError('ENOENT', `domain ${domid} is not introduced`);
+  return domain;
+}
+
+/** The `<domid>` of RELEASE and RESUME: a real domain other than the privileged one. */
+function guestDomidArg(ctx: RequestContext): number {
+  const domid = domidArg(oneArg(ctx.msg.payload));
+  if (domid === PRIVILEGED_DOMID) throw new XsError('EINVAL', 'not for the privileged domain');
+  return domid;
+}
+
+function unsignedArg(text: string): number {
+  const value = cAtoi(text);
+  if (value < 0 || value >= 0xffffffff) throw new XsError('EINVAL', `bad value '${text}'`);
+  return value;
+}
+
+export const HANDLERS = new Map<number, Handler>([
+  [XsType.CONTROL, { privileged: true, run: (ctx) => runControl(ctx.daemon, ctx.conn, ctx.msg.payload) }],
+
+  [
+    XsType.READ,
+    {
+      run: (ctx) => {
+        const path = pathArg(ctx, oneArg(ctx.msg.payload));
+        return inView(ctx, (view) => ctx.daemon.store.read(view, caller(ctx), path));
+      },
+    },
+  ],
+
+  [
+    XsType.WRITE,
+    {
+      run: (ctx) => {
+        const payload = ctx.msg.payload;
+        const nul = payload.indexOf(0);
+        if (nul < 0) throw new XsError('EINVAL', 'WRITE needs a NUL-terminated path');
+        const path = pathArg(ctx, payload.toString('latin1', 0, nul));
+        const value = nul + 1 < payload.length ? Buffer.from(payload.subarray(nul + 1)) : EMPTY_VALUE;
+        inView(ctx, (view) => ctx.daemon.store.write(view, caller(ctx), path, value));
+        return OK;
+      },
+    },
+  ],
+
+  [
+    XsType.MKDIR,
+    {
+      run: (ctx) => {
+        const path = pathArg(ctx, oneArg(ctx.msg.payload));
+        inView(ctx, (view) => ctx.daemon.store.mkdir(view, caller(ctx), path));
+        return OK;
+      },
+    },
+  ],
+
+  [
+    XsType.RM,
+    {
+      run: (ctx) => {
+        const path = pathArg(ctx, oneArg(ctx.msg.payload));
+        inView(ctx, (view) => ctx.daemon.store.rm(view, caller(ctx), path));
+        return OK;
+      },
+    },
+  ],
+
+  [
+    XsType.DIRECTORY,
+    {
+      run: (ctx) => {
+        const path = pathArg(ctx, oneArg(ctx.msg.payload));
+        return inView(ctx, (view) => ctx.daemon.store.directory(view, caller(ctx), path).childList());
+      },
+    },
+  ],
+
+  [
+    XsType.DIRECTORY_PART,
+    {
+      run: (ctx) => {
+        const [pathText, offsetText] = exactStrings(ctx.msg.payload, 2) as [string, string];
+        const path = pathArg(ctx, pathText);
+        const offset = cAtoi(offsetText);
+        // A negative offset is huge once xenstored reads it as unsigned: past the end.
+        const from = offset < 0 ? Number.MAX_SAFE_INTEGER : offset;
+        return inView(ctx, (view) => directoryPart(ctx.daemon.store.directory(view, caller(ctx), path), from));
+      },
+    },
+  ],
+
+  [
+    XsType.GET_PERMS,
+    {
+      run: (ctx) => {
+        const path = pathArg(ctx, oneArg(ctx.msg.payload), true);
+        const perms = inView(ctx, (view) => ctx.daemon.store.getPerms(view, caller(ctx), path));
+        return nulStrings(...perms.map(formatPerm));
+      },
+    },
+  ],
+
+  [
+    XsType.SET_PERMS,
+    {
+      run: (ctx) => {
+        const [pathText, ...entries] = atLeastStrings(ctx.msg.payload, 2) as [string, ...string[]];
+        const perms = parsePermStrings(entries);
+        const path = pathArg(ctx, pathText, true);
+        ctx.daemon.domains.noteValue(ctx.conn.domain, 'node-permissions', perms.length);
+        inView(ctx, (view) => ctx.daemon.store.setPerms(view, caller(ctx), path, perms));
+        return OK;
+      },
+    },
+  ],
+
+  [
+    XsType.WATCH,
+    {
+      ignoresTransaction: true,
+      run: (ctx) => {
+        const { daemon, conn } = ctx;
+        const args = strings(ctx.msg.payload);
+        let depth: number | undefined;
+        if (args.length === 3 && (conn.domain.features & XsServerFeature.WATCHDEPTH) !== 0) {
+          depth = cAtoi(args[2]!);
+          if (depth < 0) throw new XsError('EINVAL', `bad watch depth '${args[2]}'`);
+        } else if (args.length !== 2) {
+          throw new XsError('EINVAL', `WATCH takes a path and a token`);
+        }
+        const [pathText, token] = args as [string, string];
+        const relative = !pathText.startsWith('/') && !pathText.startsWith('@');
+        const path = pathArg(ctx, pathText, true);
+        if (conn.watches.some((w) => w.path === path.full && w.token === token)) {
+          throw new XsError('EEXIST', `watch on ${path.full} with that token exists`);
+        }
+        const domain = conn.domain;
+        if (domain.wouldExceed('watches', domain.counts.watches, 1)) {
+          throw new XsError('ENOSPC', `domain ${domain.domid} has ${domain.counts.watches} watches`);
+        }
+        if (domain.wouldExceed('memory', daemon.domains.memoryOf(domain), path.full.length + token.length)) {
+          throw new XsError('ENOMEM', `domain ${domain.domid} is over its memory quota`);
+        }
+        const watch = { owner: conn, path: path.full, token, depth, prefixLength: relative ? domainHome(conn.domid).length + 1 : 0 };
+        daemon.addWatch(conn, watch);
+        // Fires once at once, with the path as the client gave it.
+        ctx.afterReply(() => daemon.sendEvent(watch, path.full.slice(watch.prefixLength), undefined, false));
+        return OK;
+      },
+    },
+  ],
+
+  [
+    XsType.UNWATCH,
+    {
+      ignoresTransaction: true,
+      run: (ctx) => {
+        const [pathText, token] = exactStrings(ctx.msg.payload, 2) as [string, string];
+        const path = pathArg(ctx, pathText, true);
+        const watch = ctx.conn.watches.find((w) => w.path === path.full && w.token === token);
+        if (!watch) throw new XsError('ENOENT', `no watch on ${path.full} with that token`);
+        ctx.daemon.removeWatch(ctx.conn, watch);
+        return OK;
+      },
+    },
+  ],
+
+  [
+    XsType.RESET_WATCHES,
+    {
+      run: (ctx) => {
+        ctx.daemon.removeAllWatches(ctx.conn);
+        ctx.daemon.endAllTransactions(ctx.conn);
+        return OK;
+      },
+    },
+  ],
+
+  [
+    XsType.TRANSACTION_START,
+    {
+      run: (ctx) => {
+        if (ctx.msg.txId !== 0) throw new XsError('EBUSY', 'transactions do not nest');
+        const tx = ctx.daemon.startTransaction(ctx.conn);
+        return nulStrings(String(tx.id));
+      },
+    },
+  ],
+
+  [
+    XsType.TRANSACTION_END,
+    {
+      run: (ctx) => {
+        const arg = oneArg(ctx.msg.payload);
+        if (arg !== 'T' && arg !== 'F') throw new XsError('EINVAL', `TRANSACTION_END takes T or F, not '${arg}'`);
+        const tx = ctx.msg.txId !== 0 ? ctx.conn.transactions.get(ctx.msg.txId) : undefined;
+        if (!tx) throw new XsError('ENOENT', 'no transaction to end');
+        // Whatever the outcome, the transaction id is no longer valid afterwards.
+        try {
+          if (arg === 'T') {
+            const { events } = tx.commit(caller(ctx));
+            ctx.daemon.fire(events, ctx.conn, ctx.ticket);
+          }
+        } finally {
+          ctx.daemon.endTransaction(ctx.conn, tx);
+        }
+        return OK;
+      },
+    },
+  ],
+
+  [
+    XsType.INTRODUCE,
+    {
+      privileged: true,
+      run: (ctx) => {
+        const [domidText, gfnText, portText] = atLeastStrings(ctx.msg.payload, 3) as [string, string, string];
+        const domid = domidArg(domidText);
+        if (domid === PRIVILEGED_DOMID || domid >= DOMID_FIRST_RESERVED) {
+          throw new XsError('EINVAL', `${domid} is not a domain that can be introduced`);
+        }
+        const port = cAtoi(portText);
+        if (port <= 0) throw new XsError('EINVAL', `bad event channel '${portText}'`);
+        ctx.daemon.introduce(domid, BigInt(cAtoi(gfnText)), port);
+        return OK;
+      },
+    },
+  ],
+
+  [
+    XsType.RELEASE,
+    {
+      privileged: true,
+      run: (ctx) => {
+        const domid = guestDomidArg(ctx);
+        introducedDomain(ctx, domid);
+        ctx.daemon.releaseDomain(domid);
+        return OK;
+      },
+    },
+  ],
+
+  [
+    XsType.RESUME,
+    {
+      privileged: true,
+      run: (ctx) => {
+        introducedDomain(ctx, guestDomidArg(ctx)).shutdown = false;
+        return OK;
+      },
+    },
+  ],
+
+  [
+    XsType.SET_TARGET,
+    {
+      privileged: true,
+      run: (ctx) => {
+        const [domidText, targetText] = atLeastStrings(ctx.msg.payload, 2) as [string, string];
+        const domain = introducedDomain(ctx, domidArg(domidText));
+        const target = introducedDomain(ctx, domidArg(targetText));
+        domain.target = target.domid;
+        return OK;
+      },
+    },
+  ],
+
+  [
+    XsType.GET_DOMAIN_PATH,
+    {
+      run: (ctx) => nulStrings(domainHome(domidArg(oneArg(ctx.msg.payload)))),
+    },
+  ],
+
+  [
+    XsType.IS_DOMAIN_INTRODUCED,
+    {
+      privileged: true,
+      run: (ctx) => {
+        const domid = domidArg(oneArg(ctx.msg.payload));
+        const introduced = domid === DOMID_SELF || ctx.daemon.domains.find(domid)?.introduced === true;
+        return nulStrings(introduced ? 'T' : 'F');
+      },
+    },
+  ],
+
+  [
+    XsType.GET_FEATURE,
+    {
+      run: (ctx) => {
+        const args = strings(ctx.msg.payload);
+        if (args.length === 0) return nulStrings(String(ctx.conn.domain.features));
+        if (!ctx.conn.domain.privileged) throw new XsError('EACCES', 'only the privileged domain may ask for another domain');
+        if (args.length > 1) throw new XsError('EINVAL', 'GET_FEATURE takes at most a domid');
+        const domid = domidArg(args[0]!);
+        const domain = ctx.daemon.domains.findOrCreate(domid);
+        if (!domain) throw new XsError('ENOENT', `domain ${domid} does not exist`);
+        return nulStrings(String(domain.features));
+      },
+    },
+  ],
+
+  [
+    XsType.SET_FEATURE,
+    {
+      privileged: true,
+      run: (ctx) => {
+        const [domidText, valueText] = exactStrings(ctx.msg.payload, 2) as [string, string];
+        const domid = domidArg(domidText);
+        const features = cAtoi(valueText);
+        const domain = ctx.daemon.domains.findOrCreate(domid);
+        if (!domain) throw new XsError('ENOENT', `domain ${domid} does not exist`);
+        if (domain.introduced) throw new XsError('EBUSY', `domain ${domid} is already introduced`);
+        if (features < 0 || (features & ~SUPPORTED_FEATURES) !== 0) {
+          throw new XsError('EINVAL', `features ${valueText} not supported (supported: ${SUPPORTED_FEATURES})`);
+        }
+        domain.features = features;
+        return OK;
+      },
+    },
+  ],
+
+  [
+    XsType.GET_QUOTA,
+    {
+      privileged: true,
+      run: (ctx) => {
+        const args = strings(ctx.msg.payload);
+        if (args.length > 2) throw new XsError('EINVAL', 'GET_QUOTA takes at most a domid and a name');
+        if (args.length === 0) return nulStrings(quotaNames());
+        const quotas = args.length === 1 ? ctx.daemon.domains.globalQuotas : domainQuotas(ctx, args[0]!);
+        const name = resolveQuotaName(args.at(-1)!);
+        if (!name) throw new XsError('EINVAL', `unknown quota '${args.at(-1)}'`);
+        const value = name.kind === 'hard' ? quotas.hard[name.item] : quotas.soft[name.item];
+        return nulStrings(String(value));
+      },
+    },
+  ],
+
+  [
+    XsType.SET_QUOTA,
+    {
+      privileged: true,
+      run: (ctx) => {
+        const args = strings(ctx.msg.payload);
+        if (args.length < 2 || args.length > 3) throw new XsError('EINVAL', 'SET_QUOTA takes [domid] name value');
+        const quotas = args.length === 2 ? ctx.daemon.domains.globalQuotas : domainQuotas(ctx, args[0]!);
+        const name = resolveQuotaName(args.at(-2)!);
+        if (!name) throw new XsError('EINVAL', `unknown quota '${args.at(-2)}'`);
+        const value = unsignedArg(args.at(-1)!);
+        if (name.kind === 'hard') quotas.hard[name.item] = value;
+        else quotas.soft[name.item] = value;
+        return OK;
+      },
+    },
+  ],
+]);
+
+function domainQuotas(ctx: RequestContext, domidText: string) {
+  const domid = domidArg(domidText);
+  const domain = ctx.daemon.domains.findOrCreate(domid);
+  if (!domain) throw new XsError('ENOENT', `domain ${domid} does not exist`);
+  return domain.quotas;
+}

@@ -1,0 +1,89 @@
+import { chmodSync, mkdirSync, rmSync } from 'node:fs';
+import { createServer, type Server, type Socket } from 'node:net';
+import { dirname } from 'node:path';
+import type { XenStoreDaemon } from './xenstored.js';
+import type { ServerTransport, TransportHandlers } from './transport.js';
+
+/** Where xenstored listens unless told otherwise (libxenstore's default XENSTORED_PATH). */
+export const DEFAULT_SOCKET_PATH = '/var/run/xenstored/socket';
+
+/** How long a dropped client may take to read what it was sent before its socket is destroyed. */
+const CLOSE_GRACE_MS = 1000;
+
+/** One accepted Unix-socket client; it acts as the privileged domain. */
+class SocketTransport implements ServerTransport {
+  readonly kind = 'socket';
+  readonly label: string;
+  private handlers: TransportHandlers | undefined;
+
+  constructor(
+    private readonly socket: Socket,
+    id: number,
+  ) {
+    this.label = `socket ${id}`;
+    socket.on('data', (chunk) => this.handlers?.onData(chunk));
+    socket.on('drain', () => this.handlers?.onWritable());
+    socket.on('close', () => this.handlers?.onClose());
+    // Errors (a peer that vanished) are followed by 'close'; nothing else to do.
+    socket.on('error', () => {});
+  }
+
+  attach(handlers: TransportHandlers): void {
+    this.handlers = handlers;
+  }
+
+  write(bytes: Buffer): boolean {
+    return this.socket.write(bytes);
+  }
+
+  pauseReading(): void {
+    this.socket.pause();
+  }
+
+  resumeReading(): void {
+    this.socket.resume();
+  }
+
+  close(): void {
+    this.handlers = undefined;
+    this.socket.end();
+    setTimeout(() => this.socket.destroy(), CLOSE_GRACE_MS).unref();
+  }
+}
+
+/** Serves the daemon on a Unix socket, as xenstored does for the tools in dom0. */
+export class XenStoreSocketServer {
+  private server: Server | undefined;
+  private accepted = 0;
+
+  constructor(
+    private readonly daemon: XenStoreDaemon,
+    readonly path: string,
+  ) {}
+
+  /** Starts listening, replacing a stale socket file as xenstored does. */
+  async listen(): Promise<void> {
+    mkdirSync(dirname(this.path), { recursive: true });
+    rmSync(this.path, { force: true });
+    const server = createServer({ pauseOnConnect: false }, (socket) => {
+      this.daemon.connect(new SocketTransport(socket, ++this.accepted));
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(this.path, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    chmodSync(this.path, 0o600);
+    this.server = server;
+  }
+
+  async close(): Promise<void> {
+    const server = this.server;
+    this.server = undefined;
+    if (!server) return;
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+    rmSync(this.path, { force: true });
+  }
+}

@@ -1,0 +1,460 @@
+import { XsError } from '../../shared/errors.js';
+import { createLogger } from '../../shared/log.js';
+import {
+  XENSTORE_PAYLOAD_MAX,
+  XsServerFeature,
+  XsType,
+  encodeMessage,
+  nulStrings,
+  xsTypeName,
+  type XsHeader,
+  type XsMessage,
+} from '../../shared/xs-wire.js';
+import { domainHome, INTRODUCE_DOMAIN, parseAbsolute, RELEASE_DOMAIN, ROOT_PATH } from '../store/path.js';
+import { Access, accessFor, type PermList } from '../store/permissions.js';
+import { defaultQuotas, exceeds, type QuotaSet } from '../store/quota.js';
+import { Store, type Caller, type ChangeEvent } from '../store/store.js';
+import { Transaction } from '../store/transaction.js';
+import { nodeMemory, type Node } from '../store/node.js';
+import { Connection, RequestTicket } from './connection.js';
+import { DetachedBackend, type DomainBackend } from './domain-backend.js';
+import { DomainRegistry, PRIVILEGED_DOMID, type DomainRecord } from './domains.js';
+import { HANDLERS, type RequestContext } from './requests.js';
+import { Tracer } from './trace.js';
+import type { ServerTransport } from './transport.js';
+import { WatchRegistry, type SpecialMatch, type Watch } from './watches.js';
+
+const log = createLogger('xenstored');
+
+/** xenstored's default time a watch event may wait for an unprivileged domain (20 s). */
+export const DEFAULT_WATCH_EVENT_TIMEOUT_MS = 20_000;
+
+/**
+ * A socket client that does not read its replies stops being served once
+ * this much output is waiting for it, until it catches up: a flood of
+ * requests costs the daemon bounded memory and slows only that client.
+ */
+export const SOCKET_BACKLOG_LIMIT = 1024 * 1024;
+
+/** How often queued watch events are checked against their timeout. */
+const EVENT_SWEEP_INTERVAL_MS = 1000;
+
+export interface DaemonOptions {
+  quotas?: QuotaSet;
+  /** Time a watch event may wait for an unprivileged domain before it is dropped; 0 keeps them. */
+  watchEventTimeoutMs?: number;
+  traceFile?: string | undefined;
+  backend?: DomainBackend;
+}
+
+/**
+ * The xenstore daemon: the store, the connections to it, their watches and
+ * transactions, and the domains it serves. Transports (the Unix socket, the
+ * domains' rings) hand it connections; everything else happens here, one
+ * request at a time.
+ */
+export class XenStoreDaemon {
+  readonly domains: DomainRegistry;
+  readonly store: Store;
+  readonly watches = new WatchRegistry<Connection>();
+  readonly connections = new Set<Connection>();
+  readonly tracer: Tracer;
+  readonly backend: DomainBackend;
+  watchEventTimeoutMs: number;
+  private nextConnectionId = 1;
+  private sweepTimer: NodeJS.Timeout | undefined;
+
+  constructor(options: DaemonOptions = {}) {
+    this.backend = options.backend ?? new DetachedBackend();
+    this.domains = new DomainRegistry(options.quotas ?? defaultQuotas(), this.backend);
+    this.store = new Store(this.domains);
+    this.domains.store = this.store;
+    this.domains.findOrCreate(PRIVILEGED_DOMID)!.introduced = true;
+    this.tracer = new Tracer(options.traceFile);
+    this.watchEventTimeoutMs = options.watchEventTimeoutMs ?? DEFAULT_WATCH_EVENT_TIMEOUT_MS;
+    this.sweepTimer = setInterval(() => this.expireEvents(), EVENT_SWEEP_INTERVAL_MS);
+    this.sweepTimer.unref();
+  }
+
+  /** Serves a new client: a socket (acting as dom0) or a domain's ring. */
+  connect(transport: ServerTransport, domid = PRIVILEGED_DOMID): Connection {
+    const domain = this.domains.findOrCreate(domid);
+    if (!domain) throw new XsError('ENOENT', `domain ${domid} does not exist`);
+    const conn = new Connection(this.nextConnectionId++, transport, domain, {
+      process: (c, msg) => this.process(c, msg),
+      mayProcess: (c) => this.mayProcess(c),
+      oversize: (c, header) => this.oversize(c, header),
+      memory: (c, delta) => this.connectionMemory(c, delta),
+      closed: (c) => this.disconnected(c),
+    });
+    this.connections.add(conn);
+    this.tracer.event('obj', `CREATE connection ${conn.id} ${transport.label} (d${domid})`);
+    return conn;
+  }
+
+  /** Stops serving: closes every connection and the trace. */
+  shutdown(): void {
+    clearInterval(this.sweepTimer);
+    this.sweepTimer = undefined;
+    for (const conn of [...this.connections]) conn.close();
+    this.tracer.close();
+  }
+
+  /**
+   * `xenstore-control check`: recounts the store's accounting from the tree
+   * and reports what had drifted.
+   */
+  checkStore(): string[] {
+    const problems = this.store.check();
+    for (const conn of this.connections) {
+      for (const watch of conn.watches) {
+        if (!this.watches.has(watch)) problems.push(`watch ${watch.path} of connection ${conn.id} was not indexed`);
+        this.watches.add(watch);
+      }
+    }
+    return problems;
+  }
+
+  /** The identity a connection acts with for permission checks. */
+  callerOf(conn: Connection): Caller {
+    const domain = conn.domain;
+    return {
+      domid: domain.domid,
+      target: domain.target,
+      privileged: domain.privileged,
+      domidAnyAllowed: (domain.features & XsServerFeature.DOMID_ANY) !== 0,
+    };
+  }
+
+  /** The base of a connection's relative paths: `/local/domain/<domid>`. */
+  homeOf(conn: Connection): string {
+    return domainHome(conn.domid);
+  }
+
+  // ---- requests -------------------------------------------------------------
+
+  private process(conn: Connection, msg: XsMessage): void {
+    const domain = conn.domain;
+    this.domains.adjust(domain, 'outstanding', 1);
+    const ticket = new RequestTicket(() => {
+      this.domains.adjust(domain, 'outstanding', -1);
+      this.wake(domain);
+    });
+    ticket.hold(); // released below, once the reply is queued
+    this.tracer.io('IN', `conn ${conn.id}`, conn.domid, msg);
+    const deferred: (() => void)[] = [];
+    let type = msg.type;
+    let payload: Buffer;
+    try {
+      payload = this.dispatch({ daemon: this, conn, msg, ticket, afterReply: (fn) => deferred.push(fn) });
+      if (payload.length > XENSTORE_PAYLOAD_MAX) throw new XsError('E2BIG', `reply of ${payload.length} bytes`);
+    } catch (err) {
+      type = XsType.ERROR;
+      payload = nulStrings(this.errnoOf(err, conn, msg));
+      deferred.length = 0;
+    }
+    const reply: XsMessage = { type, reqId: msg.reqId, txId: msg.txId, len: payload.length, payload };
+    this.tracer.io('OUT', `conn ${conn.id}`, conn.domid, reply);
+    conn.reply(encodeMessage(type, msg.reqId, msg.txId, payload), ticket);
+    for (const fn of deferred) fn();
+    ticket.drop();
+  }
+
+  private dispatch(ctx: RequestContext): Buffer {
+    const { conn, msg } = ctx;
+    const handler = HANDLERS.get(msg.type);
+    if (!handler) throw new XsError('ENOSYS', `unknown message type ${msg.type}`);
+    if (handler.privileged && !conn.domain.privileged) throw new XsError('EACCES', `${xsTypeName(msg.type)} is privileged`);
+    if (!handler.ignoresTransaction && msg.txId !== 0 && !conn.transactions.has(msg.txId)) {
+      throw new XsError('ENOENT', `no transaction ${msg.txId}`);
+    }
+    return handler.run(ctx);
+  }
+
+  private errnoOf(err: unknown, conn: Connection, msg: XsMessage): string {
+    if (err instanceof XsError) return err.errno;
+    log.error(`internal error on ${xsTypeName(msg.type)} from connection ${conn.id}: ${(err as Error)?.stack ?? err}`);
+    return 'EIO';
+  }
+
+  private mayProcess(conn: Connection): boolean {
+    if (conn.queuedBytes > SOCKET_BACKLOG_LIMIT) return false;
+    const domain = conn.domain;
+    if (domain.privileged) return true;
+    return !domain.wouldExceed('outstanding', domain.counts.outstanding, 1) && !exceeds(this.domains.memoryOf(domain), domain.quotas.hard.memory);
+  }
+
+  private oversize(conn: Connection, header: XsHeader): void {
+    log.warn(`connection ${conn.id} (d${conn.domid}) sent a ${header.len}-byte payload, over ${XENSTORE_PAYLOAD_MAX}: disconnected`);
+    conn.close('proto');
+  }
+
+  private connectionMemory(conn: Connection, delta: number): void {
+    const domain = conn.domain;
+    domain.connectionMemory += delta;
+    this.domains.noteValue(domain, 'memory', this.domains.memoryOf(domain));
+    if (!domain.privileged) this.reportMemory(domain);
+    if (delta < 0) this.wake(domain);
+  }
+
+  /** Logs crossing the soft and hard memory quotas, once each way. */
+  private reportMemory(domain: DomainRecord): void {
+    const used = this.domains.memoryOf(domain);
+    const hard = exceeds(used, domain.quotas.hard.memory);
+    const soft = exceeds(used, domain.quotas.soft.memory);
+    if (hard !== domain.hardMemoryReported) {
+      domain.hardMemoryReported = hard;
+      if (hard) log.error(`domain ${domain.domid} exceeds its hard memory quota: its requests are stalled`);
+      else log.info(`domain ${domain.domid} is below its hard memory quota again`);
+    }
+    if (soft !== domain.softMemoryReported) {
+      domain.softMemoryReported = soft;
+      if (soft) log.warn(`domain ${domain.domid} exceeds its soft memory quota`);
+      else log.info(`domain ${domain.domid} is below its soft memory quota again`);
+    }
+  }
+
+  /** Resumes a domain's stalled requests once it is under its quotas again. */
+  private wake(domain: DomainRecord): void {
+    for (const conn of this.connections) if (conn.domain === domain) conn.pump();
+  }
+
+  private disconnected(conn: Connection): void {
+    this.connections.delete(conn);
+    this.removeAllWatches(conn);
+    this.endAllTransactions(conn);
+    this.tracer.event('obj', `DESTROY connection ${conn.id}`);
+  }
+
+  // ---- watches --------------------------------------------------------------
+
+  addWatch(conn: Connection, watch: Watch<Connection>): void {
+    conn.watches.push(watch);
+    this.watches.add(watch);
+    this.domains.adjust(conn.domain, 'watches', 1);
+    this.connectionMemory(conn, watchMemory(watch));
+  }
+
+  removeWatch(conn: Connection, watch: Watch<Connection>): void {
+    const index = conn.watches.indexOf(watch);
+    if (index < 0) return;
+    conn.watches.splice(index, 1);
+    this.watches.remove(watch);
+    this.domains.adjust(conn.domain, 'watches', -1);
+    this.connectionMemory(conn, -watchMemory(watch));
+  }
+
+  removeAllWatches(conn: Connection): void {
+    for (const watch of [...conn.watches]) this.removeWatch(conn, watch);
+  }
+
+  /**
+   * Delivers the watch events for a set of changes. `ticket` belongs to the
+   * request that made them; an unprivileged domain's request stays
+   * outstanding until the events it fired for others are delivered.
+   */
+  fire(events: readonly ChangeEvent[], origin: Connection | undefined, ticket: RequestTicket | undefined): void {
+    const held = origin && !origin.domain.privileged ? ticket : undefined;
+    for (const event of events) {
+      for (const watch of this.watches.matching(event.path, event.match)) {
+        if (!mayObserve(this.callerOf(watch.owner), event)) continue;
+        this.sendEvent(watch, event.path.slice(watch.prefixLength), held, false);
+      }
+    }
+  }
+
+  /** Fires `@introduceDomain` / `@releaseDomain` for a domain, as xenstored's fire_special_watches(). */
+  fireSpecial(name: typeof INTRODUCE_DOMAIN | typeof RELEASE_DOMAIN, domid: number | undefined, matches: readonly SpecialMatch[]): void {
+    const node = this.store.tree.roots.get(name)!;
+    const event: ChangeEvent = {
+      path: name,
+      match: 'exact',
+      perms: this.store.effectivePerms(node),
+      parentPerms: this.store.effectivePerms(this.store.tree.get(ROOT_PATH)!),
+      oldPerms: undefined,
+    };
+    for (const match of matches) {
+      const path = match === 'depth' ? `${name}/${domid}` : name;
+      for (const watch of this.watches.matchingSpecial(path, match)) {
+        if (!mayObserve(this.callerOf(watch.owner), event)) continue;
+        this.sendEvent(watch, path, undefined, true);
+      }
+    }
+  }
+
+  /** Queues one WATCH_EVENT, unless it is too long or the receiving domain is out of memory quota. */
+  sendEvent(watch: Watch<Connection>, path: string, ticket: RequestTicket | undefined, special: boolean): void {
+    const conn = watch.owner;
+    const payload = nulStrings(path, watch.token);
+    if (payload.length > XENSTORE_PAYLOAD_MAX) return;
+    const frame = encodeMessage(XsType.WATCH_EVENT, 0, 0, payload);
+    const domain = conn.domain;
+    if (!domain.privileged && exceeds(this.domains.memoryOf(domain) + frame.length, domain.quotas.hard.memory)) {
+      this.tracer.event('acc', `watch event ${path} for domain ${domain.domid} dropped: memory quota`);
+      return;
+    }
+    if (!conn.event(frame, ticket, special, Date.now())) {
+      this.tracer.event('obj', `dropping duplicate watch ${path} ${watch.token} for domain ${domain.domid}`);
+    }
+  }
+
+  private expireEvents(): void {
+    if (this.watchEventTimeoutMs <= 0) return;
+    const now = Date.now();
+    for (const conn of this.connections) {
+      if (conn.domain.privileged || conn.queuedBytes === 0) continue;
+      const dropped = conn.expireEvents(now, this.watchEventTimeoutMs);
+      if (dropped > 0) this.tracer.event('obj', `${dropped} watch events for domain ${conn.domid} timed out`);
+    }
+  }
+
+  // ---- transactions -----------------------------------------------------------
+
+  startTransaction(conn: Connection): Transaction {
+    const domain = conn.domain;
+    if (domain.wouldExceed('transactions', domain.counts.transactions, 1)) {
+      throw new XsError('ENOSPC', `domain ${domain.domid} has ${domain.counts.transactions} transactions open`);
+    }
+    const id = conn.allocateTransactionId();
+    const tx = new Transaction(id, this.store, {
+      accessedNodes: domain.privileged ? 0 : domain.quotas.hard['transaction-nodes'],
+      chargeMemory: (bytes) => {
+        if (!domain.privileged && exceeds(this.domains.memoryOf(domain) + bytes, domain.quotas.hard.memory)) {
+          throw new XsError('ENOMEM', `domain ${domain.domid} is over its memory quota`);
+        }
+        this.connectionMemory(conn, bytes);
+      },
+    });
+    conn.transactions.set(id, tx);
+    this.domains.adjust(domain, 'transactions', 1);
+    this.tracer.event('obj', `CREATE transaction ${id} on connection ${conn.id}`);
+    return tx;
+  }
+
+  endTransaction(conn: Connection, tx: Transaction): void {
+    if (!conn.transactions.delete(tx.id)) return;
+    this.domains.adjust(conn.domain, 'transactions', -1);
+    this.domains.noteValue(conn.domain, 'transaction-nodes', tx.accessedCount);
+    this.connectionMemory(conn, -tx.copiedBytes);
+    this.tracer.event('obj', `DESTROY transaction ${tx.id} on connection ${conn.id}`);
+  }
+
+  endAllTransactions(conn: Connection): void {
+    for (const tx of [...conn.transactions.values()]) this.endTransaction(conn, tx);
+  }
+
+  // ---- domains ------------------------------------------------------------------
+
+  /**
+   * INTRODUCE: connects to a domain's ring through the backend. A domain that
+   * is introduced again keeps its record but starts a fresh connection, as
+   * xenstored resets the ring for a domain that resumed.
+   */
+  introduce(domid: number, gfn: bigint, port: number): void {
+    const domain = this.domains.findOrCreate(domid);
+    if (!domain) throw new XsError('ENOENT', `domain ${domid} does not exist`);
+    const transport = this.backend.connect(domid, gfn, port);
+    const first = !domain.introduced;
+    for (const conn of this.connectionsOf(domain)) {
+      this.removeAllWatches(conn);
+      conn.close();
+    }
+    domain.introduced = true;
+    domain.shutdown = false;
+    this.connect(transport, domid);
+    if (first && !domain.privileged) this.fireSpecial(INTRODUCE_DOMAIN, domid, ['nodepth', 'depth']);
+  }
+
+  /**
+   * RELEASE, or the death of a domain: its connection goes (without telling
+   * it of its own nodes' removal), the nodes it owns are deleted and its
+   * permission entries dropped (XSA-322, XSA-419), and `@releaseDomain`
+   * fires.
+   */
+  releaseDomain(domid: number): void {
+    const domain = this.domains.find(domid);
+    if (!domain) return;
+    for (const conn of this.connectionsOf(domain)) {
+      this.removeAllWatches(conn);
+      conn.close();
+    }
+    const wasIntroduced = domain.introduced;
+    this.removeDomainFromTree(domid);
+    this.domains.forget(domid);
+    for (const other of this.domains.all()) if (other.target === domid) other.target = undefined;
+    if (wasIntroduced) this.fireSpecial(RELEASE_DOMAIN, domid, ['nodepth', 'depth']);
+  }
+
+  /**
+   * A domain shut down (but is not gone yet): `@releaseDomain` fires once,
+   * until RESUME says the domain runs again.
+   */
+  domainShutdown(domid: number): void {
+    const domain = this.domains.find(domid);
+    if (!domain?.introduced || domain.shutdown) return;
+    domain.shutdown = true;
+    this.fireSpecial(RELEASE_DOMAIN, domid, ['depth', 'nodepth']);
+  }
+
+  connectionsOf(domain: DomainRecord): Connection[] {
+    return [...this.connections].filter((c) => c.domain === domain && c.transport.kind === 'ring');
+  }
+
+  /**
+   * Deletes the nodes a domain owns and drops its entries from everyone
+   * else's permissions, as xenstored's domain_tree_remove() does, firing the
+   * watches the removals trigger.
+   */
+  private removeDomainFromTree(domid: number): void {
+    const owned: string[] = [];
+    const mentioned: string[] = [];
+    const collect = (node: Node, full: string): void => {
+      if (node.ownerDomid === domid && full !== '/' && !full.startsWith('@')) {
+        owned.push(full);
+        return;
+      }
+      if (node.perms.some((p, i) => i > 0 && p.domid === domid)) mentioned.push(full);
+      for (const [name, child] of node.children) collect(child, full === '/' ? `/${name}` : `${full}/${name}`);
+    };
+    for (const [root, node] of this.store.tree.roots) collect(node, root);
+
+    const events: ChangeEvent[] = [];
+    const view = this.store.liveView(events);
+    for (const full of owned) {
+      const path = parseAbsolute(full);
+      const node = this.store.tree.get(path);
+      if (node) this.store.removeSubtree(view, DOM0_CALLER, path, node);
+    }
+    for (const full of mentioned) {
+      const path = parseAbsolute(full);
+      if (!this.store.tree.get(path)) continue;
+      const node = this.store.tree.mutable(path);
+      const before = nodeMemory(node, full);
+      node.perms = node.perms.filter((p, i) => i === 0 || p.domid !== domid);
+      node.generation = this.store.nextGeneration();
+      this.store.account(node.ownerDomid, 0, nodeMemory(node, full) - before);
+    }
+    this.fire(events, undefined, undefined);
+  }
+}
+
+/** The daemon acting on its own behalf. */
+const DOM0_CALLER: Caller = { domid: PRIVILEGED_DOMID, privileged: true, domidAnyAllowed: true };
+
+/** Memory xenstored charges for a watch: its path and token. */
+function watchMemory(watch: Watch<Connection>): number {
+  return watch.path.length + watch.token.length;
+}
+
+/**
+ * Whether a watcher may be told of a change (xenstored's watch_permitted()):
+ * it could read the node before the change, can read it now, or can read its
+ * parent. A node that no longer exists is only reported to those who could
+ * read it before.
+ */
+function mayObserve(caller: Caller, event: ChangeEvent): boolean {
+  const readable = (perms: PermList | undefined) => perms !== undefined && (accessFor(caller, perms) & Access.READ) !== 0;
+  if (readable(event.oldPerms)) return true;
+  if (!event.perms) return false;
+  return readable(event.perms) || readable(event.parentPerms);
+}
