@@ -3,18 +3,17 @@ import { resolve } from 'node:path';
 import { XsError } from '../../shared/errors.js';
 import { createLogger } from '../../shared/log.js';
 import { nulStrings, splitNulStrings } from '../../shared/xs-wire.js';
-import { QUOTA_DESCRIPTIONS, QUOTA_ITEMS, SOFT_QUOTA_ITEMS, isQuotaItem, isSoftQuotaItem } from '../store/quota.js';
+import { QUOTA_DESCRIPTIONS, QUOTA_ITEMS, SOFT_QUOTA_DESCRIPTIONS, SOFT_QUOTA_ITEMS, isQuotaItem, isSoftQuotaItem } from '../store/quota.js';
 import { cAtoi } from './args.js';
 import type { Connection } from './connection.js';
-import { TRACE_SWITCHES } from './trace.js';
 import type { XenStoreDaemon } from './xenstored.js';
 
 const log = createLogger('xenstored');
 
 /**
  * The CONTROL commands, with the names, arguments and output formats of
- * Xen's C xenstored (tools/xenstored/control.c), which is what
- * xenstore-control sends and prints.
+ * the C xenstored that Debian's xenstore-control comes with (Xen 4.17,
+ * tools/xenstore/xenstored_control.c): the tool prints what we return.
  */
 interface Command {
   readonly name: string;
@@ -44,22 +43,19 @@ function quotaSet(daemon: XenStoreDaemon, args: string[], kind: 'hard' | 'soft')
   return OK;
 }
 
+/** `quota <domid>`: what a domain uses, as xenstored 4.17 prints it. */
 function domainQuotaReport(daemon: XenStoreDaemon, domidText: string): string {
   const domid = cAtoi(domidText);
   const domain = daemon.domains.find(domid);
   if (!domain) throw new XsError('ENOENT', `domain ${domid} is not known`);
-  const rows = QUOTA_ITEMS.map((item) => {
-    const current = daemon.domains.currentValue(domain, item);
-    return `${item.padEnd(17)}: ${String(current).padStart(8)} (max ${String(Math.max(current, domain.maxSeen[item])).padStart(8)})\n`;
-  });
-  return `Domain ${domid}:\n${rows.join('')}`;
-}
-
-function maxReport(daemon: XenStoreDaemon, args: string[]): string {
-  if (args.length > 1 || (args.length === 1 && args[0] !== '-r')) throw new XsError('EINVAL', 'usage: max [-r]');
-  if (args.length === 1) daemon.domains.resetMax();
-  const rows = QUOTA_ITEMS.map((item) => `${item.padEnd(17)}: ${String(daemon.domains.globalMax[item]).padStart(8)}\n`);
-  return `Max. seen accounting values:\n${rows.join('')}`;
+  const rows: [string, number][] = [
+    ['nodes', daemon.store.usageOf(domid).nodes],
+    ['watches', domain.counts.watches],
+    ['transactions', domain.counts.transactions],
+    ['outstanding', domain.counts.outstanding],
+    ['memory', daemon.domains.memoryOf(domain)],
+  ];
+  return `Domain ${domid}:\n${rows.map(([name, value]) => `${name.padEnd(16)}: ${String(value).padStart(8)}\n`).join('')}`;
 }
 
 /** What `memreport` writes: the store, the connections and the process's memory. */
@@ -92,17 +88,12 @@ const COMMANDS: Command[] = [
   },
   {
     name: 'log',
-    params: '[on|off|+<switch>|-<switch>]',
+    params: 'on|off',
     run: (daemon, args) => {
-      if (args.length === 0) {
-        const rows = TRACE_SWITCHES.map((sw) => `${sw.padEnd(8)}: ${daemon.tracer.isOn(sw) ? 'on' : 'off'}\n`);
-        return `Log switch settings:\n${rows.join('')}`;
-      }
-      if (args.length !== 1) throw new XsError('EINVAL', 'log takes one argument');
-      const arg = args[0]!;
-      if (arg === 'on') daemon.tracer.reopen();
-      else if (arg === 'off') daemon.tracer.close();
-      else if (!daemon.tracer.setSwitch(arg)) throw new XsError('EINVAL', `unknown log switch '${arg}'`);
+      if (args.length !== 1) throw new XsError('EINVAL', 'log takes on or off');
+      if (args[0] === 'on') daemon.tracer.reopen();
+      else if (args[0] === 'off') daemon.tracer.close();
+      else throw new XsError('EINVAL', `log takes on or off, not '${args[0]}'`);
       return OK;
     },
   },
@@ -142,7 +133,7 @@ const COMMANDS: Command[] = [
   },
   {
     name: 'quota',
-    params: '[set <name> <val>|<domid>|max [-r]]',
+    params: '[set <name> <val>|<domid>]',
     run: (daemon, args) => {
       const quotas = daemon.domains.globalQuotas;
       if (args.length === 0) {
@@ -152,7 +143,6 @@ const COMMANDS: Command[] = [
         );
       }
       if (args[0] === 'set') return quotaSet(daemon, args.slice(1), 'hard');
-      if (args[0] === 'max') return maxReport(daemon, args.slice(1));
       if (args.length !== 1) throw new XsError('EINVAL', 'usage: quota <domid>');
       return domainQuotaReport(daemon, args[0]!);
     },
@@ -165,7 +155,7 @@ const COMMANDS: Command[] = [
       if (args.length === 0) {
         return settings(
           'Quota settings:',
-          SOFT_QUOTA_ITEMS.map((item) => [item, quotas.soft[item], QUOTA_DESCRIPTIONS[item]]),
+          SOFT_QUOTA_ITEMS.map((item) => [item, quotas.soft[item], SOFT_QUOTA_DESCRIPTIONS[item]]),
         );
       }
       if (args[0] === 'set') return quotaSet(daemon, args.slice(1), 'soft');
@@ -177,7 +167,7 @@ const COMMANDS: Command[] = [
     params: '',
     run: (_daemon, args) => {
       noArgs(args);
-      return COMMANDS.map((cmd) => `${cmd.name.padEnd(15)} ${cmd.params}\n`).join('');
+      return COMMANDS.map((cmd) => `${cmd.name}\t${cmd.params}\n`).join('');
     },
   },
 ];

@@ -1,6 +1,6 @@
 import { XsServerFeature } from '../../shared/xs-wire.js';
-import { QUOTA_ITEMS, copyQuotas, exceeds, type QuotaItem, type QuotaSet } from '../store/quota.js';
-import type { DomainPolicy, NodeUsage, Store } from '../store/store.js';
+import { copyQuotas, exceeds, type QuotaItem, type QuotaSet } from '../store/quota.js';
+import type { DomainPolicy, Store } from '../store/store.js';
 import type { DomainBackend } from './domain-backend.js';
 
 /** The domain xenstored treats as privileged (dom0, the toolstack domain). */
@@ -31,7 +31,6 @@ export class DomainRecord {
   readonly counts: Record<CountedItem, number> = { watches: 0, outstanding: 0, transactions: 0 };
   /** Memory held outside the node tree: queued output, watches, transaction copies. */
   connectionMemory = 0;
-  readonly maxSeen: Record<QuotaItem, number>;
   softMemoryReported = false;
   hardMemoryReported = false;
 
@@ -40,9 +39,7 @@ export class DomainRecord {
     /** Store generation when the domain became known (XSA-322). */
     readonly generation: number,
     readonly quotas: QuotaSet,
-  ) {
-    this.maxSeen = Object.fromEntries(QUOTA_ITEMS.map((item) => [item, 0])) as Record<QuotaItem, number>;
-  }
+  ) {}
 
   get privileged(): boolean {
     return this.domid === PRIVILEGED_DOMID;
@@ -52,11 +49,6 @@ export class DomainRecord {
   wouldExceed(item: QuotaItem, current: number, extra: number): boolean {
     return !this.privileged && exceeds(current + extra, this.quotas.hard[item]);
   }
-
-  /** Remembers the largest value seen, reported by `xenstore-control quota`. */
-  noteValue(item: QuotaItem, value: number): void {
-    if (value > this.maxSeen[item]) this.maxSeen[item] = value;
-  }
 }
 
 /**
@@ -65,16 +57,12 @@ export class DomainRecord {
  */
 export class DomainRegistry implements DomainPolicy {
   private readonly records = new Map<number, DomainRecord>();
-  /** Largest values seen over all unprivileged domains (`xenstore-control quota max`). */
-  readonly globalMax: Record<QuotaItem, number>;
   store!: Store;
 
   constructor(
     readonly globalQuotas: QuotaSet,
     private readonly backend: DomainBackend,
-  ) {
-    this.globalMax = Object.fromEntries(QUOTA_ITEMS.map((item) => [item, 0])) as Record<QuotaItem, number>;
-  }
+  ) {}
 
   /** The record of a domain we already know about. */
   find(domid: number): DomainRecord | undefined {
@@ -112,13 +100,6 @@ export class DomainRegistry implements DomainPolicy {
     return this.findOrCreate(domid)?.generation;
   }
 
-  usageChanged(domid: number, usage: NodeUsage): void {
-    const record = this.records.get(domid);
-    if (!record) return;
-    this.noteValue(record, 'nodes', usage.nodes);
-    this.noteValue(record, 'memory', this.memoryOf(record));
-  }
-
   /** Memory a domain uses in total: its nodes plus what its connection holds. */
   memoryOf(record: DomainRecord): number {
     return this.store.usageOf(record.domid).memory + record.connectionMemory;
@@ -126,35 +107,5 @@ export class DomainRegistry implements DomainPolicy {
 
   adjust(record: DomainRecord, item: CountedItem, delta: number): void {
     record.counts[item] += delta;
-    this.noteValue(record, item, record.counts[item]);
-  }
-
-  noteValue(record: DomainRecord, item: QuotaItem, value: number): void {
-    record.noteValue(item, value);
-    if (!record.privileged && value > this.globalMax[item]) this.globalMax[item] = value;
-  }
-
-  /** Resets `quota max` to the current values (`xenstore-control quota max -r`). */
-  resetMax(): void {
-    for (const item of QUOTA_ITEMS) this.globalMax[item] = 0;
-    for (const record of this.records.values()) {
-      for (const item of QUOTA_ITEMS) record.maxSeen[item] = this.currentValue(record, item);
-    }
-  }
-
-  /** The accounting value xenstored reports for an item. */
-  currentValue(record: DomainRecord, item: QuotaItem): number {
-    switch (item) {
-      case 'nodes':
-        return this.store.usageOf(record.domid).nodes;
-      case 'memory':
-        return this.memoryOf(record);
-      case 'watches':
-      case 'outstanding':
-      case 'transactions':
-        return record.counts[item];
-      default:
-        return 0;
-    }
   }
 }

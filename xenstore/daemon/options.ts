@@ -27,7 +27,7 @@ export const XENSTORED_USAGE = `Usage: xenmesh xenstored [options]
   -A, --perm-nb <nb>       limit the number of permissions per node (default 5)
   -M, --path-max <chars>   limit the length of a node path (at most ${XENSTORE_REL_PATH_MAX})
   -Q, --quota <what>=<nb>  set the quota <what>: nodes, watches, outstanding, memory,
-                           transactions, transaction-nodes, node-permissions,
+                           transactions, transaction-nodes, permissions,
                            path-max, node-size
   -q, --quota-soft <what>=<nb>  set a soft quota (memory), which only warns
   -w, --timeout <what>=<seconds>  watch-event: how long a watch event may wait
@@ -54,8 +54,8 @@ const VALUE_FLAGS: Record<string, string> = {
   '--watch-nb': 'watches',
   '-t': 'transactions',
   '--transaction': 'transactions',
-  '-A': 'node-permissions',
-  '--perm-nb': 'node-permissions',
+  '-A': 'permissions',
+  '--perm-nb': 'permissions',
   '-M': 'path-max',
   '--path-max': 'path-max',
   '-Q': 'quota',

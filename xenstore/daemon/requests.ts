@@ -33,14 +33,11 @@ const EMPTY_VALUE = Buffer.alloc(0);
 
 /** A path argument, validated and made absolute for this connection. */
 function pathArg(ctx: RequestContext, text: string, allowSpecial = false): StorePath {
-  const domain = ctx.conn.domain;
-  const path = canonicalize(text, {
+  return canonicalize(text, {
     home: domainHome(ctx.conn.domid),
     allowSpecial,
-    pathMax: domain.quotas.hard['path-max'],
+    pathMax: ctx.conn.domain.quotas.hard['path-max'],
   });
-  ctx.daemon.domains.noteValue(domain, 'path-max', path.full.length);
-  return path;
 }
 
 /**
@@ -173,7 +170,6 @@ export const HANDLERS = new Map<number, Handler>([
         const [pathText, ...entries] = atLeastStrings(ctx.msg.payload, 2) as [string, ...string[]];
         const perms = parsePermStrings(entries);
         const path = pathArg(ctx, pathText, true);
-        ctx.daemon.domains.noteValue(ctx.conn.domain, 'node-permissions', perms.length);
         inView(ctx, (view) => ctx.daemon.store.setPerms(view, caller(ctx), path, perms));
         return OK;
       },

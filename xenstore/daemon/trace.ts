@@ -3,12 +3,11 @@ import { resolve } from 'node:path';
 import { xsTypeName, type XsMessage } from '../../shared/xs-wire.js';
 
 /**
- * The trace switches `xenstore-control log` understands, as xenstored names
- * them: `io` for every request and reply, `obj` for connections, watches and
- * transactions coming and going, `acc` for quota accounting decisions.
+ * What a trace line is about, as xenstored labels them: `io` for a request or
+ * reply, `obj` for connections and transactions coming and going, `acc` for
+ * quota decisions.
  */
-export const TRACE_SWITCHES = ['obj', 'io', 'acc'] as const;
-export type TraceSwitch = (typeof TRACE_SWITCHES)[number];
+export type TraceCategory = 'io' | 'obj' | 'acc';
 
 /** Renders a payload on one line: NULs as spaces, other unprintable bytes as \xNN. */
 export function printablePayload(payload: Buffer): string {
@@ -22,13 +21,12 @@ export function printablePayload(payload: Buffer): string {
 }
 
 /**
- * The trace file of `--trace`: one line per request and per reply, plus the
- * other switched-on categories. `xenstore-control log on|off|+sw|-sw` and
- * `logfile` drive it while the daemon runs.
+ * The trace file of `--trace`: one line per request and per reply, and one
+ * per connection or transaction that comes or goes. `xenstore-control log
+ * on|off` and `logfile` drive it while the daemon runs.
  */
 export class Tracer {
   private stream: WriteStream | undefined;
-  private readonly switches = new Set<TraceSwitch>(['obj', 'io']);
 
   constructor(private file: string | undefined) {
     this.reopen();
@@ -40,19 +38,6 @@ export class Tracer {
 
   get active(): boolean {
     return this.stream !== undefined;
-  }
-
-  isOn(sw: TraceSwitch): boolean {
-    return this.switches.has(sw);
-  }
-
-  /** `log +<switch>` / `log -<switch>`; false for an unknown switch. */
-  setSwitch(spec: string): boolean {
-    const name = spec.slice(1) as TraceSwitch;
-    if (!(TRACE_SWITCHES as readonly string[]).includes(name) || !/^[+-]/.test(spec)) return false;
-    if (spec.startsWith('+')) this.switches.add(name);
-    else this.switches.delete(name);
-    return true;
   }
 
   /** `log on`: (re)opens the trace file, if one is set. */
@@ -79,14 +64,14 @@ export class Tracer {
   }
 
   io(direction: 'IN' | 'OUT', connection: string, domid: number, msg: XsMessage): void {
-    if (!this.stream || !this.switches.has('io')) return;
+    if (!this.stream) return;
     this.write(
       `io: ${direction} ${connection} (d${domid}) ${new Date().toISOString()} ${xsTypeName(msg.type)} req ${msg.reqId} tx ${msg.txId} (${printablePayload(msg.payload)})`,
     );
   }
 
-  event(category: TraceSwitch, text: string): void {
-    if (this.stream && this.switches.has(category)) this.write(`${category}: ${text}`);
+  event(category: TraceCategory, text: string): void {
+    if (this.stream) this.write(`${category}: ${text}`);
   }
 
   write(line: string): void {

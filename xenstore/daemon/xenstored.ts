@@ -192,7 +192,6 @@ export class XenStoreDaemon {
   private connectionMemory(conn: Connection, delta: number): void {
     const domain = conn.domain;
     domain.connectionMemory += delta;
-    this.domains.noteValue(domain, 'memory', this.domains.memoryOf(domain));
     if (!domain.privileged) this.reportMemory(domain);
     if (delta < 0) this.wake(domain);
   }
@@ -334,7 +333,6 @@ export class XenStoreDaemon {
   endTransaction(conn: Connection, tx: Transaction): void {
     if (!conn.transactions.delete(tx.id)) return;
     this.domains.adjust(conn.domain, 'transactions', -1);
-    this.domains.noteValue(conn.domain, 'transaction-nodes', tx.accessedCount);
     this.connectionMemory(conn, -tx.copiedBytes);
     this.tracer.event('obj', `DESTROY transaction ${tx.id} on connection ${conn.id}`);
   }
@@ -432,7 +430,7 @@ export class XenStoreDaemon {
       const before = nodeMemory(node, full);
       node.perms = node.perms.filter((p, i) => i === 0 || p.domid !== domid);
       node.generation = this.store.nextGeneration();
-      this.store.account(node.ownerDomid, 0, nodeMemory(node, full) - before);
+      if (path.root === '/') this.store.account(node.ownerDomid, 0, nodeMemory(node, full) - before);
     }
     this.fire(events, undefined, undefined);
   }

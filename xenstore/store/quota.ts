@@ -1,19 +1,20 @@
 /**
- * Quotas with the names, meanings and defaults of Xen's C xenstored
- * (tools/xenstored/domain.c, quota_adm[] and quotas[]). A value of 0 disables
- * the check. The privileged domain is exempt from every quota.
+ * Quotas with the names, meanings and defaults of Xen's C xenstored, in the
+ * order its `xenstore-control quota` lists them (Xen 4.17,
+ * tools/xenstore/xenstored_control.c). A value of 0 disables the check; a
+ * quota of N allows N. The privileged domain is exempt from every quota.
  */
 
 export const QUOTA_ITEMS = [
   'nodes',
   'watches',
-  'outstanding',
-  'memory',
   'transactions',
+  'outstanding',
   'transaction-nodes',
-  'node-permissions',
-  'path-max',
+  'memory',
   'node-size',
+  'path-max',
+  'permissions',
 ] as const;
 
 export type QuotaItem = (typeof QUOTA_ITEMS)[number];
@@ -21,26 +22,30 @@ export type QuotaItem = (typeof QUOTA_ITEMS)[number];
 export const QUOTA_DESCRIPTIONS: Record<QuotaItem, string> = {
   nodes: 'Nodes per domain',
   watches: 'Watches per domain',
+  transactions: 'Transactions per domain',
   outstanding: 'Outstanding requests per domain',
-  memory: 'Total Xenstore memory per domain',
-  transactions: 'Active transactions per domain',
   'transaction-nodes': 'Max. number of accessed nodes per transaction',
-  'node-permissions': 'Max. number of permissions per node',
-  'path-max': 'Max. length of a node path',
+  memory: 'Total Xenstore memory per domain (error level)',
   'node-size': 'Max. size of a node',
+  'path-max': 'Max. length of a node path',
+  permissions: 'Max. number of permissions per node',
 };
+
+export const SOFT_QUOTA_DESCRIPTIONS = {
+  memory: 'Total Xenstore memory per domain (warning level)',
+} as const;
 
 /** Hard quota defaults of Xen's C xenstored. */
 export const DEFAULT_HARD_QUOTAS: Readonly<Record<QuotaItem, number>> = {
   nodes: 1000,
   watches: 128,
-  outstanding: 20,
-  memory: 2 * 1024 * 1024 + 512 * 1024, // 2.5 MB
   transactions: 10,
+  outstanding: 20,
   'transaction-nodes': 1024,
-  'node-permissions': 5,
-  'path-max': 2048, // XENSTORE_REL_PATH_MAX
+  memory: 2 * 1024 * 1024 + 512 * 1024, // 2.5 MB
   'node-size': 2048,
+  'path-max': 2048, // XENSTORE_REL_PATH_MAX
+  permissions: 5,
 };
 
 /** Soft quotas only warn; xenstored has one, for memory (2 MB). */

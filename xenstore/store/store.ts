@@ -34,8 +34,6 @@ export interface DomainPolicy {
    * inherits nothing (XSA-322).
    */
   domainGeneration(domid: number): number | undefined;
-  /** Told whenever a domain's node usage changes, to track the largest values seen. */
-  usageChanged?(domid: number, usage: NodeUsage): void;
 }
 
 /** A caller of a store operation. */
@@ -72,7 +70,8 @@ export interface StoreView {
 
 /**
  * The xenstore database: the live tree, its generation counter and the
- * per-domain accounting of nodes. It knows nothing of connections; the daemon
+ * per-domain accounting of nodes (those under `/`; the special nodes are not
+ * counted, as in xenstored). It knows nothing of connections; the daemon
  * turns requests into calls here and delivers the change events.
  */
 export class Store {
@@ -92,9 +91,7 @@ export class Store {
     for (const special of [INTRODUCE_DOMAIN, RELEASE_DOMAIN]) {
       this.tree.roots.set(special, this.tree.newNode(EMPTY_VALUE, PRIVILEGED_ONLY, this.nextGeneration()));
     }
-    for (const [root, node] of this.tree.roots) {
-      walkPostOrder(node, root, (n, full) => this.account(n.ownerDomid, 1, nodeMemory(n, full)));
-    }
+    walkPostOrder(this.tree.roots.get('/')!, '/', (n, full) => this.account(n.ownerDomid, 1, nodeMemory(n, full)));
   }
 
   nextGeneration(): number {
@@ -121,7 +118,6 @@ export class Store {
     entry.memory += memory;
     if (entry.nodes === 0) this.usage.delete(domid);
     else this.usage.set(domid, entry);
-    this.policy.usageChanged?.(domid, entry);
   }
 
   /**
@@ -130,14 +126,12 @@ export class Store {
    */
   check(): string[] {
     const actual = new Map<number, NodeUsage>();
-    for (const [root, node] of this.tree.roots) {
-      walkPostOrder(node, root, (n, full) => {
-        const entry = actual.get(n.ownerDomid) ?? { nodes: 0, memory: 0 };
-        entry.nodes += 1;
-        entry.memory += nodeMemory(n, full);
-        actual.set(n.ownerDomid, entry);
-      });
-    }
+    walkPostOrder(this.tree.roots.get('/')!, '/', (n, full) => {
+      const entry = actual.get(n.ownerDomid) ?? { nodes: 0, memory: 0 };
+      entry.nodes += 1;
+      entry.memory += nodeMemory(n, full);
+      actual.set(n.ownerDomid, entry);
+    });
     const problems: string[] = [];
     for (const domid of new Set([...actual.keys(), ...this.usage.keys()])) {
       const want = actual.get(domid) ?? { nodes: 0, memory: 0 };
@@ -221,7 +215,7 @@ export class Store {
   }
 
   setPerms(view: StoreView, caller: Caller, path: StorePath, requested: readonly Perm[]): void {
-    const permLimit = this.policy.quota(caller.domid, 'node-permissions');
+    const permLimit = this.policy.quota(caller.domid, 'permissions');
     if (!caller.privileged && exceeds(requested.length, permLimit)) {
       throw new XsError('ENOSPC', `more than ${permLimit} permission entries`);
     }
@@ -243,7 +237,9 @@ export class Store {
     node.perms = perms;
     this.touch(node);
     const after = nodeMemory(node, path.full);
-    if (oldOwner !== newOwner) {
+    if (path.root !== '/') {
+      // The special nodes only carry permissions; like xenstored we do not count them as anyone's nodes.
+    } else if (oldOwner !== newOwner) {
       view.adjustUsage(oldOwner, -1, -before);
       view.adjustUsage(newOwner, 1, after);
     } else {

@@ -115,7 +115,9 @@ export class Transaction implements StoreView {
     for (const [root, mine] of this.tree.roots) {
       const base = this.snapshot.roots.get(root);
       if (mine === base) continue;
-      merged.set(root, this.merge(this.store.tree.roots.get(root), base, mine, root, usage));
+      // Only nodes under `/` count towards a domain's usage; the special nodes do not.
+      const counted = root === '/' ? usage : new UsageDelta();
+      merged.set(root, this.merge(this.store.tree.roots.get(root), base, mine, root, counted));
     }
     if (!caller.privileged) {
       const created = usage.nodesOf(caller.domid);
