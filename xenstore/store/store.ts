@@ -359,10 +359,13 @@ export class Store {
     view.adjustUsage(parentNode.ownerDomid, 0, nodeMemory(parentNode, parent.full) - before);
   }
 
-  /** Marks a node as changed: a new generation, and stale permission entries settled. */
+  /**
+   * Marks a node as changed: a new generation, and permission entries for
+   * domains that do not exist now settled as ignored for good.
+   */
   private touch(node: Node): void {
-    node.perms = this.effectivePerms(node);
     node.generation = this.nextGeneration();
+    node.perms = this.effectivePerms(node);
   }
 
   private changeEvent(view: StoreView, path: StorePath, match: WatchMatch, oldPerms: PermList | undefined): ChangeEvent {
