@@ -61,6 +61,7 @@ export class Connection {
   private writable = true;
   private readingPaused = false;
   private pumping = false;
+  private flushing = false;
   private closedFlag = false;
   private readonly decoder: XsFrameDecoder;
 
@@ -151,10 +152,18 @@ export class Connection {
   }
 
   private flush(): void {
-    while (this.writable && this.outbox.length > 0) {
-      const item = this.outbox.shift()!;
-      this.release(item);
-      this.writable = this.transport.write(item.frame);
+    // Releasing an item can wake requests that queue more output; the
+    // guard keeps that output behind what is being written now.
+    if (this.flushing) return;
+    this.flushing = true;
+    try {
+      while (this.writable && this.outbox.length > 0 && !this.closedFlag) {
+        const item = this.outbox.shift()!;
+        this.writable = this.transport.write(item.frame);
+        this.release(item);
+      }
+    } finally {
+      this.flushing = false;
     }
     this.pump();
   }

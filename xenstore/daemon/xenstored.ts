@@ -62,6 +62,7 @@ export class XenStoreDaemon {
   readonly backend: DomainBackend;
   watchEventTimeoutMs: number;
   private nextConnectionId = 1;
+  private readonly waking = new Set<DomainRecord>();
   private sweepTimer: NodeJS.Timeout | undefined;
 
   constructor(options: DaemonOptions = {}) {
@@ -213,9 +214,17 @@ export class XenStoreDaemon {
     }
   }
 
-  /** Resumes a domain's stalled requests once it is under its quotas again. */
+  /**
+   * Resumes a domain's stalled requests once it may be under its quotas
+   * again. Deferred, so that it never runs inside another request.
+   */
   private wake(domain: DomainRecord): void {
-    for (const conn of this.connections) if (conn.domain === domain) conn.pump();
+    if (this.waking.has(domain)) return;
+    this.waking.add(domain);
+    setImmediate(() => {
+      this.waking.delete(domain);
+      for (const conn of this.connections) if (conn.domain === domain) conn.pump();
+    });
   }
 
   private disconnected(conn: Connection): void {
