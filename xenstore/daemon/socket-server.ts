@@ -21,7 +21,12 @@ class SocketTransport implements ServerTransport {
     id: number,
   ) {
     this.label = `socket ${id}`;
-    socket.on('data', (chunk) => this.handlers?.onData(chunk));
+    socket.on('data', (chunk) => {
+      // Replies to everything in one chunk leave in one write.
+      socket.cork();
+      this.handlers?.onData(chunk);
+      process.nextTick(() => socket.uncork());
+    });
     socket.on('drain', () => this.handlers?.onWritable());
     socket.on('close', () => this.handlers?.onClose());
     // Errors (a peer that vanished) are followed by 'close'; nothing else to do.

@@ -139,40 +139,37 @@ export class Transaction implements StoreView {
    * parts the transaction never looked at.
    */
   private merge(live: Node | undefined, base: Node | undefined, mine: Node, full: string, usage: UsageDelta): Node {
-    const changedHere = !base || mine.generation !== base.generation;
-    const source = changedHere ? mine : live;
-    if (!source) throw new XsError('EAGAIN', `${full} vanished during the transaction`);
-    const out = new Node(
-      this.store.tree.owner,
-      source.value,
-      source.perms,
-      new Map(),
-      changedHere ? this.store.nextGeneration() : source.generation,
-    );
     const childFull = (name: string) => (full === '/' ? `/${name}` : `${full}/${name}`);
-    if (changedHere) {
+    const changedHere = !base || mine.generation !== base.generation;
+    if (!changedHere) {
+      // Only a descendant changed: keep the live node, with the changed children merged in.
+      if (!live) throw new XsError('EAGAIN', `${full} vanished during the transaction`);
+      const out = new Node(this.store.tree.owner, live.value, live.perms, new Map(live.children), live.generation, live.childBytes);
       for (const [name, child] of mine.children) {
-        const baseChild = base?.children.get(name);
-        const liveChild = live?.children.get(name);
-        if (child === baseChild) {
-          if (!liveChild) throw new XsError('EAGAIN', `${childFull(name)} vanished during the transaction`);
-          out.addChild(name, liveChild);
-        } else {
-          out.addChild(name, this.merge(liveChild, baseChild, child, childFull(name), usage));
-        }
-      }
-      for (const [name, liveChild] of live?.children ?? []) {
-        if (!mine.children.has(name)) usage.removeSubtree(liveChild, childFull(name));
-      }
-      if (live) usage.replace(live, out, full);
-      else usage.add(out, full);
-    } else {
-      for (const [name, liveChild] of live!.children) {
-        const child = mine.children.get(name);
         const baseChild = base.children.get(name);
-        out.addChild(name, child && child !== baseChild ? this.merge(liveChild, baseChild, child, childFull(name), usage) : liveChild);
+        if (child !== baseChild) out.children.set(name, this.merge(live.children.get(name), baseChild, child, childFull(name), usage));
+      }
+      return out;
+    }
+    // The transaction changed this node: its value, permissions and set of
+    // children win; children it did not touch keep their live state.
+    const out = new Node(this.store.tree.owner, mine.value, mine.perms, new Map(mine.children), this.store.nextGeneration(), mine.childBytes);
+    for (const [name, child] of mine.children) {
+      const baseChild = base?.children.get(name);
+      const liveChild = live?.children.get(name);
+      if (child !== baseChild) {
+        out.children.set(name, this.merge(liveChild, baseChild, child, childFull(name), usage));
+      } else if (!liveChild) {
+        throw new XsError('EAGAIN', `${childFull(name)} vanished during the transaction`);
+      } else if (liveChild !== child) {
+        out.children.set(name, liveChild);
       }
     }
+    for (const [name, liveChild] of live?.children ?? []) {
+      if (!mine.children.has(name)) usage.removeSubtree(liveChild, childFull(name));
+    }
+    if (live) usage.replace(live, out, full);
+    else usage.add(out, full);
     return out;
   }
 
