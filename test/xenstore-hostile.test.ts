@@ -14,7 +14,7 @@ import t, { type Test } from 'tap';
 import { randomBytes } from 'node:crypto';
 import { isXsError } from '../shared/errors.js';
 import { XsType, encodeMessage, nulStrings } from '../shared/xs-wire.js';
-import { SOCKET_BACKLOG_LIMIT } from '../xenstore/daemon/xenstored.js';
+import { OUTPUT_BACKLOG_LIMIT } from '../xenstore/daemon/xenstored.js';
 import { startDaemon, type RunningDaemon } from './helpers/daemon.js';
 import { RawConnection } from './helpers/raw.js';
 
@@ -82,7 +82,7 @@ t.test('a header cut short, and random bytes', async (t) => {
   await stillServes(t, env, 'random bytes');
 });
 
-t.test('a flood from a client that never reads', async (t) => {
+t.test('XSA-325: a flood from a client that never reads its replies', async (t) => {
   const env = await startDaemon();
   t.teardown(() => env.close());
   const flood = await RawConnection.connect(env.socketPath);
@@ -94,7 +94,7 @@ t.test('a flood from a client that never reads', async (t) => {
   await new Promise((resolve) => setTimeout(resolve, 500));
   const conn = [...env.daemon.connections].find((c) => c.transport.label.startsWith('socket') && c.queuedBytes > 0);
   t.ok(conn, 'the daemon holds replies for the client');
-  t.ok(conn!.queuedBytes <= SOCKET_BACKLOG_LIMIT + 4200, `it stops serving it at the backlog limit (${conn!.queuedBytes} bytes queued)`);
+  t.ok(conn!.queuedBytes <= OUTPUT_BACKLOG_LIMIT + 4200, `it stops serving it at the backlog limit (${conn!.queuedBytes} bytes queued)`);
   await stillServes(t, env, 'a flood');
 
   flood.socket.resume();
@@ -108,6 +108,26 @@ t.test('a flood from a client that never reads', async (t) => {
   t.ok(inOrder, 'once it reads, every reply arrives, in order');
   t.equal(last, requests);
   flood.close();
+});
+
+t.test('XSA-323: path length limits', async (t) => {
+  const env = await startDaemon();
+  t.teardown(() => env.close());
+  const dom0 = await env.client();
+  await dom0.mkdir('/local/domain/5/data');
+  await dom0.setPermissions('/local/domain/5/data', [{ domid: 5, access: 'none' }]);
+  const guest = await env.domain(5);
+  // 2048 bytes, in components short enough to stay within node-size.
+  const relative = `data${`/${'y'.repeat(99)}`.repeat(20)}/${'z'.repeat(43)}`;
+  t.equal(relative.length, 2048);
+  await guest.write(relative, 'x');
+  t.pass('a relative path of 2048 bytes is accepted');
+  t.equal(await errno(guest.write(`${relative}r`, 'x')), 'EINVAL', 'one more byte is EINVAL');
+  t.equal(await errno(guest.write(`/local/domain/5/${relative}r`, 'x')), 'EINVAL', 'the same path given absolute');
+  t.equal(await errno(dom0.write(`/${'a'.repeat(2048)}`, 'x')), 'EINVAL', 'dom0 too: over 2048 outside a domain home');
+  t.equal(await errno(dom0.read(`/local/domain/5/${'a'.repeat(3060)}`)), 'EINVAL', 'and never over 3072');
+  t.equal(await errno(guest.watch(`/${'w'.repeat(2100)}`)), 'EINVAL', 'watches on over-long paths too');
+  await stillServes(t, env, 'over-long paths');
 });
 
 t.test('XSA-324: watch events too long to send are dropped, not fatal', async (t) => {
@@ -128,7 +148,7 @@ t.test('XSA-324: watch events too long to send are dropped, not fatal', async (t
   await stillServes(t, env, 'an over-long watch event');
 });
 
-t.test('XSA-326: a domain that never reads its ring holds only its own memory', async (t) => {
+t.test('XSA-325, XSA-326: a domain that never reads its ring holds only its own memory', async (t) => {
   const env = await startDaemon();
   t.teardown(() => env.close());
   const dom0 = await env.client();
@@ -144,6 +164,37 @@ t.test('XSA-326: a domain that never reads its ring holds only its own memory', 
   t.ok(held <= 64 * 1024, `queued watch events stay within its memory quota (${held} bytes)`);
   t.ok(env.daemon.domains.memoryOf(domain) <= 64 * 1024 + 400 * 200, 'its nodes count too, nothing unbounded');
   await stillServes(t, env, 'a domain ignoring its ring');
+});
+
+t.test('XSA-416: nothing a request allocates outlives it', async (t) => {
+  const env = await startDaemon();
+  t.teardown(() => env.close());
+  const dom0 = await env.client();
+  await dom0.mkdir('/local/domain/5/data');
+  await dom0.setPermissions('/local/domain/5/data', [{ domid: 5, access: 'none' }]);
+  const guest = await env.domain(5);
+  const domain = env.daemon.domains.find(5)!;
+  const connection = [...env.daemon.connections].find((c) => c.domid === 5)!;
+  for (let round = 0; round < 200; round++) {
+    await guest.write(`data/n${round % 20}`, 'x'.repeat(round % 100));
+    await errno(guest.read('/tool/xenstored'));
+    await errno(guest.read(`data/missing${round}`));
+    await errno(guest.request(2, Buffer.from('not terminated')));
+    const watcher = await guest.watch(`data/n${round % 20}`);
+    await watcher.close();
+    const tx = await guest.startTransaction();
+    await guest.write(`data/t${round % 5}`, 'y', { tx });
+    if (round % 3 === 0) await dom0.write(`/local/domain/5/data/t${round % 5}`, 'conflict');
+    await errno(guest.endTransaction(tx, round % 2 === 0));
+    await errno(guest.rm(`data/n${(round + 7) % 20}`));
+  }
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  t.equal(connection.queuedBytes, 0, 'no output waits');
+  t.equal(domain.connectionMemory, 0, 'no memory is charged to the connection any more');
+  t.same(domain.counts, { watches: 0, outstanding: 0, transactions: 0 }, 'no watch, request or transaction is left accounted');
+  t.equal(connection.transactions.size, 0);
+  t.equal(connection.watches.length, 0);
+  t.same(env.daemon.checkStore(), [], 'node accounting matches the tree');
 });
 
 t.test("XSA-326: flooding another domain's watch queue stalls the flooder", async (t) => {

@@ -1,8 +1,11 @@
+import { createLogger } from '../../shared/log.js';
 import { XsFrameDecoder, type XsHeader, type XsMessage } from '../../shared/xs-wire.js';
 import type { Transaction } from '../store/transaction.js';
 import type { DomainRecord } from './domains.js';
 import type { ServerTransport, TransportError } from './transport.js';
 import type { Watch } from './watches.js';
+
+const log = createLogger('xenstored');
 
 /**
  * Ties a request to everything it caused to be queued (its reply, and the
@@ -189,7 +192,14 @@ export class Connection {
     try {
       while (this.inbox.length > 0 && !this.closedFlag) {
         if (!this.hooks.mayProcess(this)) break;
-        this.hooks.process(this, this.inbox.shift()!);
+        const msg = this.inbox.shift()!;
+        try {
+          this.hooks.process(this, msg);
+        } catch (err) {
+          // A fault here must cost this client its connection, never the daemon.
+          log.error(`connection ${this.id} (d${this.domid}) dropped after an internal error: ${(err as Error)?.stack ?? err}`);
+          this.close('comm');
+        }
       }
     } finally {
       this.pumping = false;

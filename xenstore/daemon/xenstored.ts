@@ -30,11 +30,12 @@ const log = createLogger('xenstored');
 export const DEFAULT_WATCH_EVENT_TIMEOUT_MS = 20_000;
 
 /**
- * A socket client that does not read its replies stops being served once
- * this much output is waiting for it, until it catches up: a flood of
- * requests costs the daemon bounded memory and slows only that client.
+ * A client that does not read its replies stops being served once this much
+ * output is waiting for it, until it catches up: a flood of requests costs
+ * the daemon bounded memory and slows only that client. Unprivileged domains
+ * meet their memory quota long before this.
  */
-export const SOCKET_BACKLOG_LIMIT = 1024 * 1024;
+export const OUTPUT_BACKLOG_LIMIT = 1024 * 1024;
 
 /** How often queued watch events are checked against their timeout. */
 const EVENT_SWEEP_INTERVAL_MS = 1000;
@@ -179,7 +180,7 @@ export class XenStoreDaemon {
   }
 
   private mayProcess(conn: Connection): boolean {
-    if (conn.queuedBytes > SOCKET_BACKLOG_LIMIT) return false;
+    if (conn.queuedBytes > OUTPUT_BACKLOG_LIMIT) return false;
     const domain = conn.domain;
     if (domain.privileged) return true;
     return !domain.wouldExceed('outstanding', domain.counts.outstanding, 1) && !exceeds(this.domains.memoryOf(domain), domain.quotas.hard.memory);
