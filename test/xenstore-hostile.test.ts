@@ -12,20 +12,11 @@
  */
 import t, { type Test } from 'tap';
 import { randomBytes } from 'node:crypto';
-import { isXsError } from '../shared/errors.js';
 import { XsType, encodeMessage, nulStrings } from '../shared/xs-wire.js';
 import { OUTPUT_BACKLOG_LIMIT } from '../xenstore/daemon/xenstored.js';
-import { startDaemon, type RunningDaemon } from './helpers/daemon.js';
+import { errno, startDaemon, type RunningDaemon } from './helpers/daemon.js';
 import { RawConnection } from './helpers/raw.js';
 
-async function errno(promise: Promise<unknown>): Promise<string> {
-  try {
-    await promise;
-    return 'OK';
-  } catch (err) {
-    return isXsError(err) ? err.errno : String(err);
-  }
-}
 
 /** The daemon still answers a fresh client correctly. */
 async function stillServes(t: Test, env: RunningDaemon, what: string): Promise<void> {
@@ -114,8 +105,7 @@ t.test('XSA-323: path length limits', async (t) => {
   const env = await startDaemon();
   t.teardown(() => env.close());
   const dom0 = await env.client();
-  await dom0.mkdir('/local/domain/5/data');
-  await dom0.setPermissions('/local/domain/5/data', [{ domid: 5, access: 'none' }]);
+  await env.makeDataDirectory(5);
   const guest = await env.domain(5);
   // 2048 bytes, in components short enough to stay within node-size.
   const relative = `data${`/${'y'.repeat(99)}`.repeat(20)}/${'z'.repeat(43)}`;
@@ -152,15 +142,14 @@ t.test('XSA-325, XSA-326: a domain that never reads its ring holds only its own 
   const env = await startDaemon();
   t.teardown(() => env.close());
   const dom0 = await env.client();
-  await dom0.mkdir('/local/domain/5/data');
-  await dom0.setPermissions('/local/domain/5/data', [{ domid: 5, access: 'none' }]);
+  await env.makeDataDirectory(5);
   await dom0.setQuota('memory', 64 * 1024, 5);
   const guest = await env.domain(5);
   await guest.watch('data');
   env.backend.links.get(5)!.client.stopReading();
   for (let i = 0; i < 400; i++) await dom0.write(`/local/domain/5/data/n${i}`, 'x'.repeat(100));
   const domain = env.daemon.domains.find(5)!;
-  const held = [...env.daemon.connections].find((c) => c.domid === 5)!.queuedBytes;
+  const held = env.connectionOf(5).queuedBytes;
   t.ok(held <= 64 * 1024, `queued watch events stay within its memory quota (${held} bytes)`);
   t.ok(env.daemon.domains.memoryOf(domain) <= 64 * 1024 + 400 * 200, 'its nodes count too, nothing unbounded');
   await stillServes(t, env, 'a domain ignoring its ring');
@@ -170,11 +159,10 @@ t.test('XSA-416: nothing a request allocates outlives it', async (t) => {
   const env = await startDaemon();
   t.teardown(() => env.close());
   const dom0 = await env.client();
-  await dom0.mkdir('/local/domain/5/data');
-  await dom0.setPermissions('/local/domain/5/data', [{ domid: 5, access: 'none' }]);
+  await env.makeDataDirectory(5);
   const guest = await env.domain(5);
   const domain = env.daemon.domains.find(5)!;
-  const connection = [...env.daemon.connections].find((c) => c.domid === 5)!;
+  const connection = env.connectionOf(5);
   for (let round = 0; round < 200; round++) {
     await guest.write(`data/n${round % 20}`, 'x'.repeat(round % 100));
     await errno(guest.read('/tool/xenstored'));
@@ -221,8 +209,7 @@ t.test('XSA-326: a huge transaction is refused and costs nothing after', async (
   const env = await startDaemon();
   t.teardown(() => env.close());
   const dom0 = await env.client();
-  await dom0.mkdir('/local/domain/5/data');
-  await dom0.setPermissions('/local/domain/5/data', [{ domid: 5, access: 'none' }]);
+  await env.makeDataDirectory(5);
   await dom0.setQuota('nodes', 5000, 5);
   const guest = await env.domain(5);
   const tx = await guest.startTransaction();
@@ -232,7 +219,7 @@ t.test('XSA-326: a huge transaction is refused and costs nothing after', async (
   t.equal(outcome, 'ENOSPC', `refused after ${i - 1} nodes (transaction-nodes is 1024)`);
   await guest.endTransaction(tx, false);
   const domain = env.daemon.domains.find(5)!;
-  t.equal(domain.connectionMemory, [...env.daemon.connections].find((c) => c.domid === 5)!.queuedBytes, 'the aborted copies are released');
+  t.equal(domain.connectionMemory, env.connectionOf(5).queuedBytes, 'the aborted copies are released');
   t.equal(domain.counts.transactions, 0);
 });
 
@@ -264,8 +251,7 @@ t.test('XSA-419, XSA-483: a destroyed domain leaves nothing behind', async (t) =
   const env = await startDaemon();
   t.teardown(() => env.close());
   const dom0 = await env.client();
-  await dom0.mkdir('/local/domain/5/data');
-  await dom0.setPermissions('/local/domain/5/data', [{ domid: 5, access: 'none' }]);
+  await env.makeDataDirectory(5);
   await dom0.mkdir('/shared');
   await dom0.setPermissions('/shared', [{ domid: 0, access: 'none' }, { domid: 5, access: 'both' }]);
   const guest = await env.domain(5);
@@ -295,8 +281,7 @@ t.test('accounting never goes negative under racing removals', async (t) => {
   t.teardown(() => env.close());
   const dom0 = await env.client();
   const other = await env.client();
-  await dom0.mkdir('/local/domain/5/data');
-  await dom0.setPermissions('/local/domain/5/data', [{ domid: 5, access: 'none' }]);
+  await env.makeDataDirectory(5);
   const guest = await env.domain(5);
   for (let round = 0; round < 20; round++) {
     await guest.write(`data/r${round}/x`, '1');

@@ -4,17 +4,8 @@
  * hide what a domain may not see, SET_TARGET, and DOMID_ANY.
  */
 import t from 'tap';
-import { isXsError } from '../shared/errors.js';
-import { startDaemon } from './helpers/daemon.js';
+import { errno, startDaemon } from './helpers/daemon.js';
 
-async function errno(promise: Promise<unknown>): Promise<string> {
-  try {
-    await promise;
-    return 'OK';
-  } catch (err) {
-    return isXsError(err) ? err.errno : String(err);
-  }
-}
 
 t.test('a domain reaches only what its permissions allow', async (t) => {
   const env = await startDaemon();

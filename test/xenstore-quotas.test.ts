@@ -3,25 +3,13 @@
  * names, the GET_QUOTA/SET_QUOTA requests, and dom0's exemption.
  */
 import t from 'tap';
-import { isXsError } from '../shared/errors.js';
-import { startDaemon, type RunningDaemon } from './helpers/daemon.js';
+import { errno, startDaemon, type RunningDaemon } from './helpers/daemon.js';
 
-async function errno(promise: Promise<unknown>): Promise<string> {
-  try {
-    await promise;
-    return 'OK';
-  } catch (err) {
-    return isXsError(err) ? err.errno : String(err);
-  }
-}
 
-/** A guest with a home it may write in, as libxl lays out /local/domain/<domid>/data. */
+/** A guest with a data directory it owns, and a dom0 client. */
 async function guestWithHome(env: RunningDaemon, domid: number) {
-  const dom0 = await env.client();
-  await dom0.mkdir(`/local/domain/${domid}/data`);
-  await dom0.setPermissions(`/local/domain/${domid}/data`, [{ domid, access: 'none' }]);
-  const guest = await env.domain(domid);
-  return { dom0, guest };
+  await env.makeDataDirectory(domid);
+  return { dom0: await env.client(), guest: await env.domain(domid) };
 }
 
 t.test('GET_QUOTA and SET_QUOTA', async (t) => {

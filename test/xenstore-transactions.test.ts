@@ -3,17 +3,8 @@
  * EAGAIN exactly when a node the transaction looked at changed since.
  */
 import t from 'tap';
-import { isXsError } from '../shared/errors.js';
-import { startDaemon } from './helpers/daemon.js';
+import { errno, startDaemon } from './helpers/daemon.js';
 
-async function errno(promise: Promise<unknown>): Promise<string> {
-  try {
-    await promise;
-    return 'OK';
-  } catch (err) {
-    return isXsError(err) ? err.errno : String(err);
-  }
-}
 
 t.test('reads see the store as it was when the transaction started', async (t) => {
   const env = await startDaemon();
@@ -173,8 +164,7 @@ t.test('transactions of an unprivileged domain', async (t) => {
   const env = await startDaemon();
   t.teardown(() => env.close());
   const dom0 = await env.client();
-  await dom0.mkdir('/local/domain/5/data');
-  await dom0.setPermissions('/local/domain/5/data', [{ domid: 5, access: 'none' }]);
+  await env.makeDataDirectory(5);
   const guest = await env.domain(5);
   await guest.transaction(async (tx) => {
     await guest.write('data/a', '1', { tx });

@@ -5,7 +5,7 @@
  */
 import t from 'tap';
 import type { Watcher } from '../xenstore/client/watcher.js';
-import { startDaemon } from './helpers/daemon.js';
+import { startDaemon, type RunningDaemon } from './helpers/daemon.js';
 
 /** Collects the events a watcher has received once things have settled. */
 async function drain(watcher: Watcher, settleMs = 50): Promise<string[]> {
@@ -161,41 +161,41 @@ t.test('XSA-115: watches reveal only what the watcher may read', async (t) => {
   ]);
 });
 
+/**
+ * A guest watching its data directory while it stops reading its ring, and
+ * dom0 writing 40 nodes there: the ring fills and later events wait in the
+ * daemon's queue.
+ */
+async function slowReader(env: RunningDaemon) {
+  await env.makeDataDirectory(5);
+  const dom0 = await env.client();
+  const guest = await env.domain(5);
+  const watcher = await guest.watch('/local/domain/5/data');
+  await drain(watcher);
+  const link = env.backend.links.get(5)!;
+  link.client.stopReading();
+  for (let i = 0; i < 40; i++) await dom0.write(`/local/domain/5/data/n${i}`, 'x'.repeat(40));
+  return { dom0, guest, watcher, resumeReading: () => link.client.startReading() };
+}
+
 t.test('duplicate events waiting for a slow reader are merged', async (t) => {
   const env = await startDaemon();
   t.teardown(() => env.close());
-  const dom0 = await env.client();
-  await dom0.mkdir('/local/domain/5');
-  await dom0.setPermissions('/local/domain/5', [{ domid: 5, access: 'none' }]);
-  const guest = await env.domain(5);
-  const watcher = await guest.watch('/local/domain/5');
-  await drain(watcher);
-  const link = env.backend.links.get(5)!;
-  // Fill the ring so that later events must wait in the daemon's queue.
-  link.client.stopReading();
-  for (let i = 0; i < 40; i++) await dom0.write(`/local/domain/5/n${i}`, 'x'.repeat(40));
-  for (let i = 0; i < 5; i++) await dom0.write('/local/domain/5/same', String(i));
-  link.client.startReading();
+  const { dom0, watcher, resumeReading } = await slowReader(env);
+  for (let i = 0; i < 5; i++) await dom0.write('/local/domain/5/data/same', String(i));
+  resumeReading();
   const events = await drain(watcher, 200);
-  t.equal(events.filter((p) => p === '/local/domain/5/same').length, 1, 'identical waiting events are sent once');
+  t.equal(events.filter((p) => p === '/local/domain/5/data/same').length, 1, 'identical waiting events are sent once');
   t.equal(events.length, 41, 'every distinct event arrives');
 });
 
 t.test('watch events an unprivileged domain does not read time out', async (t) => {
   const env = await startDaemon({ watchEventTimeoutMs: 300 });
   t.teardown(() => env.close());
-  const dom0 = await env.client();
-  await dom0.mkdir('/local/domain/5');
-  await dom0.setPermissions('/local/domain/5', [{ domid: 5, access: 'none' }]);
-  const guest = await env.domain(5);
-  const watcher = await guest.watch('/local/domain/5');
-  await drain(watcher);
-  const link = env.backend.links.get(5)!;
-  link.client.stopReading();
-  for (let i = 0; i < 40; i++) await dom0.write(`/local/domain/5/n${i}`, 'x'.repeat(40));
+  const { guest, watcher, resumeReading } = await slowReader(env);
   await new Promise((resolve) => setTimeout(resolve, 1500));
-  link.client.startReading();
+  resumeReading();
   const events = await drain(watcher, 200);
   t.ok(events.length < 40, `events that waited too long were dropped (${events.length} of 40 arrived)`);
-  t.equal(await guest.readString('/local/domain/5/n39'), 'x'.repeat(40), 'the domain still works');
+  t.equal(await guest.readString('/local/domain/5/data/n39'), 'x'.repeat(40), 'the domain still works');
 });

@@ -2,7 +2,9 @@ import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { isXsError } from '../../shared/errors.js';
 import { XenStoreClient } from '../../xenstore/client/client.js';
+import type { Connection } from '../../xenstore/daemon/connection.js';
 import { XenStoreSocketServer } from '../../xenstore/daemon/socket-server.js';
 import { XenStoreDaemon, type DaemonOptions } from '../../xenstore/daemon/xenstored.js';
 import { LoopbackBackend } from './loopback.js';
@@ -16,6 +18,10 @@ export interface RunningDaemon {
   client(): Promise<XenStoreClient>;
   /** Introduces a domain and returns a client acting as it over its (loopback) ring. */
   domain(domid: number): Promise<XenStoreClient>;
+  /** Creates `/local/domain/<domid>/data` owned by the domain, as libxl lays it out. */
+  makeDataDirectory(domid: number): Promise<void>;
+  /** The daemon's connection serving a domain. */
+  connectionOf(domid: number): Connection;
   close(): Promise<void>;
 }
 
@@ -43,6 +49,17 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<RunningD
       const client = backend.clientFor(domid);
       clients.push(client);
       return client;
+    },
+    async makeDataDirectory(domid: number) {
+      const dom0 = await XenStoreClient.connect(socketPath);
+      await dom0.mkdir(`/local/domain/${domid}/data`);
+      await dom0.setPermissions(`/local/domain/${domid}/data`, [{ domid, access: 'none' }]);
+      dom0.close();
+    },
+    connectionOf(domid: number) {
+      const conn = [...daemon.connections].find((c) => c.domid === domid && c.transport.kind === 'ring');
+      if (!conn) throw new Error(`domain ${domid} has no connection`);
+      return conn;
     },
     async close() {
       for (const client of clients) client.close();
@@ -72,4 +89,14 @@ export function run(file: string, args: string[], env: Record<string, string> = 
       },
     );
   });
+}
+
+/** The errno a request fails with, or 'OK'. */
+export async function errno(promise: Promise<unknown>): Promise<string> {
+  try {
+    await promise;
+    return 'OK';
+  } catch (err) {
+    return isXsError(err) ? err.errno : String(err);
+  }
 }

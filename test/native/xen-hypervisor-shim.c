@@ -103,30 +103,31 @@ static int redirect(const char *path)
     return -2;
 }
 
+/* Opens the fake /proc/xen files, or forwards to the C library's `name`. */
+static int open_or_forward(const char *name, const char *path, int flags, va_list ap)
+{
+    int (*real)(const char *, int, ...) = dlsym(RTLD_NEXT, name);
+    int fd = redirect(path);
+    mode_t mode = (flags & O_CREAT) ? va_arg(ap, int) : 0;
+    return fd != -2 ? fd : real(path, flags, mode);
+}
+
 int open(const char *path, int flags, ...)
 {
-    static int (*real_open)(const char *, int, ...);
-    int fd = redirect(path);
-    mode_t mode = 0;
     va_list ap;
-    if (fd != -2) return fd;
+    int fd;
     va_start(ap, flags);
-    if (flags & O_CREAT) mode = va_arg(ap, int);
+    fd = open_or_forward("open", path, flags, ap);
     va_end(ap);
-    if (!real_open) real_open = dlsym(RTLD_NEXT, "open");
-    return real_open(path, flags, mode);
+    return fd;
 }
 
 int open64(const char *path, int flags, ...)
 {
-    static int (*real_open64)(const char *, int, ...);
-    int fd = redirect(path);
-    mode_t mode = 0;
     va_list ap;
-    if (fd != -2) return fd;
+    int fd;
     va_start(ap, flags);
-    if (flags & O_CREAT) mode = va_arg(ap, int);
+    fd = open_or_forward("open64", path, flags, ap);
     va_end(ap);
-    if (!real_open64) real_open64 = dlsym(RTLD_NEXT, "open64");
-    return real_open64(path, flags, mode);
+    return fd;
 }

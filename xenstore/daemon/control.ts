@@ -27,8 +27,14 @@ function noArgs(args: string[]): void {
   if (args.length !== 0) throw new XsError('EINVAL', 'this command takes no arguments');
 }
 
-function settings(title: string, rows: [string, number, string][]): string {
-  return `${title}\n${rows.map(([name, value, descr]) => `${name.padEnd(17)}: ${String(value).padStart(8)} ${descr}\n`).join('')}`;
+/** `quota` or `quota-soft` without arguments: the global values with what they limit. */
+function quotaSettings(daemon: XenStoreDaemon, kind: 'hard' | 'soft'): string {
+  const quotas = daemon.domains.globalQuotas;
+  const rows: [string, number, string][] =
+    kind === 'hard'
+      ? QUOTA_ITEMS.map((item) => [item, quotas.hard[item], QUOTA_DESCRIPTIONS[item]])
+      : SOFT_QUOTA_ITEMS.map((item) => [item, quotas.soft[item], SOFT_QUOTA_DESCRIPTIONS[item]]);
+  return `Quota settings:\n${rows.map(([name, value, descr]) => `${name.padEnd(17)}: ${String(value).padStart(8)} ${descr}\n`).join('')}`;
 }
 
 function quotaSet(daemon: XenStoreDaemon, args: string[], kind: 'hard' | 'soft'): string {
@@ -135,13 +141,7 @@ const COMMANDS: Command[] = [
     name: 'quota',
     params: '[set <name> <val>|<domid>]',
     run: (daemon, args) => {
-      const quotas = daemon.domains.globalQuotas;
-      if (args.length === 0) {
-        return settings(
-          'Quota settings:',
-          QUOTA_ITEMS.map((item) => [item, quotas.hard[item], QUOTA_DESCRIPTIONS[item]]),
-        );
-      }
+      if (args.length === 0) return quotaSettings(daemon, 'hard');
       if (args[0] === 'set') return quotaSet(daemon, args.slice(1), 'hard');
       if (args.length !== 1) throw new XsError('EINVAL', 'usage: quota <domid>');
       return domainQuotaReport(daemon, args[0]!);
@@ -151,13 +151,7 @@ const COMMANDS: Command[] = [
     name: 'quota-soft',
     params: '[set <name> <val>]',
     run: (daemon, args) => {
-      const quotas = daemon.domains.globalQuotas;
-      if (args.length === 0) {
-        return settings(
-          'Quota settings:',
-          SOFT_QUOTA_ITEMS.map((item) => [item, quotas.soft[item], SOFT_QUOTA_DESCRIPTIONS[item]]),
-        );
-      }
+      if (args.length === 0) return quotaSettings(daemon, 'soft');
       if (args[0] === 'set') return quotaSet(daemon, args.slice(1), 'soft');
       throw new XsError('EINVAL', 'usage: quota-soft [set <name> <val>]');
     },
