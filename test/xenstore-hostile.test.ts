@@ -13,7 +13,7 @@
 import t, { type Test } from 'tap';
 import { randomBytes } from 'node:crypto';
 import { XsType, encodeMessage, nulStrings } from '../shared/xs-wire.js';
-import { OUTPUT_BACKLOG_LIMIT } from '../xenstore/daemon/xenstored.js';
+import { OUTPUT_BACKLOG_LIMIT, OUTPUT_HARD_LIMIT } from '../xenstore/daemon/xenstored.js';
 import { errno, startDaemon, type RunningDaemon } from './helpers/daemon.js';
 import { RawConnection } from './helpers/raw.js';
 
@@ -99,6 +99,32 @@ t.test('XSA-325: a flood from a client that never reads its replies', async (t) 
   t.ok(inOrder, 'once it reads, every reply arrives, in order');
   t.equal(last, requests);
   flood.close();
+});
+
+t.test('XSA-326: a privileged watcher that never reads is cut off, not fed forever', async (t) => {
+  const env = await startDaemon();
+  t.teardown(() => env.close());
+  const watcher = await RawConnection.connect(env.socketPath);
+  const token = 't'.repeat(2000);
+  t.equal((await watcher.call(XsType.WATCH, nulStrings('/flood', token))).text, 'OK\0');
+  const watching = [...env.daemon.connections][0]!;
+  watcher.socket.pause();
+  const writer = await RawConnection.connect(env.socketPath);
+  const writes = Math.ceil(OUTPUT_HARD_LIMIT / 2000) + 2000;
+  const frames: Buffer[] = [];
+  for (let i = 0; i < writes; i++) frames.push(encodeMessage(XsType.WRITE, i + 1, 0, Buffer.from(`/flood/n${i}\0x`)));
+  writer.sendBytes(Buffer.concat(frames));
+  let replies = 0;
+  while (replies < writes) {
+    const msg = await writer.next(20_000);
+    if (msg.type === XsType.WRITE) replies++;
+  }
+  t.equal(replies, writes, 'the writer was served throughout');
+  t.ok(watching.closed, `the watcher was disconnected once over ${OUTPUT_HARD_LIMIT} bytes of unread events`);
+  watcher.socket.resume();
+  await watcher.closed;
+  writer.close();
+  await stillServes(t, env, 'an unread event flood');
 });
 
 t.test('XSA-323: path length limits', async (t) => {

@@ -35,6 +35,8 @@ interface Outgoing {
   readonly ticket: RequestTicket | undefined;
   /** When an event was queued, for the watch-event timeout. */
   readonly queuedAt: number;
+  /** For an ordinary watch event: what identifies its duplicates while it waits. */
+  readonly dedupeKey?: string;
 }
 
 export interface ConnectionHooks {
@@ -59,8 +61,9 @@ export class Connection {
   readonly transactions = new Map<number, Transaction>();
   private nextTransactionId = 1;
   private readonly inbox: XsMessage[] = [];
-  private readonly outbox: Outgoing[] = [];
+  private outbox: Outgoing[] = [];
   private outboxBytes = 0;
+  private readonly waitingEvents = new Set<string>();
   private writable = true;
   private readingPaused = false;
   private pumping = false;
@@ -121,8 +124,14 @@ export class Connection {
    * Returns whether it was queued.
    */
   event(frame: Buffer, ticket: RequestTicket | undefined, special: boolean, now: number): boolean {
-    if (!special && this.outbox.some((o) => o.isEvent && o.frame.equals(frame))) return false;
-    this.enqueue({ frame, isEvent: true, ticket, queuedAt: now });
+    if (special) {
+      this.enqueue({ frame, isEvent: true, ticket, queuedAt: now });
+      return true;
+    }
+    const dedupeKey = frame.toString('latin1');
+    if (this.waitingEvents.has(dedupeKey)) return false;
+    this.waitingEvents.add(dedupeKey);
+    this.enqueue({ frame, isEvent: true, ticket, queuedAt: now, dedupeKey });
     return true;
   }
 
@@ -137,21 +146,11 @@ export class Connection {
 
   /** Drops watch events that waited longer than `timeoutMs` (xenstored's watch-event timeout). */
   expireEvents(now: number, timeoutMs: number): number {
-    let dropped = 0;
-    for (let i = this.outbox.length - 1; i >= 0; i--) {
-      const item = this.outbox[i]!;
-      if (item.isEvent && now - item.queuedAt >= timeoutMs) {
-        this.outbox.splice(i, 1);
-        this.release(item);
-        dropped++;
-      }
-    }
-    return dropped;
-  }
-
-  /** Whether any queued event is older than `timeoutMs`. */
-  hasStaleEvents(now: number, timeoutMs: number): boolean {
-    return this.outbox.some((o) => o.isEvent && now - o.queuedAt >= timeoutMs);
+    const expired = this.outbox.filter((item) => item.isEvent && now - item.queuedAt >= timeoutMs);
+    if (expired.length === 0) return 0;
+    this.outbox = this.outbox.filter((item) => !expired.includes(item));
+    for (const item of expired) this.release(item);
+    return expired.length;
   }
 
   private flush(): void {
@@ -172,6 +171,7 @@ export class Connection {
   }
 
   private release(item: Outgoing): void {
+    if (item.dedupeKey !== undefined) this.waitingEvents.delete(item.dedupeKey);
     this.outboxBytes -= item.frame.length;
     this.hooks.memory(this, -item.frame.length);
     item.ticket?.drop();

@@ -37,6 +37,14 @@ export const DEFAULT_WATCH_EVENT_TIMEOUT_MS = 20_000;
  */
 export const OUTPUT_BACKLOG_LIMIT = 1024 * 1024;
 
+/**
+ * A privileged client that lets this much output pile up (watch events keep
+ * coming while it does not read) is disconnected: it is not reading, and the
+ * daemon's memory must stay bounded. Unprivileged domains are held to their
+ * memory quota instead.
+ */
+export const OUTPUT_HARD_LIMIT = 32 * 1024 * 1024;
+
 /** How often queued watch events are checked against their timeout. */
 const EVENT_SWEEP_INTERVAL_MS = 1000;
 
@@ -300,6 +308,11 @@ export class XenStoreDaemon {
     const domain = conn.domain;
     if (!domain.privileged && exceeds(this.domains.memoryOf(domain) + frame.length, domain.quotas.hard.memory)) {
       this.tracer.event('acc', `watch event ${path} for domain ${domain.domid} dropped: memory quota`);
+      return;
+    }
+    if (conn.queuedBytes + frame.length > OUTPUT_HARD_LIMIT) {
+      log.warn(`connection ${conn.id} (d${domain.domid}) has ${conn.queuedBytes} bytes of output it does not read: disconnected`);
+      conn.close('comm');
       return;
     }
     if (!conn.event(frame, ticket, special, Date.now())) {
