@@ -53,3 +53,9 @@ export function cAtoi(text: string): number {
   const value = Number(digits);
   return match[1] === '-' ? -value : value;
 }
+
+/** A `<gfn>` argument: signed decimal, read like strtoll() (leading digits, else 0). */
+export function gfnArg(text: string): bigint {
+  const match = /^[ \t\n\v\f\r]*([+-]?[0-9]+)/.exec(text);
+  return match ? BigInt(match[1]!) : 0n;
+}

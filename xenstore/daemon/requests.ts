@@ -5,7 +5,7 @@ import { canonicalize, domainHome, type StorePath } from '../store/path.js';
 import { formatPerm, parsePermStrings } from '../store/permissions.js';
 import { quotaNames, resolveQuotaName } from '../store/quota.js';
 import { directoryPart, type ChangeEvent, type StoreView } from '../store/store.js';
-import { atLeastStrings, cAtoi, domidArg, exactStrings, oneArg, strings } from './args.js';
+import { atLeastStrings, cAtoi, domidArg, exactStrings, gfnArg, oneArg, strings } from './args.js';
 import type { Connection, RequestTicket } from './connection.js';
 import { runControl } from './control.js';
 import { PRIVILEGED_DOMID, SUPPORTED_FEATURES } from './domains.js';
@@ -283,7 +283,7 @@ export const HANDLERS = new Map<number, Handler>([
         }
         const port = cAtoi(portText);
         if (port <= 0) throw new XsError('EINVAL', `bad event channel '${portText}'`);
-        ctx.daemon.introduce(domid, BigInt(cAtoi(gfnText)), port);
+        ctx.daemon.introduce(domid, gfnArg(gfnText), port);
         return OK;
       },
     },

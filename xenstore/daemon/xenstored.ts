@@ -10,7 +10,7 @@ import {
   type XsHeader,
   type XsMessage,
 } from '../../shared/xs-wire.js';
-import { domainHome, INTRODUCE_DOMAIN, parseAbsolute, RELEASE_DOMAIN, ROOT_PATH } from '../store/path.js';
+import { INTRODUCE_DOMAIN, parseAbsolute, RELEASE_DOMAIN, ROOT_PATH } from '../store/path.js';
 import { Access, accessFor, type PermList } from '../store/permissions.js';
 import { defaultQuotas, exceeds, type QuotaSet } from '../store/quota.js';
 import { Store, type Caller, type ChangeEvent } from '../store/store.js';
@@ -134,11 +134,6 @@ export class XenStoreDaemon {
       privileged: domain.privileged,
       domidAnyAllowed: (domain.features & XsServerFeature.DOMID_ANY) !== 0,
     };
-  }
-
-  /** The base of a connection's relative paths: `/local/domain/<domid>`. */
-  homeOf(conn: Connection): string {
-    return domainHome(conn.domid);
   }
 
   // ---- requests -------------------------------------------------------------
