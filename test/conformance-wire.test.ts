@@ -56,6 +56,9 @@ async function compare(t: Test, requests: Request[], label: string): Promise<str
       return `${xsTypeName(r.type)} ${JSON.stringify(text)}`;
     };
     const request = `${label}: ${xsTypeName(type)} ${JSON.stringify(typeof payload === 'string' ? payload : payload.toString('latin1'))} tx ${txId}`;
+    if (mine.msg.txId !== txId || reference.msg.txId !== txId) {
+      t.fail(`${request}: the reply echoes tx_id ${txId} (ours ${mine.msg.txId}, Xen's ${reference.msg.txId})`);
+    }
     if (differs) {
       t.equal(show(mine), differs.ours, `${request}: ${differs.why}`);
       t.not(show(reference), differs.ours, `${request}: Xen 4.17 differs`);

@@ -70,7 +70,7 @@ export class RawConnection {
     }
   }
 
-  /** Sends a request and returns the reply, as [type, payload text]. */
+  /** Sends a request and returns its reply (matched by req_id), with its payload as text. */
   async call(type: number, payload: Buffer | string, txId = 0): Promise<{ type: number; text: string; msg: XsMessage }> {
     const reqId = this.send(type, payload, txId);
     for (;;) {
