@@ -34,7 +34,7 @@ const S = (...parts: string[]) => nulStrings(...parts);
 
 /** Runs the same requests over one connection to each daemon and compares every reply. */
 async function compare(t: Test, requests: Request[], label: string): Promise<string[]> {
-  const ours = await startDaemon();
+  const ours = await startDaemon({ detached: true });
   const theirs = await startReferenceXenstored();
   t.teardown(async () => {
     await ours.close();
@@ -140,7 +140,7 @@ t.test('removal', async (t) => {
 t.test('directory parts', async (t) => {
   const names = Array.from({ length: 300 }, (_, i) => `child-with-a-long-name-${String(i).padStart(4, '0')}`);
   const requests: Request[] = names.map((name) => [XsType.WRITE, S(`/many/${name}`, '')]);
-  const ours = await startDaemon();
+  const ours = await startDaemon({ detached: true });
   t.teardown(() => ours.close());
   const raw = await RawConnection.connect(ours.socketPath);
   t.teardown(() => raw.close());

@@ -19,7 +19,7 @@ interface Pair {
 }
 
 async function pair(t: Test): Promise<Pair> {
-  const ours = await startDaemon();
+  const ours = await startDaemon({ detached: true });
   const theirs = await startReferenceXenstored();
   t.teardown(async () => {
     await ours.close();
@@ -161,7 +161,7 @@ t.test('xenstore-chmod, with and without -r and -u', async (t) => {
 });
 
 t.test('xenstore-watch -n', async (t) => {
-  const ours = await startDaemon();
+  const ours = await startDaemon({ detached: true });
   const theirs = await startReferenceXenstored();
   t.teardown(async () => {
     await ours.close();
@@ -242,7 +242,7 @@ t.test('xenstore-control', async (t) => {
 });
 
 t.test('xenstore-control quota <domid> and memreport', async (t) => {
-  const ours = await startDaemon();
+  const ours = await startDaemon({ detached: true });
   const env = { XENSTORED_PATH: ours.socketPath };
   t.teardown(() => ours.close());
   const report = await run(XENSTORE_CONTROL, ['quota', '0'], env);

@@ -14,7 +14,7 @@ import t, { type Test } from 'tap';
 import { randomBytes } from 'node:crypto';
 import { XsType, encodeMessage, nulStrings } from '../shared/xs-wire.js';
 import { OUTPUT_BACKLOG_LIMIT, OUTPUT_HARD_LIMIT } from '../xenstore/daemon/xenstored.js';
-import { errno, startDaemon, type RunningDaemon } from './helpers/daemon.js';
+import { errno, startDaemon, waitFor, type RunningDaemon } from './helpers/daemon.js';
 import { RawConnection } from './helpers/raw.js';
 
 
@@ -172,7 +172,7 @@ t.test('XSA-325, XSA-326: a domain that never reads its ring holds only its own 
   await dom0.setQuota('memory', 64 * 1024, 5);
   const guest = await env.domain(5);
   await guest.watch('data');
-  env.backend.links.get(5)!.client.stopReading();
+  env.ringOf(5).stopReading();
   for (let i = 0; i < 400; i++) await dom0.write(`/local/domain/5/data/n${i}`, 'x'.repeat(100));
   const domain = env.daemon.domains.find(5)!;
   const held = env.connectionOf(5).queuedBytes;
@@ -215,18 +215,18 @@ t.test("XSA-326: flooding another domain's watch queue stalls the flooder", asyn
   const env = await startDaemon();
   t.teardown(() => env.close());
   const dom0 = await env.client();
-  await dom0.mkdir('/shared');
-  await dom0.setPermissions('/shared', [{ domid: 0, access: 'none' }, { domid: 5, access: 'both' }, { domid: 6, access: 'read' }]);
   const flooder = await env.domain(5);
   const victim = await env.domain(6);
+  await dom0.mkdir('/shared');
+  await dom0.setPermissions('/shared', [{ domid: 0, access: 'none' }, { domid: 5, access: 'both' }, { domid: 6, access: 'read' }]);
   await victim.watch('/shared');
-  env.backend.links.get(6)!.client.stopReading();
+  env.ringOf(6).stopReading();
   const writes = Array.from({ length: 100 }, (_, i) => flooder.write(`/shared/n${i % 5}`, String(i)));
   await new Promise((resolve) => setTimeout(resolve, 300));
   const flooderRecord = env.daemon.domains.find(5)!;
   t.ok(flooderRecord.counts.outstanding <= 20, `the flooder has at most 20 requests outstanding (${flooderRecord.counts.outstanding})`);
   await stillServes(t, env, 'a watch flood');
-  env.backend.links.get(6)!.client.startReading();
+  env.ringOf(6).startReading();
   await Promise.all(writes);
   t.pass('the flooder completes once the victim reads');
 });
@@ -253,19 +253,18 @@ t.test('XSA-322: a new domain with a dead one\'s id inherits nothing', async (t)
   const env = await startDaemon();
   t.teardown(() => env.close());
   const dom0 = await env.client();
+  const first = await env.domain(7);
   await dom0.write('/private/for-7', 'secret');
   await dom0.setPermissions('/private/for-7', [{ domid: 0, access: 'none' }, { domid: 7, access: 'read' }]);
-  const first = await env.domain(7);
   t.equal(await first.readString('/private/for-7'), 'secret', 'the domain it was meant for can read');
   await dom0.release(7);
   t.same(await dom0.getPermissions('/private/for-7'), [{ domid: 0, access: 'none' }], 'its entry is gone once it is released');
 
   await dom0.setPermissions('/private/for-7', [{ domid: 0, access: 'none' }, { domid: 7, access: 'read' }]);
-  env.backend.dead.add(7);
-  env.daemon.releaseDomain(7);
+  env.platform.destroyDomain(7);
+  await waitFor(() => env.daemon.domains.find(7) === undefined, 'the daemon to forget domain 7');
   await dom0.write('/private/set-while-dead', 'x');
   await dom0.setPermissions('/private/set-while-dead', [{ domid: 0, access: 'none' }, { domid: 7, access: 'read' }]);
-  env.backend.dead.delete(7);
   const reused = await env.domain(7);
   t.equal(await errno(reused.read('/private/for-7')), 'EACCES', 'an entry from before it existed does not apply');
   t.equal(await errno(reused.read('/private/set-while-dead')), 'EACCES', 'nor one set while no domain 7 existed');
@@ -290,8 +289,7 @@ t.test('XSA-419, XSA-483: a destroyed domain leaves nothing behind', async (t) =
   await released.next();
   t.ok(env.daemon.store.usageOf(5).nodes > 30);
 
-  env.backend.dead.add(5);
-  env.daemon.releaseDomain(5);
+  env.platform.destroyDomain(5);
   t.same((await released.next()).value, { path: '@releaseDomain', token: released.token }, '@releaseDomain fires');
   t.same(await dom0.directory('/local/domain/5'), [], 'its nodes are deleted');
   t.equal(await errno(dom0.read('/shared/by-5')), 'ENOENT', 'wherever they were');
@@ -308,6 +306,7 @@ t.test('accounting never goes negative under racing removals', async (t) => {
   const dom0 = await env.client();
   const other = await env.client();
   await env.makeDataDirectory(5);
+  env.build(6);
   const guest = await env.domain(5);
   for (let round = 0; round < 20; round++) {
     await guest.write(`data/r${round}/x`, '1');

@@ -59,11 +59,14 @@ t.test('a domain owns what it creates in its home', async (t) => {
   ], 'a node an unprivileged domain creates is owned by it, whatever its parent');
 
   await guest.setPermissions('data/value', [{ domid: 5, access: 'read' }, { domid: 7, access: 'write' }]);
-  t.equal(await errno(guest.setPermissions('data/value', [{ domid: 6, access: 'read' }])), 'EPERM', 'only dom0 may change the owner');
+  t.equal(await errno(guest.setPermissions('data/value', [{ domid: 0, access: 'read' }])), 'EPERM', 'only dom0 may change the owner');
   t.same(await dom0.getPermissions('/local/domain/5/data/value'), [
     { domid: 5, access: 'read' },
     { domid: 7, access: 'write' },
   ]);
+  t.equal(await errno(guest.setPermissions('data/value', [{ domid: 5, access: 'read' }, { domid: 6, access: 'read' }])), 'OK', 'an entry for a domain that does not exist is accepted');
+  t.same(await guest.getPermissions('data/value'), [{ domid: 5, access: 'read' }, { domid: 6, access: 'read' }], 'and reported, but ignored');
+  env.build(6);
   await dom0.setPermissions('/local/domain/5/data/value', [{ domid: 6, access: 'none' }]);
   t.equal(await errno(guest.read('data/value')), 'EACCES', 'after dom0 gave the node away');
   await guest.rm('data/from-dom0');
@@ -97,11 +100,12 @@ t.test('DOMID_ANY entries need the feature', async (t) => {
   const env = await startDaemon();
   t.teardown(() => env.close());
   const dom0 = await env.client();
+  env.build(8);
   await dom0.setFeature(8, 0);
   const plain = await env.domain(8);
   const any = await env.domain(9);
   t.equal(await dom0.getFeature(8), 0);
-  t.equal(await dom0.getFeature(9), 14, 'error indicator, watch depth and DOMID_ANY');
+  t.equal(await dom0.getFeature(9), 15, 'reconnection, error indicator, watch depth and DOMID_ANY');
   await dom0.write('/anyone', 'open');
   await dom0.setPermissions('/anyone', [{ domid: 0, access: 'none' }, { domid: 0x7ff5, access: 'read' }]);
   t.equal(await any.readString('/anyone'), 'open', 'an entry for DOMID_ANY set by dom0 matches every domain');
@@ -132,6 +136,6 @@ t.test('privileged requests are refused to domains', async (t) => {
   t.equal(await errno(guest.setQuota('nodes', 1)), 'EACCES');
   t.equal(await errno(guest.setFeature(5, 0)), 'EACCES');
   t.equal(await errno(guest.getFeature(0)), 'EACCES', 'another domain\'s features are privileged');
-  t.equal(await guest.getFeature(), 14, 'its own features are not');
+  t.equal(await guest.getFeature(), 15, 'its own features are not');
   t.equal(await guest.getDomainPath(5), '/local/domain/5');
 });

@@ -156,14 +156,14 @@ t.test('outstanding requests: a domain that does not read its replies', async (t
   t.teardown(() => env.close());
   const { guest } = await guestWithHome(env, 5);
   const other = await env.domain(6);
-  const link = env.backend.links.get(5)!;
-  link.client.stopReading();
+  const ring = env.ringOf(5);
+  ring.stopReading();
   const requests = Array.from({ length: 200 }, (_, i) => guest.write(`data/n${i % 10}`, 'x'.repeat(200)));
   await new Promise((resolve) => setTimeout(resolve, 200));
   const domain = env.daemon.domains.find(5)!;
   t.ok(domain.counts.outstanding <= 20, `at most 20 requests outstanding (${domain.counts.outstanding})`);
   t.equal(await other.getDomainPath(6), '/local/domain/6', 'other domains are served meanwhile');
-  link.client.startReading();
+  ring.startReading();
   await Promise.all(requests);
   t.pass('every request completes once the domain reads again');
   t.equal(domain.counts.outstanding, 0);

@@ -114,15 +114,21 @@ t.test('special watches', async (t) => {
   t.same(await drain(releaseOf7), ['@releaseDomain/7'], 'a watch on one domain hears only of it');
   t.same(await drain(introduced), [], 'RELEASE is not an introduction');
 
-  env.daemon.introduce(9, 0n, 1);
-  env.daemon.introduce(9, 0n, 1);
+  await env.domain(9);
+  const start = env.startInfo(9);
+  await toolstack.introduce(9, start.storePfn, start.storePort);
   t.same(await drain(introduced), ['@introduceDomain'], 'introducing a domain again (resume) fires nothing new');
-  env.daemon.domainShutdown(9);
-  env.daemon.domainShutdown(9);
-  t.same(await drain(released), ['@releaseDomain'], 'a domain shutting down fires @releaseDomain once');
+  env.platform.shutdownDomain(9, 'suspend');
+  t.same(await drain(released), ['@releaseDomain'], 'a domain shutting down fires @releaseDomain');
+  env.daemon.checkDomains();
+  t.same(await drain(released), [], 'once');
+  env.platform.resumeDomain(9);
   await toolstack.resume(9);
-  env.daemon.domainShutdown(9);
+  env.platform.shutdownDomain(9, 'poweroff');
   t.same(await drain(released), ['@releaseDomain'], 'after RESUME it fires again');
+  env.platform.destroyDomain(9);
+  t.same(await drain(released), ['@releaseDomain'], 'and when it is destroyed');
+  t.notOk(await toolstack.isDomainIntroduced(9), 'which releases it');
 });
 
 t.test('XSA-115: watches reveal only what the watcher may read', async (t) => {
@@ -172,10 +178,10 @@ async function slowReader(env: RunningDaemon) {
   const guest = await env.domain(5);
   const watcher = await guest.watch('/local/domain/5/data');
   await drain(watcher);
-  const link = env.backend.links.get(5)!;
-  link.client.stopReading();
+  const ring = env.ringOf(5);
+  ring.stopReading();
   for (let i = 0; i < 40; i++) await dom0.write(`/local/domain/5/data/n${i}`, 'x'.repeat(40));
-  return { dom0, guest, watcher, resumeReading: () => link.client.startReading() };
+  return { dom0, guest, watcher, resumeReading: () => ring.startReading() };
 }
 
 t.test('duplicate events waiting for a slow reader are merged', async (t) => {

@@ -48,6 +48,9 @@ export interface ConnectionHooks {
   oversize(conn: Connection, header: XsHeader): void;
   /** Memory held by the connection changed by `delta` bytes. */
   memory(conn: Connection, delta: number): void;
+  /** The connection's watches and transactions must go (it was closed, ignored or reset). */
+  dropped(conn: Connection): void;
+  /** The connection is gone for good. */
   closed(conn: Connection): void;
 }
 
@@ -55,12 +58,16 @@ export interface ConnectionHooks {
  * One client of the daemon: a socket or a domain's ring. It parses incoming
  * messages, queues outgoing ones, and holds the client's watches and
  * transactions. Requests are processed one at a time, in order.
+ *
+ * A socket connection that misbehaves is closed. A ring connection is
+ * ignored instead, as xenstored does: the domain stays introduced, told why
+ * through the ring's error field, and may start over with a ring reconnection.
  */
 export class Connection {
   readonly watches: Watch<Connection>[] = [];
   readonly transactions = new Map<number, Transaction>();
   private nextTransactionId = 1;
-  private readonly inbox: XsMessage[] = [];
+  private inbox: XsMessage[] = [];
   private outbox: Outgoing[] = [];
   private outboxBytes = 0;
   private readonly waitingEvents = new Set<string>();
@@ -69,7 +76,10 @@ export class Connection {
   private pumping = false;
   private flushing = false;
   private closedFlag = false;
-  private readonly decoder: XsFrameDecoder;
+  private ignoredFlag = false;
+  private decoder: XsFrameDecoder;
+  /** Since when a message has been partly received, if one is. */
+  private partialSince: number | undefined;
 
   constructor(
     readonly id: number,
@@ -77,17 +87,16 @@ export class Connection {
     readonly domain: DomainRecord,
     private readonly hooks: ConnectionHooks,
   ) {
-    this.decoder = new XsFrameDecoder(
-      (msg) => this.receive(msg),
-      (header) => this.hooks.oversize(this, header),
-    );
+    this.decoder = this.newDecoder();
     transport.attach({
-      onData: (chunk) => this.decoder.push(chunk),
+      onData: (chunk) => this.onData(chunk),
       onWritable: () => {
         this.writable = true;
         this.flush();
       },
       onClose: () => this.teardown(),
+      onFault: (error) => this.close(error),
+      onReset: () => this.reset(),
     });
   }
 
@@ -99,9 +108,19 @@ export class Connection {
     return this.closedFlag;
   }
 
+  /** Not served until the domain reconnects its ring. */
+  get ignored(): boolean {
+    return this.ignoredFlag;
+  }
+
   /** Bytes queued for the peer and not yet accepted by the transport. */
   get queuedBytes(): number {
     return this.outboxBytes;
+  }
+
+  /** When the message being received started arriving, if one is only partly here. */
+  get partialMessageSince(): number | undefined {
+    return this.partialSince;
   }
 
   /** Picks an unused transaction id (never 0, which means "no transaction"). */
@@ -136,7 +155,7 @@ export class Connection {
   }
 
   private enqueue(item: Outgoing): void {
-    if (this.closedFlag) return;
+    if (this.closedFlag || this.ignoredFlag) return;
     item.ticket?.hold();
     this.outbox.push(item);
     this.outboxBytes += item.frame.length;
@@ -159,7 +178,7 @@ export class Connection {
     if (this.flushing) return;
     this.flushing = true;
     try {
-      while (this.writable && this.outbox.length > 0 && !this.closedFlag) {
+      while (this.writable && this.outbox.length > 0 && !this.closedFlag && !this.ignoredFlag) {
         const item = this.outbox.shift()!;
         this.writable = this.transport.write(item.frame);
         this.release(item);
@@ -177,6 +196,13 @@ export class Connection {
     item.ticket?.drop();
   }
 
+  private onData(chunk: Buffer): void {
+    if (this.closedFlag || this.ignoredFlag) return;
+    this.decoder.push(chunk);
+    if (this.decoder.bufferedBytes === 0) this.partialSince = undefined;
+    else this.partialSince ??= Date.now();
+  }
+
   private receive(msg: XsMessage): void {
     this.inbox.push(msg);
     this.pump();
@@ -187,10 +213,10 @@ export class Connection {
    * reading from the transport until `pump` is called again.
    */
   pump(): void {
-    if (this.pumping || this.closedFlag) return;
+    if (this.pumping || this.closedFlag || this.ignoredFlag) return;
     this.pumping = true;
     try {
-      while (this.inbox.length > 0 && !this.closedFlag) {
+      while (this.inbox.length > 0 && !this.closedFlag && !this.ignoredFlag) {
         if (!this.hooks.mayProcess(this)) break;
         const msg = this.inbox.shift()!;
         try {
@@ -204,7 +230,7 @@ export class Connection {
     } finally {
       this.pumping = false;
     }
-    if (this.closedFlag) return;
+    if (this.closedFlag || this.ignoredFlag) return;
     const blocked = this.inbox.length > 0;
     if (blocked && !this.readingPaused) {
       this.readingPaused = true;
@@ -215,19 +241,58 @@ export class Connection {
     }
   }
 
-  /** Ends the connection, telling a ring peer why when it misbehaved. */
+  /**
+   * Ends service to the peer, telling a ring peer why when it misbehaved: a
+   * socket connection is gone, a ring connection is ignored until its
+   * domain reconnects.
+   */
   close(error?: TransportError): void {
-    if (this.closedFlag) return;
+    if (this.closedFlag || this.ignoredFlag) return;
     this.transport.close(error);
+    if (this.transport.kind === 'socket') {
+      this.teardown();
+      return;
+    }
+    this.ignoredFlag = true;
+    this.dropState();
+  }
+
+  /** Gone for good: the daemon stops, or the domain was released or died. */
+  destroy(): void {
+    if (!this.closedFlag) this.transport.close();
     this.teardown();
+    this.transport.release?.();
+  }
+
+  /** Ring reconnection: a fresh connection on the same ring. */
+  private reset(): void {
+    if (this.closedFlag) return;
+    this.dropState();
+    this.ignoredFlag = false;
+    this.writable = true;
+    this.readingPaused = false;
+  }
+
+  private dropState(): void {
+    this.decoder.stop();
+    this.decoder = this.newDecoder();
+    this.partialSince = undefined;
+    this.inbox = [];
+    for (const item of this.outbox.splice(0)) this.release(item);
+    this.hooks.dropped(this);
   }
 
   private teardown(): void {
     if (this.closedFlag) return;
     this.closedFlag = true;
-    this.decoder.stop();
-    this.inbox.length = 0;
-    for (const item of this.outbox.splice(0)) this.release(item);
+    this.dropState();
     this.hooks.closed(this);
+  }
+
+  private newDecoder(): XsFrameDecoder {
+    return new XsFrameDecoder(
+      (msg) => this.receive(msg),
+      (header) => this.hooks.oversize(this, header),
+    );
   }
 }

@@ -12,9 +12,19 @@ export interface DomainBackend {
   exists(domid: number): boolean;
   /**
    * Maps the domain's xenstore page (`gfn`) and binds its event channel
-   * (`port`), as INTRODUCE asks. Throws an XsError when that is impossible.
+   * (`port`), as INTRODUCE asks, advertising `features` in the ring. Throws
+   * an XsError when that is impossible.
    */
-  connect(domid: number, gfn: bigint, port: number): ServerTransport;
+  connect(domid: number, gfn: bigint, port: number, features: number): ServerTransport;
+  /**
+   * What the hypervisor says of a domain now (undefined: it is gone), with
+   * the unique id that tells a domain from a later one reusing its domid.
+   */
+  state?(domid: number): { state: 'running' | 'paused' | 'shutdown'; uniqueId: number } | undefined;
+  /** Calls `listener` whenever some domain may have shut down or died (VIRQ_DOM_EXC). */
+  onDomainChange?(listener: () => void): void;
+  /** Stops listening to the hypervisor. */
+  close?(): void;
 }
 
 const log = createLogger('xenstored');

@@ -7,10 +7,12 @@ import type { DomainBackend } from './domain-backend.js';
 export const PRIVILEGED_DOMID = 0;
 
 /**
- * Server features this daemon offers a domain (xs_wire.h): the ring's error
- * field, the WATCH depth parameter and permission entries for DOMID_ANY.
+ * Server features this daemon offers a domain (xs_wire.h): ring
+ * reconnection, the ring's error field, the WATCH depth parameter and
+ * permission entries for DOMID_ANY.
  */
-export const SUPPORTED_FEATURES = XsServerFeature.ERROR | XsServerFeature.WATCHDEPTH | XsServerFeature.DOMID_ANY;
+export const SUPPORTED_FEATURES =
+  XsServerFeature.RECONNECTION | XsServerFeature.ERROR | XsServerFeature.WATCHDEPTH | XsServerFeature.DOMID_ANY;
 
 /** Accounting values that xenstored counts per domain (the rest are per-request maxima). */
 export type CountedItem = 'watches' | 'outstanding' | 'transactions';
@@ -39,6 +41,8 @@ export class DomainRecord {
     /** Store generation when the domain became known (XSA-322). */
     readonly generation: number,
     readonly quotas: QuotaSet,
+    /** The hypervisor's unique id of the domain, when it tells one: a reused domid has another. */
+    readonly uniqueId: number | undefined,
   ) {}
 
   get privileged(): boolean {
@@ -75,7 +79,7 @@ export class DomainRegistry implements DomainPolicy {
     if (known) return known;
     if (domid !== PRIVILEGED_DOMID && !this.backend.exists(domid)) return undefined;
     const generation = domid === PRIVILEGED_DOMID ? 0 : this.store.currentGeneration;
-    const record = new DomainRecord(domid, generation, copyQuotas(this.globalQuotas));
+    const record = new DomainRecord(domid, generation, copyQuotas(this.globalQuotas), this.backend.state?.(domid)?.uniqueId);
     this.records.set(domid, record);
     return record;
   }

@@ -20,20 +20,34 @@ export interface ServerTransport {
   resumeReading(): void;
 
   /**
-   * Ends the link. `error` says why when the peer misbehaved: a ring
-   * transport reports it through the ring's error field (xs_wire.h
-   * XENSTORE_ERROR_*), a socket is simply closed.
+   * Stops serving the peer. `error` says why when it misbehaved. A socket
+   * is closed; a ring reports the error through its error field (xs_wire.h
+   * XENSTORE_ERROR_*) and stays quiet until the domain reconnects it.
    */
   close(error?: TransportError): void;
 
-  /** Installed by the daemon once, before any data flows. */
+  /**
+   * Installed by the daemon before any data flows, and again when a ring
+   * reconnection starts a fresh connection on the same link.
+   */
   attach(handlers: TransportHandlers): void;
+
+  /** Frees what the link holds (a ring's mapping and port): its domain is released or gone. */
+  release?(): void;
 }
 
 export interface TransportHandlers {
   onData(chunk: Buffer): void;
   onWritable(): void;
+  /** The link is gone (a socket closed). */
   onClose(): void;
+  /** The peer broke the link's own rules (a ring's indexes). */
+  onFault(error: TransportError): void;
+  /**
+   * The peer asked to start over (ring reconnection, xenstore-ring.txt): the
+   * link is empty again and everything of the old connection must go.
+   */
+  onReset?(): void;
 }
 
 /** Why the daemon dropped a peer, mapping onto the ring's error field. */

@@ -48,10 +48,19 @@ export const OUTPUT_HARD_LIMIT = 32 * 1024 * 1024;
 /** How often queued watch events are checked against their timeout. */
 const EVENT_SWEEP_INTERVAL_MS = 1000;
 
+/**
+ * A domain whose ring holds a message it never finishes sending is dropped
+ * (with the protocol error) after this long; while it is paused the clock
+ * does not count against it.
+ */
+export const DEFAULT_INCOMPLETE_MESSAGE_TIMEOUT_MS = 10_000;
+
 export interface DaemonOptions {
   quotas?: QuotaSet;
   /** Time a watch event may wait for an unprivileged domain before it is dropped; 0 keeps them. */
   watchEventTimeoutMs?: number;
+  /** Time a domain may leave a message half sent before it is dropped. */
+  incompleteMessageTimeoutMs?: number;
   traceFile?: string | undefined;
   backend?: DomainBackend;
 }
@@ -70,6 +79,7 @@ export class XenStoreDaemon {
   readonly tracer: Tracer;
   readonly backend: DomainBackend;
   watchEventTimeoutMs: number;
+  incompleteMessageTimeoutMs: number;
   private nextConnectionId = 1;
   private readonly waking = new Set<DomainRecord>();
   private sweepTimer: NodeJS.Timeout | undefined;
@@ -82,8 +92,10 @@ export class XenStoreDaemon {
     this.domains.findOrCreate(PRIVILEGED_DOMID)!.introduced = true;
     this.tracer = new Tracer(options.traceFile);
     this.watchEventTimeoutMs = options.watchEventTimeoutMs ?? DEFAULT_WATCH_EVENT_TIMEOUT_MS;
-    this.sweepTimer = setInterval(() => this.expireEvents(), EVENT_SWEEP_INTERVAL_MS);
+    this.incompleteMessageTimeoutMs = options.incompleteMessageTimeoutMs ?? DEFAULT_INCOMPLETE_MESSAGE_TIMEOUT_MS;
+    this.sweepTimer = setInterval(() => this.sweep(), EVENT_SWEEP_INTERVAL_MS);
     this.sweepTimer.unref();
+    this.backend.onDomainChange?.(() => this.checkDomains());
   }
 
   /** Serves a new client: a socket (acting as dom0) or a domain's ring. */
@@ -95,6 +107,10 @@ export class XenStoreDaemon {
       mayProcess: (c) => this.mayProcess(c),
       oversize: (c, header) => this.oversize(c, header),
       memory: (c, delta) => this.connectionMemory(c, delta),
+      dropped: (c) => {
+        this.removeAllWatches(c);
+        this.endAllTransactions(c);
+      },
       closed: (c) => this.disconnected(c),
     });
     this.connections.add(conn);
@@ -102,11 +118,12 @@ export class XenStoreDaemon {
     return conn;
   }
 
-  /** Stops serving: closes every connection and the trace. */
+  /** Stops serving: closes every connection, the hypervisor link and the trace. */
   shutdown(): void {
     clearInterval(this.sweepTimer);
     this.sweepTimer = undefined;
-    for (const conn of [...this.connections]) conn.close();
+    for (const conn of [...this.connections]) conn.destroy();
+    this.backend.close?.();
     this.tracer.close();
   }
 
@@ -233,8 +250,6 @@ export class XenStoreDaemon {
 
   private disconnected(conn: Connection): void {
     this.connections.delete(conn);
-    this.removeAllWatches(conn);
-    this.endAllTransactions(conn);
     this.tracer.event('obj', `DESTROY connection ${conn.id}`);
   }
 
@@ -315,13 +330,40 @@ export class XenStoreDaemon {
     }
   }
 
-  private expireEvents(): void {
-    if (this.watchEventTimeoutMs <= 0) return;
+  /** Once a second: watch events waiting too long, messages left half sent. */
+  private sweep(): void {
     const now = Date.now();
-    for (const conn of this.connections) {
-      if (conn.domain.privileged || conn.queuedBytes === 0) continue;
-      const dropped = conn.expireEvents(now, this.watchEventTimeoutMs);
-      if (dropped > 0) this.tracer.event('obj', `${dropped} watch events for domain ${conn.domid} timed out`);
+    for (const conn of [...this.connections]) {
+      if (this.watchEventTimeoutMs > 0 && !conn.domain.privileged && conn.queuedBytes > 0) {
+        const dropped = conn.expireEvents(now, this.watchEventTimeoutMs);
+        if (dropped > 0) this.tracer.event('obj', `${dropped} watch events for domain ${conn.domid} timed out`);
+      }
+      const since = conn.partialMessageSince;
+      if (
+        conn.transport.kind === 'ring' &&
+        since !== undefined &&
+        now - since > this.incompleteMessageTimeoutMs &&
+        (this.backend.state?.(conn.domid)?.state ?? 'running') === 'running'
+      ) {
+        log.warn(`domain ${conn.domid} left a message unfinished for ${now - since} ms: its connection is dropped`);
+        conn.close('proto');
+      }
+    }
+  }
+
+  /**
+   * VIRQ_DOM_EXC: some domain shut down or died. Dead ones are released
+   * (their nodes go, @releaseDomain fires); shut down ones fire
+   * @releaseDomain once, as xenstored's check_domains() does.
+   */
+  checkDomains(): void {
+    if (!this.backend.state) return;
+    for (const domain of this.domains.all()) {
+      if (domain.privileged) continue;
+      const now = this.backend.state(domain.domid);
+      // A domain that is gone, or whose domid now belongs to a new domain, is released.
+      if (!now || (domain.uniqueId !== undefined && now.uniqueId !== domain.uniqueId)) this.releaseDomain(domain.domid);
+      else if (now.state === 'shutdown') this.domainShutdown(domain.domid);
     }
   }
 
@@ -369,12 +411,11 @@ export class XenStoreDaemon {
   introduce(domid: number, gfn: bigint, port: number): void {
     const domain = this.domains.findOrCreate(domid);
     if (!domain) throw new XsError('ENOENT', `domain ${domid} does not exist`);
-    const transport = this.backend.connect(domid, gfn, port);
+    // Introduced again (it resumed): the old ring connection goes first, so
+    // that its event channel is unbound and can be bound anew.
     const first = !domain.introduced;
-    for (const conn of this.connectionsOf(domain)) {
-      this.removeAllWatches(conn);
-      conn.close();
-    }
+    for (const conn of this.connectionsOf(domain)) conn.destroy();
+    const transport = this.backend.connect(domid, gfn, port, domain.features);
     domain.introduced = true;
     domain.shutdown = false;
     this.connect(transport, domid);
@@ -391,8 +432,9 @@ export class XenStoreDaemon {
     const domain = this.domains.find(domid);
     if (!domain) return;
     for (const conn of this.connectionsOf(domain)) {
+      // Its own watches go first: it is not told of its nodes' removal.
       this.removeAllWatches(conn);
-      conn.close();
+      conn.destroy();
     }
     const wasIntroduced = domain.introduced;
     this.removeDomainFromTree(domid);

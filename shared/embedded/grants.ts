@@ -1,0 +1,212 @@
+import {
+  GNTTAB_NR_RESERVED_ENTRIES,
+  GrantStatus,
+  PAGE_SIZE,
+  PlatformError,
+  type GrantCopy,
+  type GrantCopyEnd,
+  type GrantMapping,
+  type GrantTable,
+} from '../platform.js';
+import { DOMID_LIMIT, DomainSlot, GRANT_ENTRIES, GrantEntry, GrantState, SlotState } from './layout.js';
+import type { Machine } from './machine.js';
+
+/** How many times a mapper retries an entry its granter is busy ending before giving up (GNTST_eagain). */
+const PIN_RETRIES = 1000;
+
+function grantError(status: number, message: string): PlatformError {
+  const errno = status === GrantStatus.bad_domain ? 'ESRCH' : status === GrantStatus.no_space ? 'ENOSPC' : 'EINVAL';
+  return new PlatformError(errno, message, status);
+}
+
+/**
+ * A domain's grant table with Xen's v1 semantics. As granter, a domain
+ * grants one page to one other domain, read-only or read-write, and may end
+ * access only when nobody has the page mapped. As grantee, it maps or copies
+ * through references granted to it, and nothing else of the granter's memory.
+ */
+export class EmbeddedGrantTable implements GrantTable {
+  private hint = GNTTAB_NR_RESERVED_ENTRIES;
+
+  constructor(
+    private readonly machine: Machine,
+    readonly domid: number,
+    /** Called when a dying domain's last mapped page is unmapped. */
+    private readonly lastPinReleased: (slot: number) => void,
+  ) {}
+
+  private get slot(): number {
+    return this.machine.requireSlot(this.domid);
+  }
+
+  grantAccess(remoteDomid: number, pfn: number, readonly: boolean): number {
+    const slot = this.slot;
+    this.checkGrantable(slot, remoteDomid, pfn);
+    const words = this.machine.words;
+    for (let tried = 0; tried < GRANT_ENTRIES - GNTTAB_NR_RESERVED_ENTRIES; tried++) {
+      const gref = this.hint;
+      this.hint = gref + 1 >= GRANT_ENTRIES ? GNTTAB_NR_RESERVED_ENTRIES : gref + 1;
+      const base = this.machine.grantBase(slot, gref);
+      if (Atomics.compareExchange(words, base + GrantEntry.STATE, GrantState.FREE, GrantState.RESERVED) === GrantState.FREE) {
+        this.publish(base, remoteDomid, pfn, readonly);
+        return gref;
+      }
+    }
+    throw grantError(GrantStatus.no_space, `domain ${this.domid} has no free grant entry`);
+  }
+
+  grantReserved(gref: number, remoteDomid: number, pfn: number, readonly: boolean): void {
+    const slot = this.slot;
+    if (!Number.isInteger(gref) || gref < 0 || gref >= GNTTAB_NR_RESERVED_ENTRIES) {
+      throw grantError(GrantStatus.bad_gntref, `${gref} is not a reserved grant reference`);
+    }
+    this.checkGrantable(slot, remoteDomid, pfn);
+    const base = this.machine.grantBase(slot, gref);
+    if (Atomics.compareExchange(this.machine.words, base + GrantEntry.STATE, GrantState.FREE, GrantState.RESERVED) !== GrantState.FREE) {
+      throw new PlatformError('EBUSY', `grant reference ${gref} of domain ${this.domid} is in use`);
+    }
+    this.publish(base, remoteDomid, pfn, readonly);
+  }
+
+  endAccess(gref: number): boolean {
+    const slot = this.slot;
+    const base = this.entry(slot, gref);
+    const words = this.machine.words;
+    const state = Atomics.load(words, base + GrantEntry.STATE);
+    if (state !== GrantState.GRANTED_RW && state !== GrantState.GRANTED_RO) {
+      throw grantError(GrantStatus.bad_gntref, `grant reference ${gref} of domain ${this.domid} is not granted`);
+    }
+    if (Atomics.compareExchange(words, base + GrantEntry.STATE, state, GrantState.ENDING) !== state) return false;
+    if (Atomics.load(words, base + GrantEntry.PINS) > 0) {
+      Atomics.store(words, base + GrantEntry.STATE, state);
+      return false;
+    }
+    Atomics.store(words, base + GrantEntry.GRANTEE, 0);
+    Atomics.store(words, base + GrantEntry.PFN, 0);
+    Atomics.store(words, base + GrantEntry.STATE, GrantState.FREE);
+    return true;
+  }
+
+  map(granterDomid: number, grefs: readonly number[], writable: boolean): GrantMapping {
+    const granterSlot = this.machine.slotOf(granterDomid);
+    if (granterSlot < 0) throw grantError(GrantStatus.bad_domain, `no domain ${granterDomid}`);
+    const pinned: number[] = [];
+    try {
+      for (const gref of grefs) pinned.push(this.pin(granterSlot, granterDomid, gref, writable));
+    } catch (err) {
+      for (const base of pinned) this.unpin(granterSlot, base);
+      throw err;
+    }
+    const baseFrame = this.machine.slotWord(granterSlot, DomainSlot.BASE_FRAME);
+    const pages = pinned.map((base) => this.machine.frameView(baseFrame + Atomics.load(this.machine.words, base + GrantEntry.PFN)));
+    let mapped = true;
+    return {
+      pages,
+      writable,
+      unmap: () => {
+        if (!mapped) return;
+        mapped = false;
+        for (const base of pinned) this.unpin(granterSlot, base);
+      },
+    };
+  }
+
+  copy(ops: readonly GrantCopy[]): void {
+    for (const op of ops) {
+      if (!Number.isInteger(op.length) || op.length < 0) throw grantError(GrantStatus.bad_copy_arg, `bad copy length ${op.length}`);
+      const source = this.resolve(op.source, op.length, false);
+      try {
+        const dest = this.resolve(op.dest, op.length, true);
+        try {
+          dest.bytes.set(source.bytes);
+        } finally {
+          dest.release();
+        }
+      } finally {
+        source.release();
+      }
+    }
+  }
+
+  // ---- internals ----------------------------------------------------------
+
+  private checkGrantable(slot: number, remoteDomid: number, pfn: number): void {
+    if (!Number.isInteger(remoteDomid) || remoteDomid < 0 || remoteDomid >= DOMID_LIMIT) {
+      throw grantError(GrantStatus.bad_domain, `cannot grant to domain ${remoteDomid}`);
+    }
+    const pages = this.machine.slotWord(slot, DomainSlot.PAGES);
+    if (!Number.isInteger(pfn) || pfn < 0 || pfn >= pages) {
+      throw grantError(GrantStatus.bad_page, `page ${pfn} is not in domain ${this.domid}'s memory of ${pages} pages`);
+    }
+  }
+
+  private publish(base: number, remoteDomid: number, pfn: number, readonly: boolean): void {
+    const words = this.machine.words;
+    Atomics.store(words, base + GrantEntry.GRANTEE, remoteDomid);
+    Atomics.store(words, base + GrantEntry.PFN, pfn);
+    Atomics.store(words, base + GrantEntry.STATE, readonly ? GrantState.GRANTED_RO : GrantState.GRANTED_RW);
+  }
+
+  private entry(slot: number, gref: number): number {
+    if (!Number.isInteger(gref) || gref < 0 || gref >= GRANT_ENTRIES) {
+      throw grantError(GrantStatus.bad_gntref, `grant reference ${gref} is out of range`);
+    }
+    return this.machine.grantBase(slot, gref);
+  }
+
+  /**
+   * Pins one entry for this domain, as Xen does when mapping it: refused
+   * unless it is granted to us, and granted writable if we want to write.
+   */
+  private pin(granterSlot: number, granterDomid: number, gref: number, writable: boolean): number {
+    const base = this.entry(granterSlot, gref);
+    const words = this.machine.words;
+    for (let attempt = 0; attempt < PIN_RETRIES; attempt++) {
+      const state = Atomics.load(words, base + GrantEntry.STATE);
+      if (state === GrantState.ENDING) continue;
+      if (state !== GrantState.GRANTED_RW && state !== GrantState.GRANTED_RO) {
+        throw grantError(GrantStatus.general_error, `domain ${granterDomid} has not granted reference ${gref}`);
+      }
+      if (Atomics.load(words, base + GrantEntry.GRANTEE) !== this.domid) {
+        throw grantError(GrantStatus.general_error, `reference ${gref} of domain ${granterDomid} is granted to another domain`);
+      }
+      if (writable && state === GrantState.GRANTED_RO) {
+        throw grantError(GrantStatus.general_error, `reference ${gref} of domain ${granterDomid} is read-only`);
+      }
+      Atomics.add(words, base + GrantEntry.PINS, 1);
+      if (Atomics.load(words, base + GrantEntry.STATE) === state) {
+        Atomics.add(words, this.machine.slotBase(granterSlot) + DomainSlot.PINS, 1);
+        return base;
+      }
+      Atomics.sub(words, base + GrantEntry.PINS, 1);
+    }
+    throw grantError(GrantStatus.eagain, `reference ${gref} of domain ${granterDomid} is being ended`);
+  }
+
+  private unpin(granterSlot: number, base: number): void {
+    const words = this.machine.words;
+    Atomics.sub(words, base + GrantEntry.PINS, 1);
+    const left = Atomics.sub(words, this.machine.slotBase(granterSlot) + DomainSlot.PINS, 1) - 1;
+    if (left === 0 && this.machine.slotWord(granterSlot, DomainSlot.STATE) === SlotState.DYING) {
+      this.lastPinReleased(granterSlot);
+    }
+  }
+
+  /** The bytes of one side of a copy, pinned if they belong to another domain. */
+  private resolve(end: GrantCopyEnd, length: number, write: boolean): { bytes: Uint8Array; release(): void } {
+    if (!Number.isInteger(end.offset) || end.offset < 0 || end.offset + length > PAGE_SIZE) {
+      throw grantError(GrantStatus.bad_copy_arg, `copy of ${length} bytes at offset ${end.offset} crosses a page boundary`);
+    }
+    if ('pfn' in end) {
+      const slot = this.slot;
+      const pages = this.machine.slotWord(slot, DomainSlot.PAGES);
+      if (!Number.isInteger(end.pfn) || end.pfn < 0 || end.pfn >= pages) {
+        throw grantError(GrantStatus.bad_page, `page ${end.pfn} is not in domain ${this.domid}'s memory`);
+      }
+      const frame = this.machine.slotWord(slot, DomainSlot.BASE_FRAME) + end.pfn;
+      return { bytes: this.machine.frameView(frame).subarray(end.offset, end.offset + length), release: () => {} };
+    }
+    const mapping = this.map(end.domid, [end.gref], write);
+    return { bytes: mapping.pages[0]!.subarray(end.offset, end.offset + length), release: () => mapping.unmap() };
+  }
+}

@@ -1,0 +1,156 @@
+import { XsFrameDecoder } from '../../shared/xs-wire.js';
+import { XsServerFeature } from '../../shared/xs-wire.js';
+import type { EventDispatcher } from '../../shared/event-dispatcher.js';
+import type { DomainInterface } from '../../shared/platform.js';
+import { RingConnection, XenStoreRing } from '../ring.js';
+import type { ClientTransport, ClientTransportHandlers } from './transport.js';
+
+/** Raised when xenstored sets the ring's error indicator or the ring's indexes make no sense. */
+export class RingError extends Error {
+  constructor(message: string, readonly code: number) {
+    super(message);
+    this.name = 'RingError';
+  }
+}
+
+/**
+ * A domain's end of its xenstore ring, used the way Linux's xenbus comms use
+ * it: requests go in as the ring's free space allows (a 4 KiB request
+ * crosses a 1 KiB ring in pieces), replies come out as they arrive, the
+ * daemon is signalled after each step, wrap-around of the free-running
+ * indexes is harmless, and a ring error is reported, not ignored.
+ */
+export class RingClientTransport implements ClientTransport {
+  private handlers: ClientTransportHandlers | undefined;
+  private decoder = this.newDecoder();
+  private readonly pending: Buffer[] = [];
+  private pendingOffset = 0;
+  private reading = true;
+  private closed = false;
+  private reconnecting: (() => void) | undefined;
+
+  constructor(
+    readonly ring: XenStoreRing,
+    private readonly events: EventDispatcher,
+    /** The domain's end of its xenstore event channel. */
+    readonly port: number,
+  ) {}
+
+  /**
+   * Opens a domain's xenstore ring from what it was told at boot: the page
+   * of its memory holding the ring and its end of the event channel, which
+   * it starts listening to.
+   */
+  static open(domain: DomainInterface, events: EventDispatcher, storePfn: number, storePort: number): RingClientTransport {
+    events.channels.listen(storePort);
+    return new RingClientTransport(new XenStoreRing(domain.memory.page(storePfn)), events, storePort);
+  }
+
+  start(handlers: ClientTransportHandlers): void {
+    this.handlers = handlers;
+    this.events.on(this.port, () => this.kick());
+    this.kick();
+  }
+
+  send(frame: Buffer): void {
+    if (this.closed) return;
+    this.pending.push(frame);
+    this.pushRequests();
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.events.off(this.port);
+    this.handlers?.closed();
+  }
+
+  /** Stops taking replies off the ring (a domain that does not read), for tests of the daemon. */
+  stopReading(): void {
+    this.reading = false;
+  }
+
+  startReading(): void {
+    this.reading = true;
+    this.kick();
+  }
+
+  /**
+   * Asks the daemon to reset the ring (xenstore-ring.txt, ring reconnection)
+   * and resolves once it is connected again. Requests and watches of the old
+   * connection are gone; the caller sets up what it needs anew.
+   */
+  reconnect(): Promise<void> {
+    if (!(this.ring.serverFeatures & XsServerFeature.RECONNECTION)) {
+      return Promise.reject(new Error('xenstored does not offer ring reconnection'));
+    }
+    this.pending.length = 0;
+    this.pendingOffset = 0;
+    this.decoder = this.newDecoder();
+    const done = new Promise<void>((resolve) => (this.reconnecting = resolve));
+    this.ring.connection = RingConnection.RECONNECT;
+    this.events.channels.notify(this.port);
+    return done;
+  }
+
+  private kick(): void {
+    if (this.closed) return;
+    if (this.reconnecting) {
+      if (this.ring.connection !== RingConnection.CONNECTED) return;
+      const resolve = this.reconnecting;
+      this.reconnecting = undefined;
+      resolve();
+    }
+    const error = this.ring.error;
+    if (error !== 0) {
+      this.fail(new RingError(`xenstored reported error ${error} on the ring`, error));
+      return;
+    }
+    this.pullReplies();
+    this.pushRequests();
+  }
+
+  private pullReplies(): void {
+    while (this.reading && !this.closed) {
+      const chunk = this.ring.responses.consume();
+      if (chunk === null) {
+        this.fail(new RingError('inconsistent indexes on the reply ring', -1));
+        return;
+      }
+      if (chunk.length === 0) return;
+      this.events.channels.notify(this.port);
+      this.decoder.push(chunk);
+    }
+  }
+
+  private pushRequests(): void {
+    while (this.pending.length > 0 && !this.closed && !this.reconnecting) {
+      const head = this.pending[0]!;
+      const written = this.ring.requests.produce(head.subarray(this.pendingOffset));
+      if (written < 0) {
+        this.fail(new RingError('inconsistent indexes on the request ring', -1));
+        return;
+      }
+      if (written === 0) return;
+      this.events.channels.notify(this.port);
+      this.pendingOffset += written;
+      if (this.pendingOffset < head.length) return;
+      this.pending.shift();
+      this.pendingOffset = 0;
+    }
+  }
+
+  private fail(error: Error): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.events.off(this.port);
+    this.handlers?.closed(error);
+  }
+
+  private newDecoder(): XsFrameDecoder {
+    return new XsFrameDecoder(
+      (msg) => this.handlers?.message(msg),
+      (header) => this.fail(new RingError(`xenstored sent an oversized payload (${header.len} bytes)`, -1)),
+    );
+  }
+}

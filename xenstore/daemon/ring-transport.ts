@@ -1,0 +1,144 @@
+import { XsRingError, XsServerFeature } from '../../shared/xs-wire.js';
+import { RingConnection, type XenStoreRing } from '../ring.js';
+import type { ServerTransport, TransportError, TransportHandlers } from './transport.js';
+
+const ERROR_CODES: Record<TransportError, number> = {
+  comm: XsRingError.COMM,
+  ringidx: XsRingError.RINGIDX,
+  proto: XsRingError.PROTO,
+};
+
+/**
+ * The daemon's end of a domain's xenstore ring. It consumes requests and
+ * produces replies as the ring's free space allows, signalling the domain
+ * after each, checks the domain's indexes, reports errors through the
+ * ring's error field, and honours the domain's reconnection requests.
+ */
+export class RingServerTransport implements ServerTransport {
+  readonly kind = 'ring';
+  private handlers: TransportHandlers | undefined;
+  private readonly output: Buffer[] = [];
+  private outputOffset = 0;
+  private readingPaused = false;
+  /** Set after an error: nothing more is read or written until the domain reconnects. */
+  private ignored = false;
+  private released = false;
+
+  constructor(
+    readonly ring: XenStoreRing,
+    readonly label: string,
+    private readonly notify: () => void,
+    private readonly onRelease: () => void,
+    features: number,
+  ) {
+    ring.advertise(features);
+    if (ring.connection === RingConnection.RECONNECT) {
+      // A domain that asked to reconnect before we got here finds a fresh ring.
+      ring.reset();
+      ring.connection = RingConnection.CONNECTED;
+    }
+  }
+
+  attach(handlers: TransportHandlers): void {
+    this.handlers = handlers;
+  }
+
+  /** The domain signalled its event channel: look at the ring. */
+  kick(): void {
+    if (this.released) return;
+    if (this.ring.connection === RingConnection.RECONNECT) {
+      this.reconnect();
+      return;
+    }
+    if (this.ignored) return;
+    this.pushOutput();
+    this.pullInput();
+  }
+
+  write(bytes: Buffer): boolean {
+    if (this.ignored || this.released) return true;
+    this.output.push(bytes);
+    this.pushOutput();
+    return this.output.length === 0;
+  }
+
+  pauseReading(): void {
+    this.readingPaused = true;
+  }
+
+  resumeReading(): void {
+    this.readingPaused = false;
+    this.pullInput();
+  }
+
+  close(error?: TransportError): void {
+    if (error && this.ring.serverFeatures & XsServerFeature.ERROR) this.ring.error = ERROR_CODES[error];
+    this.ignored = true;
+    this.output.length = 0;
+    this.outputOffset = 0;
+    if (!this.released) this.notify();
+  }
+
+  release(): void {
+    if (this.released) return;
+    this.released = true;
+    this.ignored = true;
+    this.handlers = undefined;
+    this.onRelease();
+  }
+
+  private pullInput(): void {
+    while (!this.readingPaused && !this.ignored && this.handlers) {
+      const chunk = this.ring.requests.consume();
+      if (chunk === null) {
+        this.fail('ringidx');
+        return;
+      }
+      if (chunk.length === 0) return;
+      this.notify();
+      this.handlers.onData(chunk);
+    }
+  }
+
+  private pushOutput(): void {
+    const hadOutput = this.output.length > 0;
+    while (this.output.length > 0 && !this.ignored) {
+      const head = this.output[0]!;
+      const written = this.ring.responses.produce(head.subarray(this.outputOffset));
+      if (written < 0) {
+        this.fail('ringidx');
+        return;
+      }
+      if (written === 0) return;
+      this.notify();
+      this.outputOffset += written;
+      if (this.outputOffset < head.length) return;
+      this.output.shift();
+      this.outputOffset = 0;
+    }
+    if (hadOutput && this.output.length === 0) this.handlers?.onWritable();
+  }
+
+  /** The domain broke the ring's rules: its connection is ignored, and told why. */
+  private fail(error: TransportError): void {
+    if (this.handlers) this.handlers.onFault(error);
+    else this.close(error);
+  }
+
+  /**
+   * Ring reconnection (xenstore-ring.txt): drop partial packets, empty both
+   * queues, discard requests, watches and transactions (the daemon does that
+   * in onReset, starting a fresh connection), then say the ring is connected.
+   */
+  private reconnect(): void {
+    this.ring.reset();
+    this.ring.error = XsRingError.NONE;
+    this.output.length = 0;
+    this.outputOffset = 0;
+    this.ignored = false;
+    this.readingPaused = false;
+    this.handlers?.onReset?.();
+    this.ring.connection = RingConnection.CONNECTED;
+    this.notify();
+  }
+}
