@@ -219,6 +219,11 @@ export class EmbeddedEventChannels implements EventChannels {
 
   onEvent(listener: (port: number) => void): void {
     this.listener = listener;
+    // Events that arrived before anyone listened are still pending: look again.
+    const base = this.machine.handleBase(this.handle);
+    Atomics.or(this.machine.words, base + Handle.SELECTOR, -1);
+    Atomics.add(this.machine.words, base + Handle.WAKE, 1);
+    Atomics.notify(this.machine.words, base + Handle.WAKE);
   }
 
   close(): void {
@@ -277,6 +282,8 @@ export class EmbeddedEventChannels implements EventChannels {
   }
 
   private dispatch(slot: number): void {
+    // Without a listener, events stay pending until one is installed.
+    if (!this.listener) return;
     const words = this.machine.words;
     const selector = Atomics.exchange(words, this.machine.handleBase(this.handle) + Handle.SELECTOR, 0);
     for (let word = 0; word < PENDING_WORDS; word++) {
