@@ -36,8 +36,16 @@ interface Pending {
 /** Raised for every request outstanding when the connection to xenstored goes away. */
 export class ConnectionClosedError extends Error {
   constructor(cause?: Error) {
-    super(`connection to xenstored closed${cause ? `: ${cause.message}` : ''}`);
+    super(`connection to xenstored closed${cause ? `: ${cause.message}` : ''}`, { cause });
     this.name = 'ConnectionClosedError';
+  }
+}
+
+/** Raised for every request in flight when the connection is started over (ring reconnection). */
+export class ConnectionResetError extends Error {
+  constructor() {
+    super('the connection to xenstored was reset');
+    this.name = 'ConnectionResetError';
   }
 }
 
@@ -73,6 +81,25 @@ export class XenStoreClient {
 
   get isClosed(): boolean {
     return this.closedError !== undefined;
+  }
+
+  /**
+   * Starts the connection over (ring reconnection, after a resume or a ring
+   * error): requests in flight fail with ConnectionResetError, transactions
+   * are gone, and every watch is set again (each fires once more, as a new
+   * watch does).
+   */
+  async reconnect(): Promise<void> {
+    if (!this.transport.reconnect) throw new Error('this transport cannot reconnect');
+    const inFlight = [...this.pending.values()];
+    this.pending.clear();
+    for (const pending of inFlight) pending.reject(new ConnectionResetError());
+    await this.transport.reconnect();
+    for (const set of this.watchers.values()) {
+      for (const watcher of set) {
+        await this.request(XsType.WATCH, nulStrings(watcher.path, watcher.token, ...(watcher.depth === undefined ? [] : [String(watcher.depth)])));
+      }
+    }
   }
 
   /** Sends one request and resolves with the reply payload, or rejects with its XsError. */
@@ -183,7 +210,7 @@ export class XenStoreClient {
    */
   async watch(path: string, options: { token?: string; depth?: number } = {}): Promise<Watcher> {
     const token = options.token ?? `xenmesh-${process.pid}-${this.nextToken++}`;
-    const watcher: Watcher = new Watcher(path, token, (): Promise<void> => this.unwatch(watcher));
+    const watcher: Watcher = new Watcher(path, token, options.depth, (): Promise<void> => this.unwatch(watcher));
     let set = this.watchers.get(token);
     if (!set) this.watchers.set(token, (set = new Set()));
     set.add(watcher);

@@ -65,6 +65,11 @@ export class RingClientTransport implements ClientTransport {
     this.handlers?.closed();
   }
 
+  /** Signals xenstored through the ring's event channel. */
+  signal(): void {
+    this.events.channels.notify(this.port);
+  }
+
   /** Stops taking replies off the ring (a domain that does not read), for tests of the daemon. */
   stopReading(): void {
     this.reading = false;
@@ -84,12 +89,17 @@ export class RingClientTransport implements ClientTransport {
     if (!(this.ring.serverFeatures & XsServerFeature.RECONNECTION)) {
       return Promise.reject(new Error('xenstored does not offer ring reconnection'));
     }
+    if (this.closed) {
+      // A ring error closed us; reconnection is how a domain gets service back.
+      this.closed = false;
+      this.events.on(this.port, () => this.kick());
+    }
     this.pending.length = 0;
     this.pendingOffset = 0;
     this.decoder = this.newDecoder();
     const done = new Promise<void>((resolve) => (this.reconnecting = resolve));
     this.ring.connection = RingConnection.RECONNECT;
-    this.events.channels.notify(this.port);
+    this.signal();
     return done;
   }
 
@@ -102,7 +112,7 @@ export class RingClientTransport implements ClientTransport {
       resolve();
     }
     const error = this.ring.error;
-    if (error !== 0) {
+    if (error !== 0 && !this.reconnecting) {
       this.fail(new RingError(`xenstored reported error ${error} on the ring`, error));
       return;
     }
@@ -118,7 +128,7 @@ export class RingClientTransport implements ClientTransport {
         return;
       }
       if (chunk.length === 0) return;
-      this.events.channels.notify(this.port);
+      this.signal();
       this.decoder.push(chunk);
     }
   }
@@ -132,7 +142,7 @@ export class RingClientTransport implements ClientTransport {
         return;
       }
       if (written === 0) return;
-      this.events.channels.notify(this.port);
+      this.signal();
       this.pendingOffset += written;
       if (this.pendingOffset < head.length) return;
       this.pending.shift();

@@ -10,6 +10,11 @@ export interface ClientTransport {
   /** Installs the receivers; called once by the client before any traffic. */
   start(handlers: ClientTransportHandlers): void;
   close(): void;
+  /**
+   * Starts the connection over on the same link (a ring's reconnection):
+   * whatever was in flight is dropped on both sides.
+   */
+  reconnect?(): Promise<void>;
 }
 
 export interface ClientTransportHandlers {

@@ -18,6 +18,7 @@ export class Watcher implements AsyncIterableIterator<WatchEvent> {
   constructor(
     readonly path: string,
     readonly token: string,
+    readonly depth: number | undefined,
     private readonly unwatch: () => Promise<void>,
   ) {}
 

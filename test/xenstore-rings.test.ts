@@ -1,0 +1,160 @@
+/**
+ * xenstored over domains' xenstore rings (docs/misc/xenstore-ring.txt):
+ * large messages through the 1 KiB queues, wrap-around of the free-running
+ * indexes, ring reconnection, and hostile rings.
+ *
+ * Hostile rings tried here: a producer index more than a ring ahead of the
+ * consumer, a header announcing more than 4096 bytes, a message that is
+ * never finished, and a domain that writes and never reads; each gets the
+ * ring's error indicator (or is held to its quota) while other domains keep
+ * working.
+ */
+import t, { type Test } from 'tap';
+import { XsRingError, XsServerFeature, XsType, encodeMessage, nulStrings } from '../shared/xs-wire.js';
+import { ConnectionClosedError, XenStoreClient } from '../xenstore/client/client.js';
+import { RingError } from '../xenstore/client/ring-transport.js';
+import { XENSTORE_RING_SIZE, XenStoreRing } from '../xenstore/ring.js';
+import { errno, startDaemon, waitFor, type RunningDaemon } from './helpers/daemon.js';
+
+async function bystanderWorks(t: Test, env: RunningDaemon, domid: number, what: string): Promise<void> {
+  const other = await env.domain(domid);
+  t.equal(await other.getDomainPath(domid), `/local/domain/${domid}`, `another domain is still served after ${what}`);
+  const dom0 = await env.client();
+  await dom0.write('/after', what);
+  t.equal(await dom0.readString('/after'), what, 'and so is dom0');
+}
+
+t.test('the ring as the daemon offers it', async (t) => {
+  const env = await startDaemon();
+  t.teardown(() => env.close());
+  const guest = await env.domain(5);
+  const ring = env.ringOf(5).ring;
+  await guest.getDomainPath(5);
+  t.equal(
+    ring.serverFeatures,
+    XsServerFeature.RECONNECTION | XsServerFeature.ERROR | XsServerFeature.WATCHDEPTH | XsServerFeature.DOMID_ANY,
+    'features advertised in the page',
+  );
+  t.equal(ring.connection, 0, 'connected');
+  t.equal(ring.error, 0, 'no error');
+  t.equal(await guest.getFeature(), ring.serverFeatures, 'GET_FEATURE agrees with the page');
+});
+
+t.test('messages larger than the ring cross it in pieces', async (t) => {
+  const env = await startDaemon();
+  t.teardown(() => env.close());
+  await env.makeDataDirectory(5);
+  const guest = await env.domain(5);
+  const dom0 = await env.client();
+  const big = Buffer.alloc(4000, 0x5a);
+  await dom0.write('/local/domain/5/data/big', big);
+  t.same(await guest.read('data/big'), big, 'a 4000-byte reply comes out in pieces');
+  const value = Buffer.alloc(1900, 0x61);
+  await guest.write('data/request', value);
+  t.same(await dom0.read('/local/domain/5/data/request'), value, 'a 1900-byte request goes in in pieces');
+  const privileged = await env.dom0Ring();
+  await privileged.write('/ring/big', big);
+  t.same(await privileged.read('/ring/big'), big, "dom0's own ring carries a full payload both ways");
+  const many = await Promise.all(Array.from({ length: 50 }, (_, i) => guest.write(`data/n${i}`, 'x'.repeat(300))));
+  t.equal(many.length, 50, '50 requests in flight through a 1 KiB ring');
+  t.equal((await guest.directory('data')).length, 52);
+});
+
+t.test('free-running indexes wrap around', async (t) => {
+  const env = await startDaemon();
+  t.teardown(() => env.close());
+  const start = env.build(5);
+  // Before the domain is introduced, start every index just below 2^32.
+  const ring = new XenStoreRing(env.platform.domain(5).memory.page(start.storePfn));
+  const nearWrap = new Int32Array(ring.page.buffer, ring.page.byteOffset + 2048, 4);
+  nearWrap.fill(-200);
+  const guest = await env.domain(5);
+  await env.makeDataDirectory(5);
+  for (let i = 0; i < 40; i++) await guest.write(`data/w${i}`, 'y'.repeat(100));
+  t.ok(ring.requests.prod < 1 << 20 && ring.responses.prod < 1 << 20, 'both indexes wrapped past 2^32');
+  t.equal(await guest.readString('data/w39'), 'y'.repeat(100), 'and everything still works');
+});
+
+t.test('ring reconnection starts the connection over', async (t) => {
+  const env = await startDaemon();
+  t.teardown(() => env.close());
+  await env.makeDataDirectory(5);
+  const guest = await env.domain(5);
+  const dom0 = await env.client();
+  const watcher = await guest.watch('data');
+  await watcher.next();
+  const tx = await guest.startTransaction();
+  await guest.write('data/in-tx', 'x', { tx });
+  await guest.reconnect();
+  t.equal(env.daemon.domains.find(5)!.counts.transactions, 0, 'the transaction was discarded');
+  t.equal(await errno(guest.endTransaction(tx, true)), 'ENOENT', 'and its id means nothing now');
+  t.same((await watcher.next()).value?.path, 'data', 'the client set its watch again (which fires once)');
+  await dom0.write('/local/domain/5/data/after', 'x');
+  t.same((await watcher.next()).value?.path, 'data/after', 'and it works');
+  t.equal(env.daemon.domains.find(5)!.counts.watches, 1, 'one watch, not two');
+});
+
+t.test('a producer index more than a ring ahead', async (t) => {
+  const env = await startDaemon();
+  t.teardown(() => env.close());
+  const guest = await env.domain(5);
+  await guest.getDomainPath(5);
+  const transport = env.ringOf(5);
+  const closed = new Promise<unknown>((resolve) => guest.read('/x').catch(resolve));
+  const words = new Int32Array(transport.ring.page.buffer, transport.ring.page.byteOffset + 2048, 2);
+  Atomics.store(words, 1, Atomics.load(words, 0) + XENSTORE_RING_SIZE + 1);
+  transport.signal();
+  await waitFor(() => transport.ring.error !== 0, 'the error indicator');
+  t.equal(transport.ring.error, XsRingError.RINGIDX, 'the daemon reports inconsistent indexes');
+  t.ok((await closed) instanceof Error, 'the guest hears of the error');
+  t.ok(env.connectionOf(5).ignored, 'its connection is ignored from then on');
+  await bystanderWorks(t, env, 6, 'a bad index');
+
+  // Reconnection is how the domain gets service back.
+  await transport.reconnect();
+  t.equal(transport.ring.error, 0, 'reconnection clears the error');
+  const again = new XenStoreClient(transport);
+  t.equal(await again.getDomainPath(5), '/local/domain/5', 'and the domain is served again');
+});
+
+t.test('a header announcing more than 4096 bytes', async (t) => {
+  const env = await startDaemon();
+  t.teardown(() => env.close());
+  const guest = await env.domain(5);
+  await guest.getDomainPath(5);
+  const transport = env.ringOf(5);
+  const header = encodeMessage(XsType.WRITE, 1, 0, Buffer.alloc(0));
+  header.writeUInt32LE(5000, 12);
+  transport.ring.requests.produce(header);
+  transport.signal();
+  await waitFor(() => transport.ring.error !== 0, 'the error indicator');
+  t.equal(transport.ring.error, XsRingError.PROTO, 'a protocol violation');
+  await bystanderWorks(t, env, 6, 'an oversized header');
+});
+
+t.test('a message that never completes', async (t) => {
+  const env = await startDaemon({ incompleteMessageTimeoutMs: 300 });
+  t.teardown(() => env.close());
+  const guest = await env.domain(5);
+  await guest.getDomainPath(5);
+  const transport = env.ringOf(5);
+  const message = encodeMessage(XsType.WRITE, 1, 0, nulStrings('/local/domain/5/x', 'y'.repeat(100)));
+  transport.ring.requests.produce(message.subarray(0, 40));
+  transport.signal();
+  await waitFor(() => transport.ring.error !== 0, 'the error indicator', 5000);
+  t.equal(transport.ring.error, XsRingError.PROTO, 'is dropped after the timeout');
+  await bystanderWorks(t, env, 6, 'a stalled message');
+});
+
+t.test('a ring error reaches the client as an error', async (t) => {
+  const env = await startDaemon();
+  t.teardown(() => env.close());
+  const guest = await env.domain(5);
+  const transport = env.ringOf(5);
+  transport.ring.error = XsRingError.COMM;
+  transport.signal();
+  const failure = (await guest.read('/x').catch((err: unknown) => err)) as Error;
+  t.ok(failure instanceof ConnectionClosedError, 'requests fail: the connection is closed');
+  t.ok(failure.cause instanceof RingError, 'because of the ring');
+  t.equal((failure.cause as RingError).code, XsRingError.COMM, 'with its error code');
+});
