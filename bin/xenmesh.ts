@@ -1,16 +1,21 @@
 #!/usr/bin/env node
+import { runUp } from '../host/up.js';
 import { runXenstored } from '../xenstore/daemon/main.js';
 
 const USAGE = `Usage: xenmesh <command> [options]
 
 Commands:
-  xenstored   run the xenstore daemon in the foreground on a Unix socket
+  up          boot an embedded Xen host: dom0 with xenstored, a driver domain
+              and a guest, each in its own worker (xenmesh up --help)
+  xenstored   run the xenstore daemon alone in the foreground on a Unix socket
               (xenmesh xenstored --help for its options)
 `;
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
   switch (command) {
+    case 'up':
+      return runUp(rest);
     case 'xenstored':
       return runXenstored(rest);
     case undefined:

@@ -98,6 +98,7 @@ export class EmbeddedEventChannels implements EventChannels {
     private readonly machine: Machine,
     readonly domid: number,
     private readonly whenRunning: () => Promise<void>,
+    private readonly tag: number,
   ) {
     machine.requireSlot(domid);
     this.handle = this.claimHandle();
@@ -113,6 +114,7 @@ export class EmbeddedEventChannels implements EventChannels {
       const base = this.machine.handleBase(handle);
       if (Atomics.compareExchange(this.machine.words, base + Handle.OWNER, 0, this.domid + 1) === 0) {
         Atomics.store(this.machine.words, base + Handle.SELECTOR, 0);
+        Atomics.store(this.machine.words, base + Handle.TAG, this.tag);
         return handle;
       }
     }
@@ -327,4 +329,27 @@ export function allocateUnboundFor(machine: Machine, domid: number, remoteDomid:
     }
   }
   throw new PlatformError('ENOSPC', `domain ${domid} has no free event channel port`);
+}
+
+/**
+ * Frees the handles a dead worker left open: their ports stay bound (the
+ * domain still has them) but belong to no handle until someone listens to
+ * them again, as after a guest kernel restarts.
+ */
+export function reclaimHandles(machine: Machine, tag: number): number {
+  let reclaimed = 0;
+  for (let handle = 0; handle < MAX_EVTCHN_HANDLES; handle++) {
+    const base = machine.handleBase(handle);
+    const owner = Atomics.load(machine.words, base + Handle.OWNER);
+    if (owner === 0 || Atomics.load(machine.words, base + Handle.TAG) !== tag) continue;
+    const slot = machine.slotOf(owner - 1);
+    if (slot >= 0) {
+      for (let port = 1; port < EVTCHN_PORTS; port++) {
+        Atomics.compareExchange(machine.words, machine.portBase(slot, port) + Port.HANDLE, handle + 1, 0);
+      }
+    }
+    Atomics.store(machine.words, base + Handle.OWNER, 0);
+    reclaimed++;
+  }
+  return reclaimed;
 }

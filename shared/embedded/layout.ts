@@ -96,6 +96,8 @@ export const Handle = {
   WAKE: 1,
   /** Bit w set: pending word w may hold events for this handle. */
   SELECTOR: 2,
+  /** The worker that opened it (its thread id), so that a dead worker's handles can be reclaimed. */
+  TAG: 3,
   WORDS: 4,
 } as const;
 

@@ -9,7 +9,8 @@ import {
   type Platform,
   type ShutdownReasonName,
 } from '../platform.js';
-import { allocateUnboundFor, closeAllPorts, EmbeddedEventChannels, raiseVirq } from './evtchn.js';
+import { threadId } from 'node:worker_threads';
+import { allocateUnboundFor, closeAllPorts, EmbeddedEventChannels, raiseVirq, reclaimHandles } from './evtchn.js';
 import { EmbeddedGrantTable } from './grants.js';
 import { DOMID_LIMIT, DomainSlot, GRANT_ENTRIES, GrantEntry, GrantState, Header, MAX_DOMAINS, SlotState, allocateDescriptor, type EmbeddedDescriptor } from './layout.js';
 import { Machine } from './machine.js';
@@ -39,18 +40,27 @@ export class EmbeddedPlatform implements Platform {
   readonly kind = 'embedded';
   readonly machine: Machine;
 
-  private constructor(readonly descriptor: EmbeddedDescriptor) {
+  private constructor(
+    readonly descriptor: EmbeddedDescriptor,
+    /** Marks what this worker opens, so that it can be reclaimed if the worker dies. */
+    private readonly tag: number,
+  ) {
     this.machine = new Machine(descriptor);
   }
 
   /** A new machine with `frames` pages of memory. */
   static create(frames = DEFAULT_MACHINE_FRAMES): EmbeddedPlatform {
-    return new EmbeddedPlatform(allocateDescriptor(frames));
+    return new EmbeddedPlatform(allocateDescriptor(frames), threadId);
   }
 
   /** Attaches to a machine another worker created, from the descriptor it was handed. */
   static attach(descriptor: EmbeddedDescriptor): EmbeddedPlatform {
-    return new EmbeddedPlatform(descriptor);
+    return new EmbeddedPlatform(descriptor, threadId);
+  }
+
+  /** Releases what a worker that died had open (its event channel handles). */
+  reclaimWorker(workerThreadId: number): number {
+    return reclaimHandles(this.machine, workerThreadId);
   }
 
   createDomain(spec: DomainSpec): DomainInfo {
@@ -150,7 +160,7 @@ export class EmbeddedPlatform implements Platform {
       domid,
       memory: new EmbeddedGuestMemory(machine, domid),
       grants: new EmbeddedGrantTable(machine, domid, (slot) => this.release(slot)),
-      openEventChannels: () => new EmbeddedEventChannels(machine, domid, () => this.whenRunning(domid)),
+      openEventChannels: () => new EmbeddedEventChannels(machine, domid, () => this.whenRunning(domid), this.tag),
     };
   }
 

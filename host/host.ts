@@ -1,0 +1,111 @@
+import { EmbeddedPlatform, DEFAULT_MACHINE_FRAMES } from '../shared/embedded/platform.js';
+import { createLogger } from '../shared/log.js';
+import { DEFAULT_RESTART, Supervisor, type WorkerStatus } from '../shared/mesh/supervisor.js';
+import { XenStoreClient } from '../xenstore/client/client.js';
+import type { StartInfo } from './domain-builder.js';
+import { Toolstack, type DomainConfig } from './toolstack.js';
+
+const log = createLogger('host');
+
+/** dom0's memory: 1 MiB is plenty for xenstored's own pages. */
+const DOM0_PAGES = 256;
+
+export interface HostOptions {
+  /** Where dom0's xenstored listens for tools (xenstore-utils, the toolstack). */
+  socket: string;
+  /** Machine memory in pages. */
+  frames?: number;
+  traceFile?: string;
+  /** The module that runs a domain's kernel (tests substitute one that can be told to crash). */
+  kernelModule?: URL;
+}
+
+const workerModule = (name: string) => new URL(`./workers/${name}.js`, import.meta.url);
+
+/**
+ * An embedded Xen host: the hypervisor in shared memory, dom0 with
+ * xenstored in a worker, and domains whose kernels each run in a worker of
+ * their own, all under one supervisor.
+ */
+export class Host {
+  readonly platform: EmbeddedPlatform;
+  readonly supervisor = new Supervisor();
+  private xs: XenStoreClient | undefined;
+  private toolstackImpl: Toolstack | undefined;
+  readonly domains = new Map<number, StartInfo>();
+
+  constructor(readonly options: HostOptions) {
+    this.platform = EmbeddedPlatform.create(options.frames ?? DEFAULT_MACHINE_FRAMES);
+    // A worker that dies leaves its event channel handles behind; the
+    // machine takes them back so that its successor can bind the ports.
+    this.supervisor.on('exit', (_name, threadId) => this.platform.reclaimWorker(threadId));
+  }
+
+  get toolstack(): Toolstack {
+    if (!this.toolstackImpl) throw new Error('the host is not booted');
+    return this.toolstackImpl;
+  }
+
+  /** A xenstore client for the toolstack's own use (dom0, over the socket). */
+  get xenstore(): XenStoreClient {
+    if (!this.xs) throw new Error('the host is not booted');
+    return this.xs;
+  }
+
+  /** Creates dom0 and starts xenstored in it. */
+  async boot(): Promise<void> {
+    this.platform.createDomain({ domid: 0, name: 'Domain-0', pages: DOM0_PAGES });
+    this.platform.unpauseDomain(0);
+    await this.supervisor.start({
+      name: 'xenstored',
+      domid: 0,
+      module: workerModule('xenstored-worker'),
+      config: { socket: this.options.socket, traceFile: this.options.traceFile },
+      shared: { descriptor: this.platform.descriptor },
+      // The store lives in the daemon: a xenstored that died cannot be
+      // replaced without losing it, as on Xen without live update.
+      restart: { kind: 'never' },
+    });
+    this.xs = await XenStoreClient.connect(this.options.socket);
+    // What xen-init-dom0 writes once xenstored runs.
+    await this.xs.write('/local/domain/0/domid', '0');
+    await this.xs.write('/local/domain/0/name', 'Domain-0');
+    this.toolstackImpl = new Toolstack(this.platform, this.xs);
+  }
+
+  /** Creates a domain the way a toolstack does and starts its kernel in a worker. */
+  async startDomain(config: DomainConfig): Promise<StartInfo> {
+    const start = await this.toolstack.createDomain(config);
+    this.domains.set(start.domid, start);
+    await this.supervisor.start({
+      name: `kernel:${config.name}`,
+      domid: start.domid,
+      module: this.options.kernelModule ?? workerModule('kernel-worker'),
+      config: { start },
+      shared: { descriptor: this.platform.descriptor },
+      restart: DEFAULT_RESTART,
+    });
+    return start;
+  }
+
+  /** Stops a domain's kernel and destroys the domain. */
+  async destroyDomain(domid: number): Promise<void> {
+    const start = this.domains.get(domid);
+    if (start) await this.supervisor.stop(`kernel:${start.name}`, 'domain destroyed');
+    await this.toolstack.destroyDomain(domid);
+    this.domains.delete(domid);
+  }
+
+  workers(): WorkerStatus[] {
+    return this.supervisor.status();
+  }
+
+  /** Everything, in the reverse of the order it started. */
+  async shutdown(): Promise<void> {
+    for (const domid of [...this.domains.keys()].reverse()) {
+      await this.destroyDomain(domid).catch((err: Error) => log.warn(`destroying domain ${domid}: ${err.message}`));
+    }
+    this.xs?.close();
+    await this.supervisor.stopAll();
+  }
+}

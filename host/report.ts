@@ -1,0 +1,35 @@
+import type { XenStoreClient } from '../xenstore/client/client.js';
+import type { Host } from './host.js';
+
+/** A subtree as `xenstore-ls -p` shows it: indented names, values and permissions. */
+export async function formatTree(xs: XenStoreClient, path: string): Promise<string> {
+  const lines: string[] = [];
+  const walk = async (at: string, depth: number): Promise<void> => {
+    for (const child of await xs.directory(at).catch(() => [] as string[])) {
+      const full = at === '/' ? `/${child}` : `${at}/${child}`;
+      const value = await xs.tryRead(full);
+      const perms = (await xs.getPermissions(full).catch(() => []))
+        .map((p) => `${{ none: 'n', read: 'r', write: 'w', both: 'b' }[p.access]}${p.domid}`)
+        .join(',');
+      lines.push(`${' '.repeat(depth)}${child} = ${JSON.stringify(value ?? '')}  (${perms})`);
+      await walk(full, depth + 1);
+    }
+  };
+  await walk(path, 1);
+  return [path, ...lines].join('\n');
+}
+
+/** One line per domain: the hypervisor's state, its kernel worker, its xenstore connection. */
+export async function formatStatus(host: Host): Promise<string> {
+  const workers = host.workers();
+  const xenstored = workers.find((w) => w.name === 'xenstored');
+  const connections = (xenstored?.state === 'ready' ? await host.supervisor.health('xenstored').catch(() => undefined) : undefined)?.detail ?? {};
+  const rows = [['domid', 'name', 'state', 'worker', 'restarts', 'xenstore']];
+  for (const info of host.platform.listDomains()) {
+    const worker = info.domid === 0 ? xenstored : workers.find((w) => w.domid === info.domid && w.name.startsWith('kernel:'));
+    const xs = info.domid === 0 ? `serving ${connections['sockets'] ?? '?'} socket clients` : String(connections[`d${info.domid}`] ?? 'not introduced');
+    rows.push([String(info.domid), info.name, info.state, worker ? `${worker.name} ${worker.state}` : '-', String(worker?.restarts ?? 0), xs]);
+  }
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+  return rows.map((r) => r.map((cell, i) => cell.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n');
+}

@@ -1,0 +1,99 @@
+import { randomUUID } from 'node:crypto';
+import { PAGE_SIZE, type Platform } from '../shared/platform.js';
+import type { PermissionEntry, XenStoreClient } from '../xenstore/client/client.js';
+import { buildDomain, type StartInfo } from './domain-builder.js';
+
+export interface DomainConfig {
+  name: string;
+  /** Memory in 4 KiB pages. */
+  pages: number;
+  domid?: number;
+}
+
+/**
+ * The toolstack's part of creating and destroying domains, done the way
+ * libxl does it: build the domain in the hypervisor, lay out its xenstore
+ * home (docs/misc/xenstore-paths) with the permissions libxl gives each
+ * node, INTRODUCE it to xenstored, and let it run. It talks to xenstored
+ * as any dom0 tool does, over the Unix socket.
+ */
+export class Toolstack {
+  private readonly vmPaths = new Map<number, string>();
+
+  constructor(
+    private readonly platform: Platform,
+    private readonly xs: XenStoreClient,
+    private readonly storeDomid = 0,
+  ) {}
+
+  async createDomain(config: DomainConfig): Promise<StartInfo> {
+    const start = buildDomain(this.platform, { name: config.name, pages: config.pages, domid: config.domid }, this.storeDomid);
+    try {
+      await this.writeHome(start, config);
+      await this.xs.introduce(start.domid, start.storePfn, start.storePort);
+    } catch (err) {
+      this.platform.destroyDomain(start.domid);
+      throw err;
+    }
+    this.platform.unpauseDomain(start.domid);
+    return start;
+  }
+
+  /** Destroys a domain and removes what the toolstack wrote for it, as libxl does after its death. */
+  async destroyDomain(domid: number): Promise<void> {
+    if (this.platform.domainInfo(domid)) this.platform.destroyDomain(domid);
+    await this.xs.rm(`/local/domain/${domid}`).catch(() => {});
+    const vm = this.vmPaths.get(domid);
+    if (vm) await this.xs.rm(vm).catch(() => {});
+    this.vmPaths.delete(domid);
+  }
+
+  /**
+   * The domain's home, as libxl__domain_make() and libxl__build_post()
+   * write it: the home and control directory readable by the domain, the
+   * directories it fills in (device, data, ...) owned by it, and the store
+   * ring's page and port.
+   */
+  private async writeHome(start: StartInfo, config: DomainConfig): Promise<void> {
+    const { domid } = start;
+    const home = `/local/domain/${domid}`;
+    const vm = `/vm/${randomUUID()}`;
+    this.vmPaths.set(domid, vm);
+    const readOnly: PermissionEntry[] = [
+      { domid: this.storeDomid, access: 'none' },
+      { domid, access: 'read' },
+    ];
+    const writable: PermissionEntry[] = [{ domid, access: 'none' }];
+    const memoryKiB = String((config.pages * PAGE_SIZE) / 1024);
+    await this.xs.transaction(async (tx) => {
+      const node = async (path: string, value: string, perms: PermissionEntry[]) => {
+        await this.xs.write(path, value, { tx });
+        await this.xs.setPermissions(path, perms, { tx });
+      };
+      await this.xs.rm(home, { tx }).catch(() => {});
+      await node(home, '', readOnly);
+      await node(vm, '', readOnly);
+      await node(`${vm}/uuid`, vm.slice('/vm/'.length), readOnly);
+      await node(`${vm}/name`, config.name, readOnly);
+      await node(`${home}/vm`, vm, readOnly);
+      await node(`${home}/name`, config.name, readOnly);
+      await node(`${home}/domid`, String(domid), readOnly);
+      await node(`${home}/memory`, '', readOnly);
+      await node(`${home}/memory/static-max`, memoryKiB, readOnly);
+      await node(`${home}/memory/target`, memoryKiB, readOnly);
+      await node(`${home}/cpu`, '', readOnly);
+      await node(`${home}/cpu/0`, '', readOnly);
+      await node(`${home}/cpu/0/availability`, 'online', readOnly);
+      await node(`${home}/control`, '', readOnly);
+      for (const key of ['shutdown', 'feature-poweroff', 'feature-reboot', 'feature-suspend', 'sysrq']) {
+        await node(`${home}/control/${key}`, '', writable);
+      }
+      await node(`${home}/control/platform-feature-multiprocessor-suspend`, '1', readOnly);
+      await node(`${home}/control/platform-feature-xs_reset_watches`, '1', readOnly);
+      for (const dir of ['device', 'data', 'drivers', 'feature', 'attr', 'error']) await node(`${home}/${dir}`, '', writable);
+      await node(`${home}/store`, '', readOnly);
+      await node(`${home}/store/port`, String(start.storePort), readOnly);
+      await node(`${home}/store/ring-ref`, String(start.storePfn), readOnly);
+    });
+  }
+}

@@ -1,0 +1,49 @@
+/**
+ * The xenstored role: the daemon in dom0's worker, serving every domain's
+ * ring through the platform and dom0's tools on a Unix socket.
+ */
+import { EmbeddedPlatform } from '../../shared/embedded/platform.js';
+import type { EmbeddedDescriptor } from '../../shared/embedded/layout.js';
+import { runRole } from '../../shared/mesh/worker-runtime.js';
+import { PlatformDomainBackend } from '../../xenstore/daemon/platform-backend.js';
+import { XenStoreSocketServer } from '../../xenstore/daemon/socket-server.js';
+import { XenStoreDaemon } from '../../xenstore/daemon/xenstored.js';
+
+export interface XenstoredRoleConfig {
+  socket: string;
+  traceFile?: string;
+}
+
+/** How often the role publishes its figures to the supervisor. */
+const STATS_INTERVAL_MS = 1000;
+
+runRole<XenstoredRoleConfig>(async (ctx) => {
+  const platform = EmbeddedPlatform.attach((ctx.shared as { descriptor: EmbeddedDescriptor }).descriptor);
+  const daemon = new XenStoreDaemon({ backend: new PlatformDomainBackend(platform, ctx.domid), traceFile: ctx.config.traceFile });
+  const server = new XenStoreSocketServer(daemon, ctx.config.socket);
+  await server.listen();
+  ctx.log.info(`serving xenstore on ${ctx.config.socket} and on the domains' rings`);
+
+  /** Each domain's connection as xenstored sees it: serving, or ignored after a ring error. */
+  const connections = (): Record<string, string> => {
+    const states: Record<string, string> = {};
+    for (const domain of daemon.domains.introducedDomains()) {
+      const conn = [...daemon.connections].find((c) => c.domain === domain && c.transport.kind === 'ring');
+      states[`d${domain.domid}`] = conn ? (conn.ignored ? 'ignored (ring error)' : 'connected') : 'introduced';
+    }
+    states['sockets'] = String([...daemon.connections].filter((c) => c.transport.kind === 'socket').length);
+    return states;
+  };
+  const timer = setInterval(() => ctx.stats(connections()), STATS_INTERVAL_MS);
+  timer.unref();
+
+  return {
+    info: { socket: ctx.config.socket },
+    health: connections,
+    async stop() {
+      clearInterval(timer);
+      daemon.shutdown();
+      await server.close();
+    },
+  };
+});
