@@ -104,7 +104,9 @@ t.test('closed and unbound ports', async (t) => {
   t.pass('a notify on an unbound port is dropped silently, as on Xen');
   t.equal(errnoOf(() => a.notify(999)), 'EINVAL', 'a port never allocated');
   t.equal(errnoOf(() => b.notify(waiting)), 'EINVAL', "another handle's port");
-  t.equal(errnoOf(() => platform.domain(0).openEventChannels().bindInterdomain(1, waiting)), 'EINVAL', 'binding a port meant for another domain');
+  const third = platform.domain(0).openEventChannels();
+  t.teardown(() => third.close());
+  t.equal(errnoOf(() => third.bindInterdomain(1, waiting)), 'EINVAL', 'binding a port meant for another domain');
   const bound = b.bindInterdomain(1, waiting);
   t.equal(errnoOf(() => b.bindInterdomain(1, waiting)), 'EINVAL', 'binding it twice');
   const seen = collect(a);
@@ -125,6 +127,7 @@ t.test('domain death, pause and VIRQ_DOM_EXC', async (t) => {
   t.teardown(() => {
     dom0.close();
     a.close();
+    b.close();
   });
   const virq = dom0.bindVirq(VIRQ_DOM_EXC);
   const toolstack = collect(dom0);

@@ -2,6 +2,9 @@ import { PlatformError, VIRQ_DOM_EXC, type EventChannels } from '../platform.js'
 import { DOMID_LIMIT, DomainSlot, EVTCHN_PORTS, Handle, MAX_EVTCHN_HANDLES, PENDING_WORDS, Port, PortState, SlotState } from './layout.js';
 import type { Machine } from './machine.js';
 
+/** Period of the timer that keeps an open handle's thread alive (it never does anything). */
+const KEEP_ALIVE_INTERVAL_MS = 1 << 30;
+
 /** State word of a port: the state in the low byte, the remote domid above it. */
 function portWord(state: number, remoteDomid = 0): number {
   return state | (remoteDomid << 8);
@@ -93,6 +96,11 @@ export class EmbeddedEventChannels implements EventChannels {
   private readonly ports = new Set<number>();
   private listener: ((port: number) => void) | undefined;
   private closed = false;
+  /**
+   * Atomics.waitAsync does not keep a thread's event loop alive; an open
+   * handle must, as an open /dev/xen/evtchn keeps a process waiting on it.
+   */
+  private readonly keepAlive: NodeJS.Timeout;
 
   constructor(
     private readonly machine: Machine,
@@ -102,6 +110,7 @@ export class EmbeddedEventChannels implements EventChannels {
   ) {
     machine.requireSlot(domid);
     this.handle = this.claimHandle();
+    this.keepAlive = setInterval(() => {}, KEEP_ALIVE_INTERVAL_MS);
     void this.run();
   }
 
@@ -233,6 +242,7 @@ export class EmbeddedEventChannels implements EventChannels {
     const slot = this.machine.slotOf(this.domid);
     if (slot >= 0) for (const port of [...this.ports]) this.unbind(port);
     this.closed = true;
+    clearInterval(this.keepAlive);
     const base = this.machine.handleBase(this.handle);
     Atomics.compareExchange(this.machine.words, base + Handle.OWNER, this.domid + 1, 0);
     Atomics.add(this.machine.words, base + Handle.WAKE, 1);
@@ -280,6 +290,7 @@ export class EmbeddedEventChannels implements EventChannels {
       if (wait.async) await wait.value;
     }
     this.closed = true;
+    clearInterval(this.keepAlive);
     this.ports.clear();
   }
 
