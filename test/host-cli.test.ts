@@ -1,0 +1,64 @@
+/**
+ * `xenmesh up` as a user runs it: it boots the embedded host, prints the
+ * domains with their workers, xenstore connections and trees, serves Xen's
+ * own tools on its socket, and stops cleanly on SIGTERM and SIGINT.
+ */
+import t from 'tap';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { run } from './helpers/daemon.js';
+
+const XENMESH = fileURLToPath(new URL('../bin/xenmesh.js', import.meta.url));
+
+for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+  t.test(`xenmesh up, stopped by ${signal}`, async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'xenmesh-up-'));
+    t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+    const socket = join(dir, 'socket');
+    const child = spawn(process.execPath, [XENMESH, 'up', '--socket', socket], { stdio: ['ignore', 'pipe', 'pipe'] });
+    t.teardown(() => {
+      if (child.exitCode === null) child.kill('SIGKILL');
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    const exit = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no output in time:\n${stdout}\n${stderr}`)), 30_000);
+      child.stdout.on('data', (chunk: Buffer) => {
+        stdout += chunk.toString();
+        if (stdout.includes('Ctrl-C or SIGTERM stops the host')) {
+          clearTimeout(timer);
+          resolve();
+        }
+      });
+    });
+    t.match(stdout, `xenstored is listening on ${socket}`, 'it says where xenstored listens');
+    t.match(stdout, /^0 +Domain-0 +running +xenstored ready/m, 'dom0 with xenstored');
+    t.match(stdout, /^1 +driver +running +kernel:driver ready +0 +connected$/m, 'the driver domain, connected over its ring');
+    t.match(stdout, /^2 +guest +running +kernel:guest ready +0 +connected$/m, 'the guest');
+    t.match(stdout, /^\/local\/domain\/2\n vm = /m, 'and their xenstore trees');
+
+    const env = { XENSTORED_PATH: socket };
+    const ls = await run('xenstore-ls', ['-p', '/local/domain/2'], env);
+    t.match(ls.stdout, /^name = "guest" .*\(n0,r2\)$/m, 'xenstore-ls reads the running host');
+    t.equal((await run('xenstore-write', ['/local/domain/2/data/hello', 'world'], env)).code, 0, 'xenstore-write drives it');
+    t.equal((await run('xenstore-read', ['/local/domain/2/data/hello'], env)).stdout, 'world\n');
+
+    child.kill(signal);
+    t.equal(await exit, 0, `exit status 0 on ${signal}`);
+    t.notOk(existsSync(socket), 'the socket is gone');
+  });
+}
+
+t.test('bad options are refused', async (t) => {
+  const result = await run(process.execPath, [XENMESH, 'up', '--bogus']);
+  t.equal(result.code, 1);
+  t.match(result.stderr, /xenmesh up: .*\nUsage: xenmesh up/);
+  const frames = await run(process.execPath, [XENMESH, 'up', '--frames', '10']);
+  t.equal(frames.code, 1);
+  t.match(frames.stderr, /--frames/);
+});
