@@ -29,7 +29,7 @@ const Word = {
 export const RingConnection = { CONNECTED: 0, RECONNECT: 1 } as const;
 
 /** One direction of the ring. */
-class ByteQueue {
+export class ByteQueue {
   constructor(
     private readonly page: Uint8Array,
     private readonly words: Int32Array,
@@ -145,5 +145,49 @@ export class XenStoreRing {
   reset(): void {
     this.requests.reset();
     this.responses.reset();
+  }
+}
+
+/**
+ * Messages waiting to go into one of the ring's queues, fed in as the
+ * other end frees space: a message longer than the free space goes in
+ * pieces, and the other end is signalled after each.
+ */
+export class PendingOutput {
+  private readonly chunks: Buffer[] = [];
+  private offset = 0;
+
+  constructor(private readonly queue: ByteQueue) {}
+
+  get empty(): boolean {
+    return this.chunks.length === 0;
+  }
+
+  add(bytes: Buffer): void {
+    this.chunks.push(bytes);
+  }
+
+  clear(): void {
+    this.chunks.length = 0;
+    this.offset = 0;
+  }
+
+  /**
+   * Moves as much as fits into the queue, calling `signal` after each
+   * piece. Returns false if the queue's indexes are inconsistent.
+   */
+  drain(signal: () => void): boolean {
+    while (this.chunks.length > 0) {
+      const head = this.chunks[0]!;
+      const written = this.queue.produce(head.subarray(this.offset));
+      if (written < 0) return false;
+      if (written === 0) return true;
+      signal();
+      this.offset += written;
+      if (this.offset < head.length) return true;
+      this.chunks.shift();
+      this.offset = 0;
+    }
+    return true;
   }
 }

@@ -2,7 +2,7 @@ import { XsFrameDecoder } from '../../shared/xs-wire.js';
 import { XsServerFeature } from '../../shared/xs-wire.js';
 import type { EventDispatcher } from '../../shared/event-dispatcher.js';
 import type { DomainInterface } from '../../shared/platform.js';
-import { RingConnection, XenStoreRing } from '../ring.js';
+import { PendingOutput, RingConnection, XenStoreRing } from '../ring.js';
 import type { ClientTransport, ClientTransportHandlers } from './transport.js';
 
 /** Raised when xenstored sets the ring's error indicator or the ring's indexes make no sense. */
@@ -23,8 +23,7 @@ export class RingError extends Error {
 export class RingClientTransport implements ClientTransport {
   private handlers: ClientTransportHandlers | undefined;
   private decoder = this.newDecoder();
-  private readonly pending: Buffer[] = [];
-  private pendingOffset = 0;
+  private readonly pending: PendingOutput;
   private reading = true;
   private closed = false;
   private reconnecting: (() => void) | undefined;
@@ -34,7 +33,9 @@ export class RingClientTransport implements ClientTransport {
     private readonly events: EventDispatcher,
     /** The domain's end of its xenstore event channel. */
     readonly port: number,
-  ) {}
+  ) {
+    this.pending = new PendingOutput(ring.requests);
+  }
 
   /**
    * Opens a domain's xenstore ring from what it was told at boot: the page
@@ -54,7 +55,7 @@ export class RingClientTransport implements ClientTransport {
 
   send(frame: Buffer): void {
     if (this.closed) return;
-    this.pending.push(frame);
+    this.pending.add(frame);
     this.pushRequests();
   }
 
@@ -94,8 +95,7 @@ export class RingClientTransport implements ClientTransport {
       this.closed = false;
       this.events.on(this.port, () => this.kick());
     }
-    this.pending.length = 0;
-    this.pendingOffset = 0;
+    this.pending.clear();
     this.decoder = this.newDecoder();
     const done = new Promise<void>((resolve) => (this.reconnecting = resolve));
     this.ring.connection = RingConnection.RECONNECT;
@@ -134,20 +134,8 @@ export class RingClientTransport implements ClientTransport {
   }
 
   private pushRequests(): void {
-    while (this.pending.length > 0 && !this.closed && !this.reconnecting) {
-      const head = this.pending[0]!;
-      const written = this.ring.requests.produce(head.subarray(this.pendingOffset));
-      if (written < 0) {
-        this.fail(new RingError('inconsistent indexes on the request ring', -1));
-        return;
-      }
-      if (written === 0) return;
-      this.signal();
-      this.pendingOffset += written;
-      if (this.pendingOffset < head.length) return;
-      this.pending.shift();
-      this.pendingOffset = 0;
-    }
+    if (this.closed || this.reconnecting) return;
+    if (!this.pending.drain(() => this.signal())) this.fail(new RingError('inconsistent indexes on the request ring', -1));
   }
 
   private fail(error: Error): void {

@@ -1,5 +1,5 @@
 import { XsRingError, XsServerFeature } from '../../shared/xs-wire.js';
-import { RingConnection, type XenStoreRing } from '../ring.js';
+import { PendingOutput, RingConnection, type XenStoreRing } from '../ring.js';
 import type { ServerTransport, TransportError, TransportHandlers } from './transport.js';
 
 const ERROR_CODES: Record<TransportError, number> = {
@@ -17,8 +17,7 @@ const ERROR_CODES: Record<TransportError, number> = {
 export class RingServerTransport implements ServerTransport {
   readonly kind = 'ring';
   private handlers: TransportHandlers | undefined;
-  private readonly output: Buffer[] = [];
-  private outputOffset = 0;
+  private readonly output: PendingOutput;
   private readingPaused = false;
   /** Set after an error: nothing more is read or written until the domain reconnects. */
   private ignored = false;
@@ -31,6 +30,7 @@ export class RingServerTransport implements ServerTransport {
     private readonly onRelease: () => void,
     features: number,
   ) {
+    this.output = new PendingOutput(ring.responses);
     ring.advertise(features);
     if (ring.connection === RingConnection.RECONNECT) {
       // A domain that asked to reconnect before we got here finds a fresh ring.
@@ -57,9 +57,9 @@ export class RingServerTransport implements ServerTransport {
 
   write(bytes: Buffer): boolean {
     if (this.ignored || this.released) return true;
-    this.output.push(bytes);
+    this.output.add(bytes);
     this.pushOutput();
-    return this.output.length === 0;
+    return this.output.empty;
   }
 
   pauseReading(): void {
@@ -74,8 +74,7 @@ export class RingServerTransport implements ServerTransport {
   close(error?: TransportError): void {
     if (error && this.ring.serverFeatures & XsServerFeature.ERROR) this.ring.error = ERROR_CODES[error];
     this.ignored = true;
-    this.output.length = 0;
-    this.outputOffset = 0;
+    this.output.clear();
     if (!this.released) this.notify();
   }
 
@@ -101,22 +100,12 @@ export class RingServerTransport implements ServerTransport {
   }
 
   private pushOutput(): void {
-    const hadOutput = this.output.length > 0;
-    while (this.output.length > 0 && !this.ignored) {
-      const head = this.output[0]!;
-      const written = this.ring.responses.produce(head.subarray(this.outputOffset));
-      if (written < 0) {
-        this.fail('ringidx');
-        return;
-      }
-      if (written === 0) return;
-      this.notify();
-      this.outputOffset += written;
-      if (this.outputOffset < head.length) return;
-      this.output.shift();
-      this.outputOffset = 0;
+    if (this.output.empty || this.ignored) return;
+    if (!this.output.drain(() => this.notify())) {
+      this.fail('ringidx');
+      return;
     }
-    if (hadOutput && this.output.length === 0) this.handlers?.onWritable();
+    if (this.output.empty) this.handlers?.onWritable();
   }
 
   /** The domain broke the ring's rules: its connection is ignored, and told why. */
@@ -133,8 +122,7 @@ export class RingServerTransport implements ServerTransport {
   private reconnect(): void {
     this.ring.reset();
     this.ring.error = XsRingError.NONE;
-    this.output.length = 0;
-    this.outputOffset = 0;
+    this.output.clear();
     this.ignored = false;
     this.readingPaused = false;
     this.handlers?.onReset?.();
