@@ -20,6 +20,10 @@ export interface PermissionEntry {
 const ACCESS_LETTER = { none: 'n', read: 'r', write: 'w', both: 'b' } as const;
 const LETTER_ACCESS = { n: 'none', r: 'read', w: 'write', b: 'both' } as const;
 
+/** A link that breaks this many times within REPAIR_WINDOW_MS is given up. */
+const MAX_REPAIRS_IN_WINDOW = 5;
+const REPAIR_WINDOW_MS = 10_000;
+
 /** The default bound on commit attempts of `transaction()` before it gives up with EAGAIN. */
 export const DEFAULT_TRANSACTION_ATTEMPTS = 16;
 
@@ -61,12 +65,24 @@ export class XenStoreClient {
   private readonly watchers = new Map<string, Set<Watcher>>();
   private nextToken = 1;
   private closedError: Error | undefined;
+  private readonly reconnectListeners: (() => void)[] = [];
+  private recentRepairs: number[] = [];
 
   constructor(private readonly transport: ClientTransport) {
     transport.start({
       message: (msg) => this.onMessage(msg),
       closed: (error) => this.onClosed(error),
+      broken: (error) => this.onBroken(error),
     });
+  }
+
+  /**
+   * Called after the connection was started over (a ring error repaired, a
+   * xenstored that restarted): watches are set again, but anything the
+   * caller had in flight failed and must be redone.
+   */
+  onReconnected(listener: () => void): void {
+    this.reconnectListeners.push(listener);
   }
 
   /** Connects over the Unix socket (XENSTORED_PATH, or the default path). */
@@ -354,6 +370,27 @@ export class XenStoreClient {
     } else {
       pending.resolve(msg.payload);
     }
+  }
+
+  /**
+   * The link broke in a way reconnection repairs: requests in flight fail
+   * with ConnectionResetError and the connection is started over, unless it
+   * keeps breaking (then it is closed).
+   */
+  private onBroken(error: Error): void {
+    const now = Date.now();
+    this.recentRepairs = this.recentRepairs.filter((at) => now - at < REPAIR_WINDOW_MS);
+    if (this.recentRepairs.length >= MAX_REPAIRS_IN_WINDOW) {
+      this.onClosed(error);
+      return;
+    }
+    this.recentRepairs.push(now);
+    this.reconnect().then(
+      () => {
+        for (const listener of this.reconnectListeners) listener();
+      },
+      (err: Error) => this.onClosed(err),
+    );
   }
 
   private onClosed(error?: Error): void {

@@ -71,7 +71,10 @@ export class RingClientTransport implements ClientTransport {
     this.events.channels.notify(this.port);
   }
 
-  /** Stops taking replies off the ring (a domain that does not read), for tests of the daemon. */
+  /**
+   * Stops looking at the ring at all, replies and error indicator alike (a
+   * domain that does not read its ring), for tests of the daemon.
+   */
   stopReading(): void {
     this.reading = false;
   }
@@ -104,7 +107,7 @@ export class RingClientTransport implements ClientTransport {
   }
 
   private kick(): void {
-    if (this.closed) return;
+    if (this.closed || !this.reading) return;
     if (this.reconnecting) {
       if (this.ring.connection !== RingConnection.CONNECTED) return;
       const resolve = this.reconnecting;
@@ -121,7 +124,7 @@ export class RingClientTransport implements ClientTransport {
   }
 
   private pullReplies(): void {
-    while (this.reading && !this.closed) {
+    while (!this.closed) {
       const chunk = this.ring.responses.consume();
       if (chunk === null) {
         this.fail(new RingError('inconsistent indexes on the reply ring', -1));
@@ -138,11 +141,16 @@ export class RingClientTransport implements ClientTransport {
     if (!this.pending.drain(() => this.signal())) this.fail(new RingError('inconsistent indexes on the request ring', -1));
   }
 
+  /**
+   * The ring broke. If xenstored offers reconnection the client is told the
+   * link may be repaired; otherwise it is closed.
+   */
   private fail(error: Error): void {
     if (this.closed) return;
     this.closed = true;
     this.events.off(this.port);
-    this.handlers?.closed(error);
+    if (this.ring.serverFeatures & XsServerFeature.RECONNECTION && this.handlers?.broken) this.handlers.broken(error);
+    else this.handlers?.closed(error);
   }
 
   private newDecoder(): XsFrameDecoder {

@@ -21,6 +21,12 @@ export interface ClientTransportHandlers {
   message(msg: XsMessage): void;
   /** The link is gone; `error` says why when it did not close cleanly. */
   closed(error?: Error): void;
+  /**
+   * The link failed in a way a reconnection can repair (xenstored set a
+   * ring's error indicator): whatever was in flight is lost, and the
+   * client may call `reconnect()`.
+   */
+  broken?(error: Error): void;
 }
 
 /** Where libxenstore looks for the daemon when XENSTORED_PATH is not set. */
