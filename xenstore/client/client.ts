@@ -54,6 +54,15 @@ export class ConnectionResetError extends Error {
 }
 
 /**
+ * Whether a request failed because the connection went (reset or closed)
+ * rather than because xenstored refused it: the request may not have been
+ * carried out, and the caller's watches tell it when to look again.
+ */
+export function isConnectionLoss(err: unknown): boolean {
+  return err instanceof ConnectionResetError || err instanceof ConnectionClosedError;
+}
+
+/**
  * A promise-based xenstore client. Requests may be issued concurrently; each
  * reply is matched to its request by req_id. Watches are async iterators;
  * `transaction()` runs a function in a transaction and retries it when the

@@ -1,0 +1,167 @@
+import { createLogger } from '../shared/log.js';
+import type { PermissionEntry, XenStoreClient } from '../xenstore/client/client.js';
+import { readStateAt, waitForState } from '../xenbus/read.js';
+import { XenbusState, stateName } from '../xenbus/state.js';
+
+const log = createLogger('toolstack');
+
+/** How long an unplug waits for the two ends to close (libxl's LIBXL_DESTROY_TIMEOUT, 10 s). */
+export const DEVICE_REMOVE_TIMEOUT_MS = 10_000;
+
+/** A split device as a toolstack describes it. */
+export interface DeviceSpec {
+  /** The device class: `vbd`, `echo`. */
+  readonly kind: string;
+  readonly frontendDomid: number;
+  readonly backendDomid: number;
+  /** The device number (for a disk, its virtual-device number). */
+  readonly devid: number;
+  /** Keys for the backend beyond the ones every device has. */
+  readonly backend?: Readonly<Record<string, string>>;
+  /** Keys for the frontend beyond the ones every device has. */
+  readonly frontend?: Readonly<Record<string, string>>;
+}
+
+export interface DevicePaths {
+  readonly frontend: string;
+  readonly backend: string;
+  /** libxl's own record of the device. */
+  readonly libxl: string;
+}
+
+/** Where libxl puts a device's directories (libxl__device_{frontend,backend,libxl}_path). */
+export function devicePaths(spec: DeviceSpec): DevicePaths {
+  const { kind, frontendDomid, backendDomid, devid } = spec;
+  return {
+    frontend: `/local/domain/${frontendDomid}/device/${kind}/${devid}`,
+    backend: `/local/domain/${backendDomid}/backend/${kind}/${frontendDomid}/${devid}`,
+    libxl: `/libxl/${frontendDomid}/device/${kind}/${devid}`,
+  };
+}
+
+/**
+ * Plugs a device the way libxl__device_generic_add does, in one
+ * transaction: the frontend directory owned by the guest and readable by
+ * the backend's domain, the backend directory owned by the backend's
+ * domain and readable by the guest, each naming the other, both
+ * Initialising, the backend online, and libxl's copy of the backend keys.
+ */
+export async function plugDevice(xs: XenStoreClient, spec: DeviceSpec): Promise<DevicePaths> {
+  const paths = devicePaths(spec);
+  const { frontendDomid: fe, backendDomid: be } = spec;
+  const frontendPerms: PermissionEntry[] = [
+    { domid: fe, access: 'none' },
+    { domid: be, access: 'read' },
+  ];
+  const backendPerms: PermissionEntry[] = [
+    { domid: be, access: 'none' },
+    { domid: fe, access: 'read' },
+  ];
+  const backendKeys: Record<string, string> = {
+    'frontend-id': String(fe),
+    online: '1',
+    state: String(XenbusState.Initialising),
+    ...spec.backend,
+  };
+  const frontendKeys: Record<string, string> = {
+    'backend-id': String(be),
+    state: String(XenbusState.Initialising),
+    ...spec.frontend,
+  };
+  await xs.transaction(async (tx) => {
+    await xs.rm(paths.libxl, { tx }).catch(() => {});
+    await xs.write(`${paths.libxl}/frontend`, paths.frontend, { tx });
+    await xs.write(`${paths.libxl}/backend`, paths.backend, { tx });
+
+    await xs.rm(paths.frontend, { tx }).catch(() => {});
+    await xs.mkdir(paths.frontend, { tx });
+    await xs.setPermissions(paths.frontend, frontendPerms, { tx });
+    await xs.write(`${paths.frontend}/backend`, paths.backend, { tx });
+    for (const [key, value] of Object.entries(frontendKeys)) {
+      await xs.write(`${paths.frontend}/${key}`, value, { tx });
+      await xs.setPermissions(`${paths.frontend}/${key}`, frontendPerms, { tx });
+    }
+
+    await xs.rm(paths.backend, { tx }).catch(() => {});
+    await xs.mkdir(paths.backend, { tx });
+    await xs.setPermissions(paths.backend, backendPerms, { tx });
+    await xs.write(`${paths.backend}/frontend`, paths.frontend, { tx });
+    for (const [key, value] of Object.entries(backendKeys)) {
+      await xs.write(`${paths.backend}/${key}`, value, { tx });
+      await xs.write(`${paths.libxl}/${key}`, value, { tx });
+    }
+  });
+  return paths;
+}
+
+export interface UnplugResult {
+  /** Whether both ends closed by themselves; false if the frontend had to be removed first. */
+  readonly clean: boolean;
+  readonly backendState: number;
+  readonly frontendState: number;
+}
+
+/**
+ * Unplugs a device the way libxl does: the backend is set offline and
+ * Closing, both ends are given `timeoutMs` to reach Closed, and then both
+ * directories and libxl's record are removed. A frontend that does not
+ * close in time has its directory removed first (libxl's forced remove),
+ * which its backend takes for a frontend that went away.
+ */
+export async function unplugDevice(xs: XenStoreClient, spec: DeviceSpec, timeoutMs = DEVICE_REMOVE_TIMEOUT_MS): Promise<UnplugResult> {
+  const paths = devicePaths(spec);
+  const backendState = `${paths.backend}/state`;
+  const frontendState = `${paths.frontend}/state`;
+  const present = await xs.transaction(async (tx) => {
+    const state = await xs.tryRead(backendState, { tx });
+    if (state === undefined) return false;
+    await xs.write(`${paths.backend}/online`, '0', { tx });
+    if (Number(state) !== XenbusState.Closed) await xs.write(backendState, String(XenbusState.Closing), { tx });
+    return true;
+  });
+  let clean = true;
+  if (present) {
+    const closed = [XenbusState.Closed, XenbusState.Unknown];
+    const [back, front] = await Promise.all([
+      waitForState(xs, backendState, closed, timeoutMs),
+      waitForState(xs, frontendState, closed, timeoutMs),
+    ]);
+    if (back === undefined || front === undefined) {
+      clean = false;
+      log.warn(
+        `${paths.backend}: not closed after ${timeoutMs} ms (backend ${stateName(await readStateAt(xs, backendState))}, ` +
+          `frontend ${stateName(await readStateAt(xs, frontendState))}); removing the frontend first`,
+      );
+      await removeWithEmptyParents(xs, paths.frontend);
+      await waitForState(xs, backendState, closed, timeoutMs);
+    }
+  } else {
+    log.info(`${paths.backend} is already gone; removing the frontend only`);
+  }
+  const result = {
+    clean,
+    backendState: await readStateAt(xs, backendState),
+    frontendState: await readStateAt(xs, frontendState),
+  };
+  await removeWithEmptyParents(xs, paths.frontend);
+  await removeWithEmptyParents(xs, paths.backend);
+  await removeWithEmptyParents(xs, paths.libxl);
+  return result;
+}
+
+/**
+ * Removes a device directory and the class and domain directories above it
+ * that it leaves empty (libxl__xs_path_cleanup), stopping at a domain's
+ * `device` and `backend` directories, which belong to the domain's layout.
+ */
+async function removeWithEmptyParents(xs: XenStoreClient, path: string): Promise<void> {
+  await xs.transaction(async (tx) => {
+    await xs.rm(path, { tx }).catch(() => {});
+    for (let parent = path.slice(0, path.lastIndexOf('/')); parent !== ''; parent = parent.slice(0, parent.lastIndexOf('/'))) {
+      if (/\/(device|backend)$/.test(parent) || /^\/local\/domain\/\d+$/.test(parent) || parent === '/libxl') break;
+      const children = await xs.directory(parent, { tx }).catch(() => undefined);
+      if (children === undefined || children.length > 0) break;
+      await xs.rm(parent, { tx });
+    }
+  });
+}

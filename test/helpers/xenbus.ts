@@ -1,0 +1,146 @@
+import { connectXenstore, type KernelConnection } from '../../host/kernel.js';
+import { devicePaths, plugDevice, unplugDevice, type DeviceSpec, type DevicePaths, type UnplugResult } from '../../host/devices.js';
+import type { StartInfo } from '../../host/domain-builder.js';
+import { Toolstack } from '../../host/toolstack.js';
+import { createLogger } from '../../shared/log.js';
+import type { XenStoreClient } from '../../xenstore/client/client.js';
+import { BackBus } from '../../xenbus/back-bus.js';
+import type { XenbusBus } from '../../xenbus/bus.js';
+import type { BusContext } from '../../xenbus/device.js';
+import type { XenbusDriver } from '../../xenbus/driver.js';
+import { EchoBackDriver, type EchoBackOptions } from '../../xenbus/echo/back.js';
+import { EchoFrontDriver, type EchoFrontOptions } from '../../xenbus/echo/front.js';
+import { FrontBus } from '../../xenbus/front-bus.js';
+import { readStateAt } from '../../xenbus/read.js';
+import { stateName } from '../../xenbus/state.js';
+import { startDaemon, type RunningDaemon, type TestDaemonOptions } from './daemon.js';
+
+/** Memory of a test domain: 2 MiB, room for many multi-page rings. */
+const BUS_TEST_DOMAIN_PAGES = 512;
+
+/** A domain whose kernel runs in this process: its xenstore ring and its buses. */
+export interface TestDomain {
+  readonly start: StartInfo;
+  readonly domid: number;
+  readonly ctx: BusContext;
+  readonly kernel: KernelConnection;
+  /** Starts a back bus with these drivers. */
+  backBus(...drivers: XenbusDriver[]): Promise<BackBus>;
+  /** Starts a front bus with these drivers. */
+  frontBus(...drivers: XenbusDriver[]): Promise<FrontBus>;
+  /** Stops its buses and closes its xenstore connection, as a kernel that went away. */
+  halt(): Promise<void>;
+}
+
+export interface BusTestbed {
+  readonly env: RunningDaemon;
+  /** dom0's toolstack connection, over the socket. */
+  readonly dom0: XenStoreClient;
+  readonly toolstack: Toolstack;
+  /** Creates a domain through the toolstack and connects its kernel (in this process). */
+  domain(name: string): Promise<TestDomain>;
+  /** A domain's kernel again after the previous one went away (a restarted worker). */
+  reboot(domain: TestDomain): Promise<TestDomain>;
+  plug(spec: DeviceSpec): Promise<DevicePaths>;
+  unplug(spec: DeviceSpec, timeoutMs?: number): Promise<UnplugResult>;
+  /** The state node of both ends of a device, by name. */
+  states(spec: DeviceSpec): Promise<{ front: string; back: string }>;
+  /** Waits until both ends of a device read the given states. */
+  waitStates(spec: DeviceSpec, front: number, back: number, timeoutMs?: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** An echo device between two domains. */
+export function echoSpec(frontendDomid: number, backendDomid: number, devid: number): DeviceSpec {
+  return { kind: 'echo', frontendDomid, backendDomid, devid };
+}
+
+/** Echo drivers with options, for tests that vary the negotiation. */
+export function echoDrivers(front: EchoFrontOptions = {}, back: EchoBackOptions = {}): { front: EchoFrontDriver; back: EchoBackDriver } {
+  return { front: new EchoFrontDriver(front), back: new EchoBackDriver(back) };
+}
+
+/**
+ * A xenstored with an embedded machine behind it, dom0's toolstack on the
+ * socket, and domains whose kernels (their xenstore rings and buses) run in
+ * this process, so that a test can drive every step of a connection.
+ */
+export async function startBusTestbed(options: TestDaemonOptions = {}): Promise<BusTestbed> {
+  const env = await startDaemon(options);
+  const dom0 = await env.client();
+  const toolstack = new Toolstack(env.platform, dom0);
+  const domains: TestDomain[] = [];
+
+  const connect = async (start: StartInfo): Promise<TestDomain> => {
+    const kernel = await connectXenstore(env.platform, start);
+    const ctx: BusContext = {
+      xs: kernel.xs,
+      domid: start.domid,
+      home: `/local/domain/${start.domid}`,
+      domain: kernel.domain,
+      events: kernel.events,
+      log: createLogger(`${start.name}`),
+    };
+    const buses: XenbusBus[] = [];
+    const startBus = async <B extends XenbusBus>(bus: B, drivers: XenbusDriver[]): Promise<B> => {
+      for (const driver of drivers) bus.register(driver);
+      buses.push(bus);
+      await bus.start();
+      return bus;
+    };
+    const domain: TestDomain = {
+      start,
+      domid: start.domid,
+      ctx,
+      kernel,
+      backBus: (...drivers) => startBus(new BackBus(ctx), drivers),
+      frontBus: (...drivers) => startBus(new FrontBus(ctx), drivers),
+      async halt() {
+        for (const bus of buses.splice(0)) await bus.stop().catch(() => {});
+        kernel.xs.close();
+        kernel.events.channels.close();
+      },
+    };
+    domains.push(domain);
+    return domain;
+  };
+
+  const testbed: BusTestbed = {
+    env,
+    dom0,
+    toolstack,
+    async domain(name) {
+      return connect(await toolstack.createDomain({ name, pages: BUS_TEST_DOMAIN_PAGES }));
+    },
+    async reboot(domain) {
+      await domain.halt();
+      return connect(domain.start);
+    },
+    plug: (spec) => plugDevice(dom0, spec),
+    unplug: (spec, timeoutMs) => unplugDevice(dom0, spec, timeoutMs),
+    async states(spec) {
+      const paths = devicePaths(spec);
+      return {
+        front: stateName(await readStateAt(dom0, `${paths.frontend}/state`)),
+        back: stateName(await readStateAt(dom0, `${paths.backend}/state`)),
+      };
+    },
+    async waitStates(spec, front, back, timeoutMs = 5000) {
+      const paths = devicePaths(spec);
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const [f, b] = [await readStateAt(dom0, `${paths.frontend}/state`), await readStateAt(dom0, `${paths.backend}/state`)];
+        if (f === front && b === back) return;
+        if (Date.now() > deadline) {
+          throw new Error(`${paths.frontend}: waited for ${stateName(front)}/${stateName(back)}, have ${stateName(f)}/${stateName(b)}`);
+        }
+        await new Promise((resolve) => setTimeout(resolve, 5));
+      }
+    },
+    async close() {
+      for (const domain of domains) await domain.halt().catch(() => {});
+      await env.close();
+    },
+  };
+  return testbed;
+}

@@ -1,0 +1,471 @@
+import { isConnectionLoss } from '../xenstore/client/client.js';
+import type { WatchEvent, Watcher } from '../xenstore/client/watcher.js';
+import { XenbusDevice, type BusContext } from './device.js';
+import type { DeviceHandler, XenbusDriver } from './driver.js';
+import { SerialQueue } from './serial.js';
+import { readIfVisible, waitForState } from './read.js';
+import { XenbusState, stateName } from './state.js';
+
+/** Where a device's other end lives (XENBUSB_GET_OTHEREND_NODE). */
+export interface OtherendNode {
+  readonly path: string;
+  readonly id: number;
+}
+
+/** A device as the bus reports it: this end's state and the other end's. */
+export interface DeviceStatus {
+  readonly type: string;
+  readonly id: string;
+  readonly node: string;
+  readonly driver: string;
+  readonly state: number;
+  readonly otherendPath: string;
+  readonly otherendId: number;
+  readonly otherendState: number | undefined;
+}
+
+type Phase = 'attaching' | 'attached' | 'detached';
+
+/** The bus's record of one device (FreeBSD's xenbus_device_ivars). */
+export class BusDevice {
+  phase: Phase = 'attaching';
+  handler: DeviceHandler | undefined;
+  otherendWatch: Watcher | undefined;
+  localWatch: Watcher | undefined;
+  /** The other end's state the driver last handled without failing. */
+  deliveredState: number | undefined;
+  /** Whether the other end has ever been seen: until then its absence means "not yet", not "gone". */
+  otherendSeen = false;
+
+  constructor(
+    readonly key: string,
+    readonly device: XenbusDevice,
+    readonly driver: XenbusDriver,
+  ) {}
+}
+
+/**
+ * The common core of a XenBus (FreeBSD's xenbusb.c): it finds devices by
+ * watching its root in xenstore, probes and attaches the drivers registered
+ * for their class, follows each device's other end and its own directory,
+ * and detaches devices that go away. The front and back buses specialise it
+ * through the methods of FreeBSD's xenbusb_if.m: where the other end is
+ * named, and what the bus itself does when either end changes.
+ *
+ * Every device has its own serial queue, so its events are handled in the
+ * order they happened and never overlap (an attach is never raced by the
+ * detach that follows it), while different devices proceed concurrently.
+ */
+export abstract class XenbusBus {
+  /** The bus's directory: `<home>/device` or `<home>/backend`. */
+  readonly root: string;
+  private readonly drivers: XenbusDriver[] = [];
+  private readonly devices = new Map<string, BusDevice>();
+  private readonly queues = new Map<string, SerialQueue>();
+  private readonly busQueue: SerialQueue;
+  /**
+   * Devices whose attach a lost xenstore connection cut short, with the
+   * state they had reached: they are attached again from that state when
+   * the re-registered watches fire, instead of being taken for devices on
+   * their way out.
+   */
+  private readonly interrupted = new Map<string, number>();
+  /** Devices found when the bus started, which may have been left mid-connection by a predecessor. */
+  private readonly foundAtStart = new Set<string>();
+  private rootWatcher: Watcher | undefined;
+  private stopped = false;
+
+  protected constructor(
+    readonly ctx: BusContext,
+    rootName: 'device' | 'backend',
+    /** Path components after the class that name a device: `<id>`, or `<frontend-domid>/<id>`. */
+    private readonly idComponents: number,
+  ) {
+    this.root = `${ctx.home}/${rootName}`;
+    this.busQueue = new SerialQueue((err) => this.taskFailed(this.root, err));
+  }
+
+  /** `front` or `back`, for logs and reports. */
+  abstract readonly kind: string;
+
+  // ---- the bus methods (xenbusb_if.m) -----------------------------------------
+
+  /** Reads where the device's other end is; undefined while the toolstack has not written it. */
+  protected abstract getOtherendNode(device: XenbusDevice): Promise<OtherendNode | undefined>;
+
+  /** The other end changed state; the driver hears of it first. */
+  protected async otherendChanged(entry: BusDevice, state: number): Promise<void> {
+    await entry.handler!.otherendChanged(state);
+  }
+
+  /** Something under this end's directory changed (`path` relative to it). */
+  protected async localendChanged(entry: BusDevice, path: string): Promise<void> {
+    await entry.handler!.localChanged?.(path);
+  }
+
+  /** Publishes what the toolstack waits for once a driver has attached. */
+  protected async attached(_entry: BusDevice): Promise<void> {}
+
+  /** Publishes what the other end and the toolstack need to see once a device is detached. */
+  protected async publishDetached(entry: BusDevice): Promise<void> {
+    await entry.device.switchState(XenbusState.Closed, true);
+  }
+
+  /**
+   * A device found at start in a state other than Initialising, left by an
+   * instance of this bus that went away mid-connection: brings it back to
+   * where a fresh attach can begin, or returns false to leave it alone.
+   */
+  protected abstract recoverAtStart(device: XenbusDevice): Promise<boolean>;
+
+  // ---- the bus's life -------------------------------------------------------------
+
+  /** Adds a driver; devices of its class that are waiting are probed again. */
+  register(driver: XenbusDriver): void {
+    this.drivers.push(driver);
+    if (this.rootWatcher) void this.busQueue.run(() => this.enumerate([driver.deviceClass]));
+  }
+
+  /** Starts watching the bus root; resolves once the devices present have been attached. */
+  async start(): Promise<void> {
+    const watcher = await this.ctx.xs.watch(this.root);
+    this.rootWatcher = watcher;
+    void this.follow(watcher, (event) => this.rootChanged(event.path));
+    await this.busQueue.call(() => this.enumerate([], true));
+    await this.settled();
+  }
+
+  /** Resolves once every event seen so far has been handled. */
+  async settled(): Promise<void> {
+    for (;;) {
+      await this.busQueue.drained();
+      const busy = [...this.queues.values()].filter((queue) => !queue.idle);
+      if (busy.length === 0 && this.busQueue.idle) return;
+      await Promise.all(busy.map((queue) => queue.drained()));
+    }
+  }
+
+  /**
+   * Stops the bus without touching xenstore: the kernel is going away, and
+   * what the other ends see of that is the toolstack's business. Drivers
+   * release what they hold.
+   */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    await this.rootWatcher?.close().catch(() => {});
+    await this.settled();
+    for (const entry of [...this.devices.values()]) {
+      await this.queueOf(entry.key).call(async () => {
+        entry.phase = 'detached';
+        this.devices.delete(entry.key);
+        await this.closeWatches(entry);
+        await entry.handler?.detach();
+      });
+    }
+  }
+
+  /** The attached devices, with both ends' states. */
+  async status(): Promise<DeviceStatus[]> {
+    const out: DeviceStatus[] = [];
+    for (const { device, driver } of this.devices.values()) {
+      const otherendState = await device.readOtherendState().catch(() => undefined);
+      out.push({
+        type: device.type,
+        id: device.id,
+        node: device.node,
+        driver: driver.name,
+        state: device.state,
+        otherendPath: device.otherendPath,
+        otherendId: device.otherendId,
+        otherendState,
+      });
+    }
+    return out.sort((a, b) => a.node.localeCompare(b.node));
+  }
+
+  /** The device at `<class>/<id>` under the root, if attached. */
+  device(key: string): XenbusDevice | undefined {
+    const entry = this.devices.get(key);
+    return entry?.phase === 'attached' ? entry.device : undefined;
+  }
+
+  // ---- suspend and resume -------------------------------------------------------
+
+  /** Calls every attached driver's suspend, one device after another in the order they attached. */
+  async suspend(): Promise<void> {
+    for (const entry of this.attachedDevices()) {
+      await this.queueOf(entry.key).call(() => entry.handler!.suspend?.());
+    }
+  }
+
+  /**
+   * After the domain was resumed, perhaps on another host: each device
+   * starts over from Initialising and finds its other end again (it may be
+   * another backend), then its driver resumes (xenbusb_resume).
+   */
+  async resume(): Promise<void> {
+    for (const entry of this.attachedDevices()) {
+      await this.queueOf(entry.key).call(async () => {
+        const { device } = entry;
+        await entry.otherendWatch?.close().catch(() => {});
+        entry.otherendWatch = undefined;
+        await device.switchState(XenbusState.Initialising, true);
+        const otherend = await this.getOtherendNode(device);
+        if (!otherend) throw new Error(`${device.node} names no other end after resume`);
+        device.otherendId = otherend.id;
+        device.otherendPath = otherend.path;
+        entry.deliveredState = undefined;
+        entry.otherendSeen = false;
+        await entry.handler!.resume?.();
+        entry.otherendWatch = await this.ctx.xs.watch(`${otherend.path}/state`);
+        void this.follow(entry.otherendWatch, () => this.queueOf(entry.key).run(() => this.otherendEvent(entry)));
+      });
+    }
+  }
+
+  private attachedDevices(): BusDevice[] {
+    return [...this.devices.values()].filter((entry) => entry.phase === 'attached');
+  }
+
+  // ---- enumeration ----------------------------------------------------------------
+
+  /** A change somewhere under the root: the device it belongs to is looked at, or a whole subtree. */
+  private rootChanged(path: string): void {
+    if (this.stopped || (path !== this.root && !path.startsWith(`${this.root}/`))) return;
+    const parts = path === this.root ? [] : path.slice(this.root.length + 1).split('/');
+    const depth = 1 + this.idComponents;
+    if (parts.length < depth) {
+      void this.busQueue.run(() => this.enumerate(parts));
+      return;
+    }
+    const key = parts.slice(0, depth).join('/');
+    // A key inside a device already attached is that device's business
+    // (its own watch sees it); its removal is reported at its own node.
+    if (parts.length > depth && this.devices.has(key)) return;
+    void this.queueOf(key).run(() => this.check(key));
+  }
+
+  /** Lists the devices under `prefix` (class, then id components) and looks at each, known or new. */
+  private async enumerate(prefix: string[], atStart = false): Promise<void> {
+    const keys = new Set<string>();
+    const walk = async (parts: string[]): Promise<void> => {
+      if (parts.length === 1 + this.idComponents) {
+        keys.add(parts.join('/'));
+        return;
+      }
+      const path = [this.root, ...parts].join('/');
+      for (const child of await this.ctx.xs.directory(path).catch(() => [] as string[])) await walk([...parts, child]);
+    };
+    await walk(prefix);
+    const under = prefix.join('/');
+    for (const key of this.devices.keys()) if (under === '' || key === under || key.startsWith(`${under}/`)) keys.add(key);
+    for (const key of keys) {
+      if (atStart) this.foundAtStart.add(key);
+      void this.queueOf(key).run(() => this.check(key));
+    }
+  }
+
+  /** Whether a device's node exists, and what to do about it. */
+  private async check(key: string): Promise<void> {
+    if (this.stopped) return;
+    const node = `${this.root}/${key}`;
+    const exists = (await readIfVisible(this.ctx.xs, node)) !== undefined;
+    const entry = this.devices.get(key);
+    if (entry) {
+      if (!exists) await this.detach(entry, 'its directory was removed');
+      return;
+    }
+    const atStart = this.foundAtStart.delete(key);
+    if (exists) await this.add(key, node, atStart);
+  }
+
+  // ---- attach ---------------------------------------------------------------------
+
+  private async add(key: string, node: string, atStart: boolean): Promise<void> {
+    const [type, ...rest] = key.split('/') as [string, ...string[]];
+    const device = new XenbusDevice(this.ctx, type, rest.join('/'), node);
+    device.state = await device.readState();
+    const otherend = await this.getOtherendNode(device);
+    if (!otherend) {
+      this.ctx.log.debug(`${node}: no other end named yet`);
+      return;
+    }
+    device.otherendId = otherend.id;
+    device.otherendPath = otherend.path;
+
+    const resumeFrom = this.interrupted.get(key);
+    if (device.state !== XenbusState.Initialising && device.state !== resumeFrom) {
+      const recovered = atStart && (await this.recoverAtStart(device));
+      if (!recovered) {
+        // A device that is not new is on its way out (or was refused):
+        // it is not picked up again until the toolstack resets it.
+        this.ctx.log.debug(`${node} ignored in state ${stateName(device.state)}`);
+        return;
+      }
+    }
+    this.interrupted.delete(key);
+
+    const driver = await this.probe(device);
+    if (!driver) {
+      // Nothing here drives this class: hide the device from the other end
+      // rather than leave it waiting for us.
+      this.ctx.log.info(`${node}: no ${this.kind} driver for class '${type}'; closing it`);
+      await device.switchState(XenbusState.Closed);
+      return;
+    }
+
+    const entry = new BusDevice(key, device, driver);
+    this.devices.set(key, entry);
+    try {
+      entry.otherendWatch = await this.ctx.xs.watch(`${otherend.path}/state`);
+      void this.follow(entry.otherendWatch, () => this.queueOf(key).run(() => this.otherendEvent(entry)));
+      entry.localWatch = await this.ctx.xs.watch(node);
+      void this.follow(entry.localWatch, (event) => this.queueOf(key).run(() => this.localEvent(entry, event.path)));
+      entry.handler = await driver.attach(device);
+      entry.phase = 'attached';
+    } catch (err) {
+      await this.attachFailed(entry, err);
+      return;
+    }
+    await this.ctx.xs.rm(`${this.ctx.home}/error/${device.relativeNode}`).catch(() => {});
+    await this.attached(entry);
+    this.ctx.log.info(`${node} attached to ${driver.name} (other end ${otherend.path})`);
+  }
+
+  private async probe(device: XenbusDevice): Promise<XenbusDriver | undefined> {
+    for (const driver of this.drivers) {
+      if (driver.deviceClass !== device.type) continue;
+      if (!driver.probe || (await driver.probe(device))) return driver;
+    }
+    return undefined;
+  }
+
+  /**
+   * A driver that failed to attach leaves the reason in the error node and
+   * the device Closed, so that neither the other end nor the toolstack waits
+   * for it; the bus forgets the device, and does not pick it up again while
+   * it stays Closed.
+   */
+  private async attachFailed(entry: BusDevice, err: unknown): Promise<void> {
+    const { device, key } = entry;
+    entry.phase = 'detached';
+    this.devices.delete(key);
+    await this.closeWatches(entry);
+    if (isConnectionLoss(err)) {
+      this.interrupted.set(key, device.state);
+      this.ctx.log.warn(`${device.node}: attach cut short by the xenstore connection; trying again when it is back`);
+      return;
+    }
+    if (!(await device.exists().catch(() => false))) {
+      this.ctx.log.info(`${device.node} was removed while it attached`);
+      return;
+    }
+    await device.error(err, `attaching ${entry.driver.name}`);
+    await device.switchState(XenbusState.Closed).catch((closeErr: Error) => {
+      this.ctx.log.error(`${device.node}: cannot publish Closed: ${closeErr.message}`);
+    });
+  }
+
+  // ---- events of attached devices -------------------------------------------------
+
+  private async otherendEvent(entry: BusDevice): Promise<void> {
+    if (entry.phase !== 'attached') return;
+    const state = await entry.device.readOtherendState();
+    if (state === XenbusState.Unknown && !entry.otherendSeen) return; // not there yet
+    entry.otherendSeen = true;
+    if (state === entry.deliveredState) return;
+    await this.guard(entry, `handling the other end's state ${stateName(state)}`, () => this.otherendChanged(entry, state));
+    entry.deliveredState = state;
+  }
+
+  private async localEvent(entry: BusDevice, path: string): Promise<void> {
+    if (entry.phase !== 'attached') return;
+    const { device } = entry;
+    const relative = path.slice(device.node.length);
+    if (relative === '') {
+      if (!(await device.exists())) await this.detach(entry, 'its directory was removed');
+      return;
+    }
+    // Others write our state too (a toolstack unplugging sets Closing).
+    if (relative === '/state') {
+      const state = await device.readState();
+      if (state !== XenbusState.Unknown) device.state = state;
+    }
+    await this.guard(entry, `handling a change of ${relative}`, () => this.localendChanged(entry, relative));
+  }
+
+  /**
+   * Runs a driver method. A lost connection is passed on (the re-registered
+   * watches bring the event back); any other failure is the device's, and
+   * is reported as a fatal error, so that no device hangs half connected.
+   */
+  private async guard(entry: BusDevice, what: string, body: () => Promise<void>): Promise<void> {
+    try {
+      await body();
+    } catch (err) {
+      if (isConnectionLoss(err) || entry.phase !== 'attached') throw err;
+      await entry.device.fatal(err, what);
+    }
+  }
+
+  // ---- detach ---------------------------------------------------------------------
+
+  /** Detaches a device: its driver releases it, and the bus publishes that it is gone. */
+  protected async detach(entry: BusDevice, reason: string): Promise<void> {
+    if (entry.phase === 'detached') return;
+    entry.phase = 'detached';
+    this.devices.delete(entry.key);
+    await this.closeWatches(entry);
+    try {
+      await entry.handler?.detach();
+    } catch (err) {
+      this.ctx.log.error(`${entry.device.node}: ${entry.driver.name} failed to detach: ${(err as Error).message}`);
+    }
+    try {
+      await this.publishDetached(entry);
+    } catch (err) {
+      this.ctx.log.warn(`${entry.device.node}: cannot publish the detach: ${(err as Error).message}`);
+    }
+    this.ctx.log.info(`${entry.device.node} detached: ${reason}`);
+  }
+
+  private async closeWatches(entry: BusDevice): Promise<void> {
+    const watches = [entry.otherendWatch, entry.localWatch];
+    entry.otherendWatch = entry.localWatch = undefined;
+    for (const watch of watches) await watch?.close().catch(() => {});
+  }
+
+  // ---- plumbing -------------------------------------------------------------------
+
+  private queueOf(key: string): SerialQueue {
+    let queue = this.queues.get(key);
+    if (!queue) {
+      // Queues of devices that come and go are dropped once idle.
+      queue = new SerialQueue(
+        (err) => this.taskFailed(`${this.root}/${key}`, err),
+        () => {
+          if (!this.devices.has(key)) this.queues.delete(key);
+        },
+      );
+      this.queues.set(key, queue);
+    }
+    return queue;
+  }
+
+  /** Waits until the other end's state is one of `wanted`, for at most `timeoutMs`. */
+  protected waitForOtherend(device: XenbusDevice, wanted: readonly number[], timeoutMs: number): Promise<number | undefined> {
+    return waitForState(this.ctx.xs, `${device.otherendPath}/state`, wanted, timeoutMs);
+  }
+
+  private async follow(watcher: Watcher, onEvent: (event: WatchEvent) => void): Promise<void> {
+    for await (const event of watcher) onEvent(event);
+  }
+
+  private taskFailed(where: string, err: unknown): void {
+    if (isConnectionLoss(err)) {
+      this.ctx.log.debug(`${where}: ${(err as Error).message}; the watches bring it back`);
+      return;
+    }
+    this.ctx.log.error(`${where}: ${(err as Error)?.stack ?? String(err)}`);
+  }
+}

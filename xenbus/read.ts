@@ -1,0 +1,44 @@
+import { XsError } from '../shared/errors.js';
+import type { RequestOptions, XenStoreClient } from '../xenstore/client/client.js';
+import { parseState } from './state.js';
+
+/**
+ * Reads a node, or undefined if it is not there for us: missing, or not
+ * (yet) readable. A toolstack writes a device's nodes and sets their
+ * permissions in steps; until it is done, the other end is simply not
+ * there yet.
+ */
+export async function readIfVisible(xs: XenStoreClient, path: string, options: RequestOptions = {}): Promise<string | undefined> {
+  try {
+    return await xs.readString(path, options);
+  } catch (err) {
+    if (err instanceof XsError && (err.errno === 'ENOENT' || err.errno === 'EACCES')) return undefined;
+    throw err;
+  }
+}
+
+/** The XenbusState in a `state` node; Unknown if there is none we can read. */
+export async function readStateAt(xs: XenStoreClient, statePath: string): Promise<number> {
+  return parseState(await readIfVisible(xs, statePath));
+}
+
+/**
+ * Waits until the state at `statePath` is one of `wanted`, for at most
+ * `timeoutMs`. Returns the state reached, or undefined on timeout (or if
+ * the connection closed).
+ */
+export async function waitForState(xs: XenStoreClient, statePath: string, wanted: readonly number[], timeoutMs: number): Promise<number | undefined> {
+  const watcher = await xs.watch(statePath);
+  const timer = setTimeout(() => void watcher.close().catch(() => {}), timeoutMs);
+  try {
+    // The watch fires once when set, so the current state is looked at first.
+    for await (const _event of watcher) {
+      const state = await readStateAt(xs, statePath);
+      if (wanted.includes(state)) return state;
+    }
+    return undefined;
+  } finally {
+    clearTimeout(timer);
+    await watcher.close().catch(() => {});
+  }
+}
