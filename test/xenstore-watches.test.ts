@@ -55,6 +55,24 @@ t.test('removal', async (t) => {
   t.same(await drain(onMissing), [], 'a watch below the removed nodes that never existed hears nothing');
 });
 
+t.test('a removal in a transaction reaches a domain watching a node below it', async (t) => {
+  const env = await startDaemon();
+  t.teardown(() => env.close());
+  const dom0 = await env.client();
+  const guest = await env.domain(5);
+  await dom0.write('/dev/vbd/0/state', '4');
+  for (const path of ['/dev/vbd/0', '/dev/vbd/0/state']) {
+    await dom0.setPermissions(path, [{ domid: 0, access: 'none' }, { domid: 5, access: 'read' }]);
+  }
+  const watcher = await guest.watch('/dev/vbd/0/state');
+  await drain(watcher);
+  await dom0.transaction(async (tx) => {
+    await dom0.rm('/dev/vbd/0', { tx });
+    await dom0.rm('/dev/vbd', { tx });
+  });
+  t.same(await drain(watcher), ['/dev/vbd/0/state'], 'fired at commit with the permissions the node had, as xenstored does');
+});
+
 t.test('depth and relative paths', async (t) => {
   const env = await startDaemon();
   t.teardown(() => env.close());

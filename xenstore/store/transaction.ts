@@ -41,7 +41,12 @@ export class Transaction implements StoreView {
   readonly tree: Tree;
   private readonly snapshot: Tree;
   private readonly accessed = new Map<string, { path: StorePath; generation: number; perms: PermList | undefined }>();
-  private readonly queuedEvents = new Map<string, WatchMatch>();
+  /**
+   * Changes to report at commit, with the permissions of each node as it
+   * was when the transaction removed it (it is gone from the live tree by
+   * the time the events fire, and its watchers may only see it by those).
+   */
+  private readonly queuedEvents = new Map<string, { match: WatchMatch; perms: PermList | undefined }>();
   private readonly nodeDelta = new Map<number, number>();
   private readonly modified = new Set<string>();
   private copied = 0;
@@ -95,7 +100,9 @@ export class Transaction implements StoreView {
   emit(event: ChangeEvent): void {
     // Changes inside a transaction are reported once, at commit; a subtree
     // match supersedes an exact one for the same path.
-    if (this.queuedEvents.get(event.path) !== 'subtree') this.queuedEvents.set(event.path, event.match);
+    const queued = this.queuedEvents.get(event.path);
+    if (!queued) this.queuedEvents.set(event.path, { match: event.match, perms: event.perms });
+    else if (event.match === 'subtree') queued.match = 'subtree';
   }
 
   /**
@@ -175,8 +182,8 @@ export class Transaction implements StoreView {
 
   /** The queued changes, with the permissions that decide who may see them. */
   private settledEvents(): ChangeEvent[] {
-    return [...this.queuedEvents].map(([full, match]) =>
-      this.store.describeChange(this.store.tree, parseAbsolute(full), match, this.accessed.get(full)?.perms),
+    return [...this.queuedEvents].map(([full, { match, perms }]) =>
+      this.store.describeChange(this.store.tree, parseAbsolute(full), match, this.accessed.get(full)?.perms ?? perms),
     );
   }
 }
