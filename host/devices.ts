@@ -8,6 +8,13 @@ const log = createLogger('toolstack');
 /** How long an unplug waits for the two ends to close (libxl's LIBXL_DESTROY_TIMEOUT, 10 s). */
 export const DEVICE_REMOVE_TIMEOUT_MS = 10_000;
 
+/**
+ * A toolstack transaction that conflicts is run again until it commits, as
+ * libxl's retry_transaction loops do: each conflict means another commit
+ * went through, so the toolstack as a whole makes progress.
+ */
+const UNTIL_COMMITTED = Number.POSITIVE_INFINITY;
+
 /** A split device as a toolstack describes it. */
 export interface DeviceSpec {
   /** The device class: `vbd`, `echo`. */
@@ -90,7 +97,7 @@ export async function plugDevice(xs: XenStoreClient, spec: DeviceSpec): Promise<
       await xs.write(`${paths.backend}/${key}`, value, { tx });
       await xs.write(`${paths.libxl}/${key}`, value, { tx });
     }
-  });
+  }, UNTIL_COMMITTED);
   return paths;
 }
 
@@ -118,7 +125,7 @@ export async function unplugDevice(xs: XenStoreClient, spec: DeviceSpec, timeout
     await xs.write(`${paths.backend}/online`, '0', { tx });
     if (Number(state) !== XenbusState.Closed) await xs.write(backendState, String(XenbusState.Closing), { tx });
     return true;
-  });
+  }, UNTIL_COMMITTED);
   let clean = true;
   if (present) {
     const closed = [XenbusState.Closed, XenbusState.Unknown];
@@ -163,5 +170,5 @@ async function removeWithEmptyParents(xs: XenStoreClient, path: string): Promise
       if (children === undefined || children.length > 0) break;
       await xs.rm(parent, { tx });
     }
-  });
+  }, UNTIL_COMMITTED);
 }

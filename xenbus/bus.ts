@@ -290,6 +290,13 @@ export abstract class XenbusBus {
       this.ctx.log.debug(`${node}: no other end named yet`);
       return;
     }
+    // A toolstack that writes the nodes first and sets their permissions
+    // after (xenstore-write, then xenstore-chmod) is not done until the
+    // directory is ours to write; its chmod fires the watch again.
+    if (!(await this.writable(node))) {
+      this.ctx.log.debug(`${node}: not ours to write yet`);
+      return;
+    }
     device.otherendId = otherend.id;
     device.otherendPath = otherend.path;
 
@@ -330,6 +337,13 @@ export abstract class XenbusBus {
     await this.ctx.xs.rm(`${this.ctx.home}/error/${device.relativeNode}`).catch(() => {});
     await this.attached(entry);
     this.ctx.log.info(`${node} attached to ${driver.name} (other end ${otherend.path})`);
+  }
+
+  private async writable(node: string): Promise<boolean> {
+    const perms = await this.ctx.xs.getPermissions(node).catch(() => undefined);
+    if (!perms || perms.length === 0) return false;
+    const { domid } = this.ctx;
+    return perms[0]!.domid === domid || perms.some((p) => p.domid === domid && (p.access === 'write' || p.access === 'both'));
   }
 
   private async probe(device: XenbusDevice): Promise<XenbusDriver | undefined> {

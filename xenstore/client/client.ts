@@ -27,6 +27,14 @@ const REPAIR_WINDOW_MS = 10_000;
 /** The default bound on commit attempts of `transaction()` before it gives up with EAGAIN. */
 export const DEFAULT_TRANSACTION_ATTEMPTS = 16;
 
+/**
+ * `transaction()` runs at most this many transactions at once and queues
+ * the rest: xenstored refuses an unprivileged domain more than 10 open
+ * transactions (its default quota-max-transaction) with ENOSPC, and many
+ * devices changing state together must not run into that.
+ */
+export const CONCURRENT_TRANSACTIONS = 10;
+
 export interface RequestOptions {
   /** The transaction to run in (0 or absent: none). */
   tx?: number;
@@ -76,6 +84,8 @@ export class XenStoreClient {
   private closedError: Error | undefined;
   private readonly reconnectListeners: (() => void)[] = [];
   private recentRepairs: number[] = [];
+  private openTransactions = 0;
+  private readonly transactionWaiters: (() => void)[] = [];
 
   constructor(private readonly transport: ClientTransport) {
     transport.start({
@@ -283,23 +293,44 @@ export class XenStoreClient {
    * throws, the transaction is aborted and the error passed on.
    */
   async transaction<T>(body: (tx: number) => Promise<T>, attempts = DEFAULT_TRANSACTION_ATTEMPTS): Promise<T> {
-    for (let attempt = 1; ; attempt++) {
-      const tx = await this.startTransaction();
-      let result: T;
-      try {
-        result = await body(tx);
-      } catch (err) {
-        await this.endTransaction(tx, false).catch(() => {});
-        throw err;
+    await this.transactionSlot();
+    try {
+      for (let attempt = 1; ; attempt++) {
+        const tx = await this.startTransaction();
+        let result: T;
+        try {
+          result = await body(tx);
+        } catch (err) {
+          await this.endTransaction(tx, false).catch(() => {});
+          throw err;
+        }
+        try {
+          await this.endTransaction(tx, true);
+          return result;
+        } catch (err) {
+          if (!(err instanceof XsError && err.errno === 'EAGAIN') || attempt >= attempts) throw err;
+        }
       }
-      try {
-        await this.endTransaction(tx, true);
-        return result;
-      } catch (err) {
-        if (!(err instanceof XsError && err.errno === 'EAGAIN') || attempt >= attempts) throw err;
-      }
+    } finally {
+      this.releaseTransactionSlot();
     }
   }
+
+  private transactionSlot(): Promise<void> {
+    if (this.openTransactions < CONCURRENT_TRANSACTIONS) {
+      this.openTransactions++;
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => this.transactionWaiters.push(resolve));
+  }
+
+  /** Hands the slot to the next waiting transaction, or frees it. */
+  private releaseTransactionSlot(): void {
+    const next = this.transactionWaiters.shift();
+    if (next) next();
+    else this.openTransactions--;
+  }
+
 
   // ---- domains and daemon -------------------------------------------------------
 
