@@ -129,10 +129,21 @@ export class XenStoreClient {
     const inFlight = [...this.pending.values()];
     this.pending.clear();
     for (const pending of inFlight) pending.reject(new ConnectionResetError());
+    // Only watches xenstored had confirmed are set again: one whose WATCH
+    // was in flight failed with the reset, and one set while the ring
+    // restarts goes to the new connection by itself.
+    const confirmed = [...this.watchers.values()].flatMap((set) => [...set]).filter((w) => w.registered);
     await this.transport.reconnect();
-    for (const set of this.watchers.values()) {
-      for (const watcher of set) {
+    for (const watcher of confirmed) {
+      if (!this.watchers.get(watcher.token)?.has(watcher)) continue;
+      try {
         await this.request(XsType.WATCH, nulStrings(watcher.path, watcher.token, ...(watcher.depth === undefined ? [] : [String(watcher.depth)])));
+      } catch (err) {
+        if (!(err instanceof XsError)) throw err;
+        if (err.errno === 'EEXIST') continue;
+        // Refused now (a quota lowered meanwhile): its reader sees it end.
+        this.forgetWatcher(watcher);
+        watcher.end();
       }
     }
   }
@@ -256,6 +267,7 @@ export class XenStoreClient {
       this.forgetWatcher(watcher);
       throw err;
     }
+    watcher.registered = true;
     return watcher;
   }
 

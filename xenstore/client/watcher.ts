@@ -14,6 +14,8 @@ export class Watcher implements AsyncIterableIterator<WatchEvent> {
   private waiting: ((result: IteratorResult<WatchEvent>) => void) | undefined;
   private ended = false;
   private closing: Promise<void> | undefined;
+  /** Set once xenstored confirmed the watch; a reconnecting client sets only these again. */
+  registered = false;
 
   constructor(
     readonly path: string,
