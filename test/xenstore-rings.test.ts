@@ -167,3 +167,36 @@ t.test('a ring error: requests in flight fail, the client repairs the connection
   t.same((await watcher.next()).value?.path, 'data', 'with its watch set again');
   t.notOk(guest.isClosed);
 });
+
+t.test('a restarted daemon takes over the store and the rings; clients set their watches again', async (t) => {
+  const env = await startDaemon();
+  t.teardown(() => env.close());
+  await env.makeDataDirectory(5);
+  const dom0 = await env.client();
+  await dom0.write('/kept', 'value');
+  await dom0.setPermissions('/kept', [{ domid: 0, access: 'none' }, { domid: 5, access: 'read' }]);
+  await dom0.setQuota('nodes', 77, 5);
+  const guest = await env.domain(5);
+  await guest.write('/local/domain/5/data/mine', 'guest node');
+  const watcher = await guest.watch('/local/domain/5/data');
+  await watcher.next();
+  let reconnected = 0;
+  guest.onReconnected(() => reconnected++);
+
+  await env.restart();
+  t.equal(env.ringOf(5).ring.error, XsRingError.COMM, 'the new daemon tells the domain its connection was lost');
+  await waitFor(() => reconnected === 1, 'the domain to reconnect');
+  t.equal(env.ringOf(5).ring.error, XsRingError.NONE, 'ring reconnection clears the error');
+  t.equal((await watcher.next()).value?.path, '/local/domain/5/data', 'its watch was set again, and fired as a new watch does');
+
+  const dom0Again = await env.client();
+  t.equal(await dom0Again.readString('/kept'), 'value', 'the store survived');
+  t.same(await dom0Again.getPermissions('/kept'), [{ domid: 0, access: 'none' }, { domid: 5, access: 'read' }], 'with its permissions');
+  t.equal(await guest.readString('/kept'), 'value', 'the domain reads what it may');
+  t.equal(await dom0Again.getQuota('nodes', 5), '77', "and the domain's quota");
+  t.ok(await dom0Again.isDomainIntroduced(5), 'the domain is still introduced');
+  t.same(env.daemon.checkStore(), [], 'and the accounting matches the tree');
+  await dom0Again.write('/local/domain/5/data/new', 'x');
+  t.equal((await watcher.next()).value?.path, '/local/domain/5/data/new', 'changes reach the watch');
+  t.equal(await errno(dom0.read('/kept')), 'ConnectionClosedError: connection to xenstored closed', 'a socket client of the old daemon was cut off');
+});

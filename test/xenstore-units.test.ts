@@ -6,7 +6,7 @@ import t from 'tap';
 import { isXsError } from '../shared/errors.js';
 import { XsFrameDecoder, XsType, decodeHeader, encodeMessage, nulStrings, splitNulStrings, type XsMessage } from '../shared/xs-wire.js';
 import { cAtoi } from '../xenstore/daemon/args.js';
-import { parseDomid } from '../xenstore/store/domid.js';
+import { parseDomid } from '../shared/domid.js';
 import { canonicalize, isPathWithin, parentOf, parseAbsolute } from '../xenstore/store/path.js';
 import { Access, accessFor, formatPerm, parsePermStrings } from '../xenstore/store/permissions.js';
 import { Tree } from '../xenstore/store/tree.js';

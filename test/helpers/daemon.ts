@@ -20,6 +20,7 @@ const TEST_MACHINE_FRAMES = 4096;
 const TEST_DOMAIN_PAGES = 64;
 
 export interface RunningDaemon {
+  /** The daemon serving now (a new one after restart()). */
   daemon: XenStoreDaemon;
   platform: EmbeddedPlatform;
   socketPath: string;
@@ -40,6 +41,12 @@ export interface RunningDaemon {
   makeDataDirectory(domid: number): Promise<void>;
   /** The daemon's connection serving a domain. */
   connectionOf(domid: number): Connection;
+  /**
+   * Replaces the daemon with a new one that takes over its saved state, as
+   * the host's planned xenstored restart does: socket clients are cut off,
+   * domains find their rings reset.
+   */
+  restart(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -64,9 +71,9 @@ export async function startDaemon(options: TestDaemonOptions = {}): Promise<Runn
   platform.createDomain({ domid: 0, name: 'Domain-0', pages: TEST_DOMAIN_PAGES });
   platform.unpauseDomain(0);
   const { detached, ...daemonOptions } = options;
-  const backend = detached ? new DetachedBackend() : new PlatformDomainBackend(platform, 0);
-  const daemon = new XenStoreDaemon({ backend, ...daemonOptions });
-  const server = new XenStoreSocketServer(daemon, socketPath);
+  const newDaemon = () => new XenStoreDaemon({ backend: detached ? new DetachedBackend() : new PlatformDomainBackend(platform, 0), ...daemonOptions });
+  const daemon = newDaemon();
+  let server = new XenStoreSocketServer(daemon, socketPath);
   await server.listen();
   const clients: XenStoreClient[] = [];
   const rings = new Map<number, RingClientTransport>();
@@ -106,13 +113,13 @@ export async function startDaemon(options: TestDaemonOptions = {}): Promise<Runn
     async dom0Ring() {
       const start = buildDomain(platform, { domid: 0, name: 'Domain-0', pages: TEST_DOMAIN_PAGES });
       starts.set(0, start);
-      daemon.introduce(0, BigInt(start.storePfn), start.storePort);
+      env.daemon.introduce(0, BigInt(start.storePfn), start.storePort);
       return openRing(start);
     },
     build,
     async domain(domid: number) {
       const start = build(domid);
-      daemon.introduce(domid, BigInt(start.storePfn), start.storePort);
+      env.daemon.introduce(domid, BigInt(start.storePfn), start.storePort);
       return openRing(start);
     },
     ringOf(domid: number) {
@@ -133,13 +140,23 @@ export async function startDaemon(options: TestDaemonOptions = {}): Promise<Runn
       dom0.close();
     },
     connectionOf(domid: number) {
-      const conn = [...daemon.connections].find((c) => c.domid === domid && c.transport.kind === 'ring');
+      const conn = [...env.daemon.connections].find((c) => c.domid === domid && c.transport.kind === 'ring');
       if (!conn) throw new Error(`domain ${domid} has no connection`);
       return conn;
     },
+    async restart() {
+      const state = env.daemon.saveState();
+      env.daemon.shutdown();
+      await server.close();
+      const next = newDaemon();
+      next.restoreState(state);
+      server = new XenStoreSocketServer(next, socketPath);
+      await server.listen();
+      env.daemon = next;
+    },
     async close() {
       for (const client of clients) client.close();
-      daemon.shutdown();
+      env.daemon.shutdown();
       for (const events of dispatchers) events.channels.close();
       await server.close();
       rmSync(dir, { recursive: true, force: true });

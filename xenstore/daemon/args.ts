@@ -1,6 +1,6 @@
 import { XsError } from '../../shared/errors.js';
 import { splitNulStrings } from '../../shared/xs-wire.js';
-import { parseDomid } from '../store/domid.js';
+import { parseDomid } from '../../shared/domid.js';
 
 /**
  * Reading request payloads the way xenstored does. Most payloads are

@@ -1,5 +1,5 @@
 import { createLogger } from '../../shared/log.js';
-import { isRealDomid } from '../store/domid.js';
+import { isRealDomid } from '../../shared/domid.js';
 import type { ServerTransport, TransportHandlers } from './transport.js';
 
 /**

@@ -14,6 +14,19 @@ export const PRIVILEGED_DOMID = 0;
 export const SUPPORTED_FEATURES =
   XsServerFeature.RECONNECTION | XsServerFeature.ERROR | XsServerFeature.WATCHDEPTH | XsServerFeature.DOMID_ANY;
 
+/** A domain's record as a saved state holds it (the page number as a decimal string). */
+export interface SavedDomain {
+  readonly domid: number;
+  readonly generation: number;
+  readonly quotas: QuotaSet;
+  readonly uniqueId: number | undefined;
+  readonly introduced: boolean;
+  readonly shutdown: boolean;
+  readonly features: number;
+  readonly target: number | undefined;
+  readonly ring: { readonly gfn: string; readonly port: number } | undefined;
+}
+
 /** Accounting values that xenstored counts per domain (the rest are per-request maxima). */
 export type CountedItem = 'watches' | 'outstanding' | 'transactions';
 
@@ -30,6 +43,8 @@ export class DomainRecord {
   features = SUPPORTED_FEATURES;
   /** The domain whose nodes this one may access as if it owned them (SET_TARGET). */
   target: number | undefined;
+  /** Where its ring is, as INTRODUCE gave it (page and event channel). */
+  ring: { gfn: bigint; port: number } | undefined;
   readonly counts: Record<CountedItem, number> = { watches: 0, outstanding: 0, transactions: 0 };
   /** Memory held outside the node tree: queued output, watches, transaction copies. */
   connectionMemory = 0;
@@ -82,6 +97,33 @@ export class DomainRegistry implements DomainPolicy {
     const record = new DomainRecord(domid, generation, copyQuotas(this.globalQuotas), this.backend.state?.(domid)?.uniqueId);
     this.records.set(domid, record);
     return record;
+  }
+
+  /** Puts back a record a saved state holds (the daemon restarted). */
+  restore(saved: SavedDomain): DomainRecord {
+    const record = new DomainRecord(saved.domid, saved.generation, copyQuotas(saved.quotas), saved.uniqueId);
+    record.introduced = saved.introduced;
+    record.shutdown = saved.shutdown;
+    record.features = saved.features;
+    record.target = saved.target;
+    record.ring = saved.ring ? { gfn: BigInt(saved.ring.gfn), port: saved.ring.port } : undefined;
+    this.records.set(saved.domid, record);
+    return record;
+  }
+
+  /** Every record, as a saved state holds them. */
+  save(): SavedDomain[] {
+    return this.all().map((r) => ({
+      domid: r.domid,
+      generation: r.generation,
+      quotas: r.quotas,
+      uniqueId: r.uniqueId,
+      introduced: r.introduced,
+      shutdown: r.shutdown,
+      features: r.features,
+      target: r.target,
+      ring: r.ring ? { gfn: String(r.ring.gfn), port: r.ring.port } : undefined,
+    }));
   }
 
   forget(domid: number): void {

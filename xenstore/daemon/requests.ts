@@ -1,6 +1,6 @@
 import { XsError } from '../../shared/errors.js';
 import { XsServerFeature, XsType, nulStrings, type XsMessage } from '../../shared/xs-wire.js';
-import { DOMID_FIRST_RESERVED, DOMID_SELF } from '../store/domid.js';
+import { DOMID_FIRST_RESERVED, DOMID_SELF } from '../../shared/domid.js';
 import { canonicalize, domainHome, type StorePath } from '../store/path.js';
 import { formatPerm, parsePermStrings } from '../store/permissions.js';
 import { quotaNames, resolveQuotaName } from '../store/quota.js';

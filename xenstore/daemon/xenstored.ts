@@ -13,18 +13,28 @@ import {
 import { INTRODUCE_DOMAIN, parseAbsolute, RELEASE_DOMAIN, ROOT_PATH } from '../store/path.js';
 import { Access, accessFor, type PermList } from '../store/permissions.js';
 import { defaultQuotas, exceeds, type QuotaSet } from '../store/quota.js';
-import { Store, type Caller, type ChangeEvent } from '../store/store.js';
+import { Store, type Caller, type ChangeEvent, type SavedTree } from '../store/store.js';
 import { Transaction } from '../store/transaction.js';
 import { nodeMemory, type Node } from '../store/node.js';
 import { Connection, RequestTicket } from './connection.js';
 import { DetachedBackend, type DomainBackend } from './domain-backend.js';
-import { DomainRegistry, PRIVILEGED_DOMID, type DomainRecord } from './domains.js';
+import { DomainRegistry, PRIVILEGED_DOMID, type DomainRecord, type SavedDomain } from './domains.js';
 import { HANDLERS, type RequestContext } from './requests.js';
 import { Tracer } from './trace.js';
 import type { ServerTransport } from './transport.js';
 import { WatchRegistry, type SpecialMatch, type Watch } from './watches.js';
 
 const log = createLogger('xenstored');
+
+/** The layout of SavedDaemonState; a daemon refuses a state of another. */
+export const SAVED_STATE_VERSION = 1;
+
+/** A daemon's store and domains, handed to the daemon that replaces it. */
+export interface SavedDaemonState {
+  readonly version: number;
+  readonly tree: SavedTree;
+  readonly domains: readonly SavedDomain[];
+}
 
 /** xenstored's default time a watch event may wait for an unprivileged domain (20 s). */
 export const DEFAULT_WATCH_EVENT_TIMEOUT_MS = 20_000;
@@ -125,6 +135,40 @@ export class XenStoreDaemon {
     for (const conn of [...this.connections]) conn.destroy();
     this.backend.close?.();
     this.tracer.close();
+  }
+
+  // ---- restarting ---------------------------------------------------------------
+
+  /**
+   * What a daemon that replaces this one needs to carry on: the store and
+   * the domains it serves. Connections are not part of it: their watches
+   * and transactions end with this daemon.
+   */
+  saveState(): SavedDaemonState {
+    return { version: SAVED_STATE_VERSION, tree: this.store.exportTree(), domains: this.domains.save() };
+  }
+
+  /**
+   * Takes over a predecessor's store and domains, before serving anyone.
+   * Each domain's ring is connected again with the ring's error indicator
+   * set: the domain's client sees that the connection was lost, starts it
+   * over (ring reconnection) and sets its watches again. Domains that died
+   * meanwhile are released.
+   */
+  restoreState(state: SavedDaemonState): void {
+    if (state.version !== SAVED_STATE_VERSION) throw new Error(`saved state version ${state.version} is not ${SAVED_STATE_VERSION}`);
+    this.store.importTree(state.tree);
+    for (const saved of state.domains) {
+      const domain = this.domains.restore(saved);
+      if (!domain.introduced || !domain.ring || !this.backend.exists(domain.domid)) continue;
+      try {
+        const conn = this.connect(this.backend.connect(domain.domid, domain.ring.gfn, domain.ring.port, domain.features), domain.domid);
+        conn.close('comm');
+      } catch (err) {
+        log.warn(`domain ${domain.domid}: cannot take its ring back: ${(err as Error).message}`);
+      }
+    }
+    this.checkDomains();
   }
 
   /**
@@ -416,6 +460,7 @@ export class XenStoreDaemon {
     const first = !domain.introduced;
     for (const conn of this.connectionsOf(domain)) conn.destroy();
     const transport = this.backend.connect(domid, gfn, port, domain.features);
+    domain.ring = { gfn, port };
     domain.introduced = true;
     domain.shutdown = false;
     this.connect(transport, domid);

@@ -1,5 +1,5 @@
 import { XsError } from '../../shared/errors.js';
-import { DOMID_ANY } from './domid.js';
+import { DOMID_ANY } from '../../shared/domid.js';
 
 /** Access bits of a permission entry (xenstore_lib.h XS_PERM_*). */
 export const Access = {

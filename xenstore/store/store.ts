@@ -1,6 +1,6 @@
 import { XsError } from '../../shared/errors.js';
 import { XENSTORE_PAYLOAD_MAX } from '../../shared/xs-wire.js';
-import { DOMID_ANY } from './domid.js';
+import { DOMID_ANY } from '../../shared/domid.js';
 import { EMPTY_VALUE, Node, nodeMemory, plannedNodeSize } from './node.js';
 import { INTRODUCE_DOMAIN, RELEASE_DOMAIN, parentOf, parseAbsolute, type StorePath } from './path.js';
 import { Access, accessFor, type Perm, type PermList, type Principal } from './permissions.js';
@@ -21,6 +21,20 @@ export interface ChangeEvent {
   readonly perms: PermList | undefined;
   readonly parentPerms: PermList | undefined;
   readonly oldPerms: PermList | undefined;
+}
+
+/** A node as a saved state holds it. */
+export interface SavedNode {
+  readonly value: Uint8Array;
+  readonly perms: PermList;
+  readonly generation: number;
+  readonly children: readonly (readonly [string, SavedNode])[];
+}
+
+/** The tree and generation counter of a store, for a daemon that restarts. */
+export interface SavedTree {
+  readonly generation: number;
+  readonly roots: readonly (readonly [string, SavedNode])[];
 }
 
 /** What the store needs to know about domains; the daemon supplies it. */
@@ -92,6 +106,30 @@ export class Store {
       this.tree.roots.set(special, this.tree.newNode(EMPTY_VALUE, PRIVILEGED_ONLY, this.nextGeneration()));
     }
     walkPostOrder(this.tree.roots.get('/')!, '/', (n, full) => this.account(n.ownerDomid, 1, nodeMemory(n, full)));
+  }
+
+  /** The whole tree and the generation counter, to be loaded into another store. */
+  exportTree(): SavedTree {
+    const save = (node: Node): SavedNode => ({
+      value: node.value,
+      perms: node.perms,
+      generation: node.generation,
+      children: [...node.children].map(([name, child]) => [name, save(child)]),
+    });
+    return { generation: this.generationCounter, roots: [...this.tree.roots].map(([root, node]) => [root, save(node)]) };
+  }
+
+  /** Replaces the tree with a saved one and recounts every domain's usage from it. */
+  importTree(saved: SavedTree): void {
+    const load = (savedNode: SavedNode): Node => {
+      const node = this.tree.newNode(Buffer.from(savedNode.value), savedNode.perms, savedNode.generation);
+      for (const [name, child] of savedNode.children) node.addChild(name, load(child));
+      return node;
+    };
+    this.tree.roots.clear();
+    for (const [root, node] of saved.roots) this.tree.roots.set(root, load(node));
+    this.generationCounter = saved.generation;
+    this.check();
   }
 
   nextGeneration(): number {
