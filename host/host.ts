@@ -2,8 +2,11 @@ import { EmbeddedPlatform, DEFAULT_MACHINE_FRAMES } from '../shared/embedded/pla
 import { createLogger } from '../shared/log.js';
 import { DEFAULT_RESTART, Supervisor, type WorkerStatus } from '../shared/mesh/supervisor.js';
 import { XenStoreClient } from '../xenstore/client/client.js';
+import type { DevicePaths, DeviceSpec, UnplugResult } from './devices.js';
 import type { StartInfo } from './domain-builder.js';
+import type { KernelDrivers, KernelRoleConfig } from './kernel.js';
 import { Toolstack, type DomainConfig } from './toolstack.js';
+import { XENSTORED_RESTART, type XenstoredRoleConfig } from './xenstored-role.js';
 
 const log = createLogger('host');
 
@@ -56,32 +59,59 @@ export class Host {
   async boot(): Promise<void> {
     this.platform.createDomain({ domid: 0, name: 'Domain-0', pages: DOM0_PAGES });
     this.platform.unpauseDomain(0);
+    await this.startXenstored(false);
+    // What xen-init-dom0 writes once xenstored runs.
+    await this.xenstore.write('/local/domain/0/domid', '0');
+    await this.xenstore.write('/local/domain/0/name', 'Domain-0');
+    this.toolstackImpl = new Toolstack(this.platform, () => this.xenstore);
+  }
+
+  /**
+   * Replaces xenstored with a new one that takes over its store and
+   * domains, as a live update would; the domains' kernels see their
+   * connections reset, start them over and set their watches again.
+   */
+  async restartXenstored(): Promise<void> {
+    this.xs?.close();
+    this.xs = undefined;
+    await this.supervisor.stop('xenstored', XENSTORED_RESTART);
+    await this.startXenstored(true);
+  }
+
+  private async startXenstored(restore: boolean): Promise<void> {
+    const config: XenstoredRoleConfig = {
+      socket: this.options.socket,
+      traceFile: this.options.traceFile,
+      stateFile: `${this.options.socket}.state`,
+      restore,
+    };
     await this.supervisor.start({
       name: 'xenstored',
       domid: 0,
       module: workerModule('xenstored-worker'),
-      config: { socket: this.options.socket, traceFile: this.options.traceFile },
+      config,
       shared: { descriptor: this.platform.descriptor },
       // The store lives in the daemon: a xenstored that died cannot be
-      // replaced without losing it, as on Xen without live update.
+      // replaced without losing it, as on Xen without live update. Only a
+      // planned restart hands the store over.
       restart: { kind: 'never' },
     });
     this.xs = await XenStoreClient.connect(this.options.socket);
-    // What xen-init-dom0 writes once xenstored runs.
-    await this.xs.write('/local/domain/0/domid', '0');
-    await this.xs.write('/local/domain/0/name', 'Domain-0');
-    this.toolstackImpl = new Toolstack(this.platform, this.xs);
   }
 
-  /** Creates a domain the way a toolstack does and starts its kernel in a worker. */
-  async startDomain(config: DomainConfig): Promise<StartInfo> {
+  /**
+   * Creates a domain the way a toolstack does and starts its kernel in a
+   * worker, with the bus drivers it loads.
+   */
+  async startDomain(config: DomainConfig, drivers: KernelDrivers = {}): Promise<StartInfo> {
     const start = await this.toolstack.createDomain(config);
     this.domains.set(start.domid, start);
+    const kernel: KernelRoleConfig = { start, ...drivers };
     await this.supervisor.start({
       name: `kernel:${config.name}`,
       domid: start.domid,
       module: this.options.kernelModule ?? workerModule('kernel-worker'),
-      config: { start },
+      config: kernel,
       shared: { descriptor: this.platform.descriptor },
       restart: DEFAULT_RESTART,
     });
@@ -94,6 +124,16 @@ export class Host {
     if (start) await this.supervisor.stop(`kernel:${start.name}`, 'domain destroyed');
     await this.toolstack.destroyDomain(domid);
     this.domains.delete(domid);
+  }
+
+  /** Plugs a split device between two running domains, as libxl does. */
+  plugDevice(spec: DeviceSpec): Promise<DevicePaths> {
+    return this.toolstack.plugDevice(spec);
+  }
+
+  /** Unplugs a split device, as libxl does. */
+  unplugDevice(spec: DeviceSpec, timeoutMs?: number): Promise<UnplugResult> {
+    return this.toolstack.unplugDevice(spec, timeoutMs);
   }
 
   workers(): WorkerStatus[] {

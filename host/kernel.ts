@@ -6,15 +6,33 @@ import type { DomainInterface, Platform } from '../shared/platform.js';
 import { XsServerFeature } from '../shared/xs-wire.js';
 import { XenStoreClient } from '../xenstore/client/client.js';
 import { RingClientTransport } from '../xenstore/client/ring-transport.js';
+import { BackBus } from '../xenbus/back-bus.js';
+import type { XenbusBus } from '../xenbus/bus.js';
+import type { BusContext } from '../xenbus/device.js';
+import { FrontBus } from '../xenbus/front-bus.js';
+import { stateName } from '../xenbus/state.js';
 import type { StartInfo } from './domain-builder.js';
+import { backendDriver, frontendDriver } from './drivers.js';
 
-export interface KernelRoleConfig {
+/** The bus drivers a kernel loads, by name (see drivers.ts). */
+export interface KernelDrivers {
+  /** Frontend drivers, on a front bus (a guest). */
+  frontDrivers?: string[];
+  /** Backend drivers, on a back bus (a driver domain). */
+  backDrivers?: string[];
+}
+
+export interface KernelRoleConfig extends KernelDrivers {
   start: StartInfo;
 }
 
 export interface Kernel extends RoleInstance {
   readonly xenstore: XenStoreClient;
+  readonly buses: readonly XenbusBus[];
 }
+
+/** How often a kernel publishes its devices' states to the supervisor. */
+const STATS_INTERVAL_MS = 1000;
 
 /** A domain kernel's link to the hypervisor and to xenstore. */
 export interface KernelConnection {
@@ -42,15 +60,50 @@ export async function startKernel(ctx: RoleContext<KernelRoleConfig>): Promise<K
   const { start } = ctx.config;
   const platform = EmbeddedPlatform.attach((ctx.shared as { descriptor: EmbeddedDescriptor }).descriptor);
   await platform.whenRunning(start.domid);
-  const { xs, events } = await connectXenstore(platform, start);
+  const { xs, events, domain } = await connectXenstore(platform, start);
   const name = await xs.readString('name');
   const home = await xs.getDomainPath(start.domid);
   ctx.log.info(`${name} (domain ${start.domid}) connected to xenstore; home ${home}`);
+  xs.onReconnected(() => ctx.log.info('the xenstore connection was started over; watches are set again'));
+
+  const bus: BusContext = { xs, domid: start.domid, home, domain, events, log: ctx.log };
+  const buses: XenbusBus[] = [];
+  const backDrivers = ctx.config.backDrivers ?? [];
+  const frontDrivers = ctx.config.frontDrivers ?? [];
+  if (backDrivers.length > 0) buses.push(new BackBus(bus));
+  if (frontDrivers.length > 0) buses.push(new FrontBus(bus));
+  for (const b of buses) {
+    for (const driver of b instanceof BackBus ? backDrivers.map(backendDriver) : frontDrivers.map(frontendDriver)) b.register(driver);
+    await b.start();
+    ctx.log.info(`${b.kind} bus on ${b.root} with ${(b instanceof BackBus ? backDrivers : frontDrivers).join(', ')}`);
+  }
+
+  const devices = async (): Promise<Record<string, string>> => {
+    const out: Record<string, string> = {};
+    for (const b of buses) {
+      for (const d of await b.status()) {
+        out[`${b.kind} ${d.type}/${d.id}`] = `${stateName(d.state)} (other end ${d.otherendState === undefined ? '?' : stateName(d.otherendState)})`;
+      }
+    }
+    return out;
+  };
+  let lastDevices: Record<string, string> = {};
+  const timer = setInterval(() => {
+    void devices().then((d) => {
+      lastDevices = d;
+      ctx.stats({ devices: Object.keys(d).length, ...d });
+    }, () => {});
+  }, STATS_INTERVAL_MS);
+  timer.unref();
+
   return {
     xenstore: xs,
+    buses,
     info: { name, home },
-    health: () => ({ xenstore: xs.isClosed ? 'closed' : 'connected' }),
+    health: () => ({ xenstore: xs.isClosed ? 'closed' : 'connected', ...lastDevices }),
     async stop() {
+      clearInterval(timer);
+      for (const b of buses) await b.stop().catch((err: Error) => ctx.log.warn(`stopping the ${b.kind} bus: ${err.message}`));
       xs.close();
       events.channels.close();
     },

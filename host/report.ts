@@ -1,4 +1,6 @@
 import type { XenStoreClient } from '../xenstore/client/client.js';
+import { readStateAt } from '../xenbus/read.js';
+import { stateName } from '../xenbus/state.js';
 import type { Host } from './host.js';
 
 /** A subtree as `xenstore-ls -p` shows it: indented names, values and permissions. */
@@ -30,6 +32,37 @@ export async function formatStatus(host: Host): Promise<string> {
     const xs = info.domid === 0 ? `serving ${connections['sockets'] ?? '?'} socket clients` : String(connections[`d${info.domid}`] ?? 'not introduced');
     rows.push([String(info.domid), info.name, info.state, worker ? `${worker.name} ${worker.state}` : '-', String(worker?.restarts ?? 0), xs]);
   }
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+  return rows.map((r) => r.map((cell, i) => cell.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n');
+}
+
+/**
+ * One line per split device, as the toolstack sees it in xenstore: which
+ * domains it joins, and the state of each end.
+ */
+export async function formatDevices(xs: XenStoreClient): Promise<string> {
+  const rows = [['device', 'frontend', 'state', 'backend', 'state', 'hotplug']];
+  const list = (path: string) => xs.directory(path).catch(() => [] as string[]);
+  for (const backendDomid of await list('/local/domain')) {
+    const root = `/local/domain/${backendDomid}/backend`;
+    for (const kind of await list(root)) {
+      for (const frontendDomid of await list(`${root}/${kind}`)) {
+        for (const devid of await list(`${root}/${kind}/${frontendDomid}`)) {
+          const backend = `${root}/${kind}/${frontendDomid}/${devid}`;
+          const frontend = (await xs.tryRead(`${backend}/frontend`)) ?? '?';
+          rows.push([
+            `${kind} ${devid}`,
+            frontend,
+            stateName(await readStateAt(xs, `${frontend}/state`)),
+            backend,
+            stateName(await readStateAt(xs, `${backend}/state`)),
+            (await xs.tryRead(`${backend}/hotplug-status`)) ?? '-',
+          ]);
+        }
+      }
+    }
+  }
+  if (rows.length === 1) return 'no devices';
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
   return rows.map((r) => r.map((cell, i) => cell.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n');
 }

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { PAGE_SIZE, type Platform } from '../shared/platform.js';
 import type { PermissionEntry, XenStoreClient } from '../xenstore/client/client.js';
+import { plugDevice, unplugDevice, type DevicePaths, type DeviceSpec, type UnplugResult } from './devices.js';
 import { buildDomain, type StartInfo } from './domain-builder.js';
 
 export interface DomainConfig {
@@ -22,9 +23,24 @@ export class Toolstack {
 
   constructor(
     private readonly platform: Platform,
-    private readonly xs: XenStoreClient,
+    /** dom0's current connection to xenstored (a new one after xenstored restarts). */
+    private readonly client: () => XenStoreClient,
     private readonly storeDomid = 0,
   ) {}
+
+  private get xs(): XenStoreClient {
+    return this.client();
+  }
+
+  /** Plugs a split device (see plugDevice). */
+  plugDevice(spec: DeviceSpec): Promise<DevicePaths> {
+    return plugDevice(this.xs, spec);
+  }
+
+  /** Unplugs a split device (see unplugDevice). */
+  unplugDevice(spec: DeviceSpec, timeoutMs?: number): Promise<UnplugResult> {
+    return unplugDevice(this.xs, spec, timeoutMs);
+  }
 
   async createDomain(config: DomainConfig): Promise<StartInfo> {
     const start = buildDomain(this.platform, { name: config.name, pages: config.pages, domid: config.domid }, this.storeDomid);

@@ -1,28 +1,35 @@
 import { parseArgs } from 'node:util';
 import { createLogger } from '../shared/log.js';
 import { DEFAULT_SOCKET_PATH } from '../xenstore/daemon/socket-server.js';
+import { waitForState } from '../xenbus/read.js';
+import { XenbusState } from '../xenbus/state.js';
+import { devicePaths, type DeviceSpec } from './devices.js';
 import { Host } from './host.js';
-import { formatStatus, formatTree } from './report.js';
+import { formatDevices, formatStatus, formatTree } from './report.js';
 
 const log = createLogger('host');
 
 export const UP_USAGE = `Usage: xenmesh up [--socket PATH] [--frames N] [--trace FILE]
 
 Boots an embedded Xen host: dom0 with xenstored, a driver domain and a guest
-domain, each domain's kernel in a worker of its own. xenstored also listens on
-a Unix socket (default ${DEFAULT_SOCKET_PATH}) so that xenstore-utils can
-inspect and drive the running host; socket clients act as dom0.
+domain, each domain's kernel in a worker of its own, and plugs an echo device
+from the driver domain into the guest. xenstored also listens on a Unix
+socket (default ${DEFAULT_SOCKET_PATH}) so that xenstore-utils can inspect and
+drive the running host; socket clients act as dom0.
 Stays up until Ctrl-C or SIGTERM.
 
   --socket PATH   where xenstored listens for dom0's tools
   --frames N      machine memory in 4 KiB pages (default 16384)
   --trace FILE    trace every xenstore request and reply to FILE`;
 
-/** The domains `xenmesh up` creates besides dom0: 4 MiB each. */
+/** The domains `xenmesh up` creates besides dom0 (4 MiB each), with the bus drivers each loads. */
 const DOMAINS = [
-  { name: 'driver', pages: 1024 },
-  { name: 'guest', pages: 1024 },
+  { config: { name: 'driver', pages: 1024 }, drivers: { backDrivers: ['echo'] } },
+  { config: { name: 'guest', pages: 1024 }, drivers: { frontDrivers: ['echo'] } },
 ];
+
+/** How long the host waits for the first device to connect before it reports anyway. */
+const CONNECT_WAIT_MS = 10_000;
 
 export async function runUp(argv: string[]): Promise<number> {
   let values;
@@ -49,7 +56,11 @@ export async function runUp(argv: string[]): Promise<number> {
   const host = new Host({ socket, frames, traceFile: values.trace });
   try {
     await host.boot();
-    for (const config of DOMAINS) await host.startDomain(config);
+    const started = [];
+    for (const { config, drivers } of DOMAINS) started.push(await host.startDomain(config, drivers));
+    const echo: DeviceSpec = { kind: 'echo', frontendDomid: started[1]!.domid, backendDomid: started[0]!.domid, devid: 0 };
+    await host.plugDevice(echo);
+    await waitConnected(host, echo);
   } catch (err) {
     log.error(`boot failed: ${(err as Error).message}`);
     await host.shutdown().catch(() => {});
@@ -60,6 +71,8 @@ export async function runUp(argv: string[]): Promise<number> {
   out(`xenstored is listening on ${socket}; inspect it with XENSTORED_PATH=${socket} xenstore-ls -p /`);
   out('');
   out(await formatStatus(host));
+  out('');
+  out(await formatDevices(host.xenstore));
   for (const domid of [0, ...host.domains.keys()]) {
     out('');
     out(await formatTree(host.xenstore, `/local/domain/${domid}`));
@@ -85,4 +98,15 @@ export async function runUp(argv: string[]): Promise<number> {
     process.once('SIGINT', stop);
     process.once('SIGTERM', stop);
   });
+}
+
+/** Waits for both ends of a device to be Connected; a device that does not connect is reported, not fatal. */
+async function waitConnected(host: Host, spec: DeviceSpec): Promise<void> {
+  const paths = devicePaths(spec);
+  const connected = [XenbusState.Connected];
+  const [front, back] = await Promise.all([
+    waitForState(host.xenstore, `${paths.frontend}/state`, connected, CONNECT_WAIT_MS),
+    waitForState(host.xenstore, `${paths.backend}/state`, connected, CONNECT_WAIT_MS),
+  ]);
+  if (front === undefined || back === undefined) log.warn(`${spec.kind} ${spec.devid} did not connect within ${CONNECT_WAIT_MS} ms`);
 }

@@ -40,6 +40,11 @@ for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     t.match(stdout, /^0 +Domain-0 +running +xenstored ready/m, 'dom0 with xenstored');
     t.match(stdout, /^1 +driver +running +kernel:driver ready +0 +connected$/m, 'the driver domain, connected over its ring');
     t.match(stdout, /^2 +guest +running +kernel:guest ready +0 +connected$/m, 'the guest');
+    t.match(
+      stdout,
+      /^echo 0 +\/local\/domain\/2\/device\/echo\/0 +Connected +\/local\/domain\/1\/backend\/echo\/2\/0 +Connected +connected$/m,
+      'the echo device, with the state of both ends',
+    );
     t.match(stdout, /^\/local\/domain\/2\n vm = /m, 'and their xenstore trees');
 
     const env = { XENSTORED_PATH: socket };
@@ -47,6 +52,11 @@ for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     t.match(ls.stdout, /^name = "guest" .*\(n0,r2\)$/m, 'xenstore-ls reads the running host');
     t.equal((await run('xenstore-write', ['/local/domain/2/data/hello', 'world'], env)).code, 0, 'xenstore-write drives it');
     t.equal((await run('xenstore-read', ['/local/domain/2/data/hello'], env)).stdout, 'world\n');
+    t.equal(
+      (await run('xenstore-read', ['/local/domain/2/device/echo/0/state', '/local/domain/1/backend/echo/2/0/state'], env)).stdout,
+      '4\n4\n',
+      'xenstore-read sees both ends of the device Connected',
+    );
 
     child.kill(signal);
     t.equal(await exit, 0, `exit status 0 on ${signal}`);

@@ -11,7 +11,8 @@ import { decodeEnvelope, encodeEnvelope } from '../shared/mesh/envelope.js';
 import { Supervisor, type RestartPolicy } from '../shared/mesh/supervisor.js';
 import { setLogSink, type LogSink } from '../shared/log.js';
 import { Host } from '../host/host.js';
-import { formatStatus, formatTree } from '../host/report.js';
+import { devicePaths } from '../host/devices.js';
+import { formatDevices, formatStatus, formatTree } from '../host/report.js';
 import { waitFor } from './helpers/daemon.js';
 
 const TEST_ROLE = new URL('./helpers/test-role-worker.js', import.meta.url);
@@ -123,4 +124,62 @@ t.test('the embedded host', async (t) => {
   t.notOk(await xs.isDomainIntroduced(1), 'xenstored released it');
   t.same(await xs.directory('/local/domain'), ['0', '2'], 'and the toolstack removed its home');
   t.equal(host.platform.domainInfo(1), undefined, 'the hypervisor freed it');
+});
+
+t.test('devices on the embedded host survive a backend crash and a xenstored restart', async (t) => {
+  captureLogs(t);
+  const dir = mkdtempSync(join(tmpdir(), 'xenmesh-host-'));
+  const host = new Host({ socket: join(dir, 'socket'), frames: 8192, kernelModule: CRASHING_KERNEL });
+  t.teardown(async () => {
+    await host.shutdown();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  await host.boot();
+  const driver = await host.startDomain({ name: 'driver', pages: 512 }, { backDrivers: ['echo'] });
+  const guest = await host.startDomain({ name: 'guest', pages: 512 }, { frontDrivers: ['echo'] });
+  const connected = async (devid: number, what: string) => {
+    const { frontend, backend } = devicePaths({ kind: 'echo', frontendDomid: guest.domid, backendDomid: driver.domid, devid });
+    await waitFor(
+      () => states.get(`${frontend}/state`) === '4' && states.get(`${backend}/state`) === '4',
+      what,
+      10_000,
+    );
+  };
+  // The states as a toolstack polling xenstore sees them.
+  const states = new Map<string, string | undefined>();
+  const poll = setInterval(() => {
+    for (const devid of [0, 1]) {
+      const { frontend, backend } = devicePaths({ kind: 'echo', frontendDomid: guest.domid, backendDomid: driver.domid, devid });
+      for (const path of [`${frontend}/state`, `${backend}/state`]) {
+        // Between two xenstoreds the host has no connection for a moment.
+        if (host.workers().find((w) => w.name === 'xenstored')?.state !== 'ready') continue;
+        try {
+          host.xenstore.tryRead(path).then((v) => states.set(path, v), () => {});
+        } catch {
+          // The host is reconnecting.
+        }
+      }
+    }
+  }, 20);
+  t.teardown(() => clearInterval(poll));
+
+  const first = { kind: 'echo', frontendDomid: guest.domid, backendDomid: driver.domid, devid: 0 };
+  await host.plugDevice(first);
+  await connected(0, 'the device to connect');
+  t.match(await formatDevices(host.xenstore), /^echo 0 +\/local\/domain\/2\/device\/echo\/0 +Connected +\/local\/domain\/1\/backend\/echo\/2\/0 +Connected +connected$/m, 'both ends Connected');
+  await waitFor(() => host.workers().find((w) => w.name === 'kernel:guest')!.stats['front echo/0'] !== undefined, 'the kernel to report its device');
+  t.match(host.workers().find((w) => w.name === 'kernel:guest')!.stats['front echo/0'], /^Connected/, "the guest's kernel reports it");
+
+  await host.xenstore.write(`/local/domain/${driver.domid}/data/crash`, 'now');
+  await waitFor(() => host.workers().find((w) => w.name === 'kernel:driver')!.restarts === 1, 'the driver kernel to be restarted');
+  await connected(0, 'the device to connect again to the restarted backend');
+  t.pass('a restarted backend kernel reconnects its device');
+
+  await host.restartXenstored();
+  await connected(0, 'the device to stay connected');
+  const second = { ...first, devid: 1 };
+  await host.plugDevice(second);
+  await connected(1, 'a device plugged after the restart to connect');
+  t.pass('after a xenstored restart both buses still see hotplug');
+  t.ok((await host.unplugDevice(first)).clean, 'and unplug works');
 });

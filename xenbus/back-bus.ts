@@ -1,4 +1,4 @@
-import { BusDevice, XenbusBus, type OtherendNode } from './bus.js';
+import { BusDevice, XenbusBus, type OtherendLookup } from './bus.js';
 import type { BusContext, XenbusDevice } from './device.js';
 import { readOtherend } from './front-bus.js';
 import { XenbusState, stateName } from './state.js';
@@ -23,15 +23,14 @@ export class BackBus extends XenbusBus {
     super(ctx, 'backend', 2);
   }
 
-  protected async getOtherendNode(device: XenbusDevice): Promise<OtherendNode | undefined> {
+  protected async getOtherendNode(device: XenbusDevice): Promise<OtherendLookup> {
     const otherend = await readOtherend(device, 'frontend', 'frontend-id');
-    if (!otherend) return undefined;
+    if (!otherend || 'malformed' in otherend) return otherend;
     // The path says whose device this is; a frontend-id that disagrees
     // would have us grant to and map from the wrong domain.
     const pathDomid = device.id.split('/')[0];
     if (String(otherend.id) !== pathDomid) {
-      await device.error('EINVAL', `frontend-id ${otherend.id} does not match the device path (domain ${pathDomid})`);
-      return undefined;
+      return { malformed: `frontend-id ${otherend.id} does not match the device path (domain ${pathDomid})` };
     }
     return otherend;
   }
@@ -50,9 +49,21 @@ export class BackBus extends XenbusBus {
     await this.detachIfOffline(entry);
   }
 
+  /**
+   * After the driver: a toolstack that sets the backend Closing while the
+   * frontend is already Closed (or gone) has nobody to wait for, so the
+   * backend closes at once; and a backend that is offline and Closed is
+   * detached.
+   */
   protected override async localendChanged(entry: BusDevice, path: string): Promise<void> {
     await super.localendChanged(entry, path);
-    if (path === '/state' || path === '/online') await this.detachIfOffline(entry);
+    if (path !== '/state' && path !== '/online') return;
+    const { device } = entry;
+    if (device.state === XenbusState.Closing) {
+      const frontend = await device.readOtherendState();
+      if (frontend === XenbusState.Closed || frontend === XenbusState.Unknown) await device.switchState(XenbusState.Closed);
+    }
+    await this.detachIfOffline(entry);
   }
 
   /**
@@ -88,7 +99,7 @@ export class BackBus extends XenbusBus {
     this.ctx.log.info(`${device.node} was left ${stateName(found)} by a previous instance; resetting the connection`);
     if (found !== XenbusState.Closed) {
       await device.switchState(XenbusState.Closing, true);
-      await this.waitForOtherend(device, [XenbusState.Closing, XenbusState.Closed, XenbusState.Unknown], BACKEND_RESET_WAIT_MS);
+      await this.waitForOtherend(device, [XenbusState.Closed, XenbusState.Unknown], BACKEND_RESET_WAIT_MS);
       await device.switchState(XenbusState.Closed, true);
     }
     await device.switchState(XenbusState.Initialising, true);

@@ -12,6 +12,12 @@ export interface OtherendNode {
   readonly id: number;
 }
 
+/**
+ * What a bus finds of a device's other end: where it is, what is wrong
+ * with the keys that name it, or nothing yet.
+ */
+export type OtherendLookup = OtherendNode | { readonly malformed: string } | undefined;
+
 /** A device as the bus reports it: this end's state and the other end's. */
 export interface DeviceStatus {
   readonly type: string;
@@ -72,8 +78,12 @@ export abstract class XenbusBus {
   private readonly interrupted = new Map<string, number>();
   /** Devices found when the bus started, which may have been left mid-connection by a predecessor. */
   private readonly foundAtStart = new Set<string>();
+  /** Devices whose other-end keys are malformed, with what was reported. */
+  private readonly refused = new Map<string, string>();
   private rootWatcher: Watcher | undefined;
   private stopped = false;
+  /** Between suspend and resume: events are not acted on. */
+  private suspended = false;
 
   protected constructor(
     readonly ctx: BusContext,
@@ -91,7 +101,7 @@ export abstract class XenbusBus {
   // ---- the bus methods (xenbusb_if.m) -----------------------------------------
 
   /** Reads where the device's other end is; undefined while the toolstack has not written it. */
-  protected abstract getOtherendNode(device: XenbusDevice): Promise<OtherendNode | undefined>;
+  protected abstract getOtherendNode(device: XenbusDevice): Promise<OtherendLookup>;
 
   /** The other end changed state; the driver hears of it first. */
   protected async otherendChanged(entry: BusDevice, state: number): Promise<void> {
@@ -130,7 +140,9 @@ export abstract class XenbusBus {
   async start(): Promise<void> {
     const watcher = await this.ctx.xs.watch(this.root);
     this.rootWatcher = watcher;
-    void this.follow(watcher, (event) => this.rootChanged(event.path));
+    void this.follow(watcher, (event) => {
+      if (!this.suspended) this.rootChanged(event.path);
+    });
     await this.busQueue.call(() => this.enumerate([], true));
     await this.settled();
   }
@@ -164,6 +176,16 @@ export abstract class XenbusBus {
     }
   }
 
+  /**
+   * The kernel died under the bus: nothing more is done, not even by the
+   * drivers; what they held stays as it was, for the next kernel to find.
+   */
+  abandon(): void {
+    this.stopped = true;
+    for (const entry of this.devices.values()) entry.phase = 'detached';
+    this.devices.clear();
+  }
+
   /** The attached devices, with both ends' states. */
   async status(): Promise<DeviceStatus[]> {
     const out: DeviceStatus[] = [];
@@ -191,8 +213,15 @@ export abstract class XenbusBus {
 
   // ---- suspend and resume -------------------------------------------------------
 
-  /** Calls every attached driver's suspend, one device after another in the order they attached. */
+  /**
+   * Calls every attached driver's suspend, one device after another in the
+   * order they attached. Until resume, the bus stops acting on xenstore
+   * events (as Linux's xenwatch stands still while xenstore is suspended):
+   * what changes meanwhile is looked at again on resume.
+   */
   async suspend(): Promise<void> {
+    this.suspended = true;
+    await this.settled();
     for (const entry of this.attachedDevices()) {
       await this.queueOf(entry.key).call(() => entry.handler!.suspend?.());
     }
@@ -201,7 +230,8 @@ export abstract class XenbusBus {
   /**
    * After the domain was resumed, perhaps on another host: each device
    * starts over from Initialising and finds its other end again (it may be
-   * another backend), then its driver resumes (xenbusb_resume).
+   * another backend), then its driver resumes (xenbusb_resume); then the
+   * bus looks again at everything that changed while it was suspended.
    */
   async resume(): Promise<void> {
     for (const entry of this.attachedDevices()) {
@@ -211,16 +241,24 @@ export abstract class XenbusBus {
         entry.otherendWatch = undefined;
         await device.switchState(XenbusState.Initialising, true);
         const otherend = await this.getOtherendNode(device);
-        if (!otherend) throw new Error(`${device.node} names no other end after resume`);
+        if (!otherend || 'malformed' in otherend) throw new Error(`${device.node} names no usable other end after resume`);
         device.otherendId = otherend.id;
         device.otherendPath = otherend.path;
         entry.deliveredState = undefined;
         entry.otherendSeen = false;
         await entry.handler!.resume?.();
         entry.otherendWatch = await this.ctx.xs.watch(`${otherend.path}/state`);
-        void this.follow(entry.otherendWatch, () => this.queueOf(entry.key).run(() => this.otherendEvent(entry)));
+        this.followOtherend(entry, entry.otherendWatch);
       });
     }
+    this.suspended = false;
+    await this.busQueue.call(() => this.enumerate([]));
+    for (const entry of this.attachedDevices()) {
+      const queue = this.queueOf(entry.key);
+      void queue.run(() => this.localEvent(entry, entry.device.node));
+      void queue.run(() => this.otherendEvent(entry));
+    }
+    await this.settled();
   }
 
   private attachedDevices(): BusDevice[] {
@@ -277,6 +315,7 @@ export abstract class XenbusBus {
     }
     const atStart = this.foundAtStart.delete(key);
     if (exists) await this.add(key, node, atStart);
+    else this.refused.delete(key);
   }
 
   // ---- attach ---------------------------------------------------------------------
@@ -290,6 +329,15 @@ export abstract class XenbusBus {
       this.ctx.log.debug(`${node}: no other end named yet`);
       return;
     }
+    if ('malformed' in otherend) {
+      // Reported once; the toolstack's next write is looked at afresh.
+      if (this.refused.get(key) !== otherend.malformed) {
+        this.refused.set(key, otherend.malformed);
+        await device.error('EINVAL', otherend.malformed);
+      }
+      return;
+    }
+    this.refused.delete(key);
     // A toolstack that writes the nodes first and sets their permissions
     // after (xenstore-write, then xenstore-chmod) is not done until the
     // directory is ours to write; its chmod fires the watch again.
@@ -325,9 +373,11 @@ export abstract class XenbusBus {
     this.devices.set(key, entry);
     try {
       entry.otherendWatch = await this.ctx.xs.watch(`${otherend.path}/state`);
-      void this.follow(entry.otherendWatch, () => this.queueOf(key).run(() => this.otherendEvent(entry)));
+      this.followOtherend(entry, entry.otherendWatch);
       entry.localWatch = await this.ctx.xs.watch(node);
-      void this.follow(entry.localWatch, (event) => this.queueOf(key).run(() => this.localEvent(entry, event.path)));
+      void this.follow(entry.localWatch, (event) => {
+        if (!this.suspended) void this.queueOf(key).run(() => this.localEvent(entry, event.path));
+      });
       entry.handler = await driver.attach(device);
       entry.phase = 'attached';
     } catch (err) {
@@ -388,7 +438,15 @@ export abstract class XenbusBus {
     if (state === XenbusState.Unknown && !entry.otherendSeen) return; // not there yet
     entry.otherendSeen = true;
     if (state === entry.deliveredState) return;
-    await this.guard(entry, `handling the other end's state ${stateName(state)}`, () => this.otherendChanged(entry, state));
+    await this.guard(
+      entry,
+      `handling the other end's state ${stateName(state)}`,
+      () => this.otherendChanged(entry, state),
+      // A failure to act on a state the other end has already left (a
+      // ring it published and took back as it closed) is that race, not
+      // the device's fault: its newer state is handled next.
+      async () => (await entry.device.readOtherendState()) !== state,
+    );
     entry.deliveredState = state;
   }
 
@@ -413,11 +471,15 @@ export abstract class XenbusBus {
    * watches bring the event back); any other failure is the device's, and
    * is reported as a fatal error, so that no device hangs half connected.
    */
-  private async guard(entry: BusDevice, what: string, body: () => Promise<void>): Promise<void> {
+  private async guard(entry: BusDevice, what: string, body: () => Promise<void>, overtaken?: () => Promise<boolean>): Promise<void> {
     try {
       await body();
     } catch (err) {
       if (isConnectionLoss(err) || entry.phase !== 'attached') throw err;
+      if (overtaken && (await overtaken())) {
+        this.ctx.log.info(`${entry.device.node}: ${what} failed, but the other end has moved on: ${(err as Error).message}`);
+        return;
+      }
       await entry.device.fatal(err, what);
     }
   }
@@ -469,6 +531,12 @@ export abstract class XenbusBus {
   /** Waits until the other end's state is one of `wanted`, for at most `timeoutMs`. */
   protected waitForOtherend(device: XenbusDevice, wanted: readonly number[], timeoutMs: number): Promise<number | undefined> {
     return waitForState(this.ctx.xs, `${device.otherendPath}/state`, wanted, timeoutMs);
+  }
+
+  private followOtherend(entry: BusDevice, watcher: Watcher): void {
+    void this.follow(watcher, () => {
+      if (!this.suspended) void this.queueOf(entry.key).run(() => this.otherendEvent(entry));
+    });
   }
 
   private async follow(watcher: Watcher, onEvent: (event: WatchEvent) => void): Promise<void> {

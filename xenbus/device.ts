@@ -5,7 +5,7 @@ import type { Logger } from '../shared/log.js';
 import type { DomainInterface } from '../shared/platform.js';
 import { isConnectionLoss, type XenStoreClient } from '../xenstore/client/client.js';
 import { readIfVisible, readStateAt } from './read.js';
-import { XenbusState, stateName } from './state.js';
+import { XenbusState, parseState, stateName } from './state.js';
 
 /** What a bus and its devices need from the domain they run in. */
 export interface BusContext {
@@ -74,9 +74,27 @@ export class XenbusDevice {
    */
   async switchState(state: number, force = false): Promise<void> {
     if (state === this.state && !force) return;
+    const { xs } = this.ctx;
     try {
-      if (!(await this.writeIfPresent({ state }))) {
+      const outcome = await xs.transaction(async (tx) => {
+        const current = await xs.tryRead(`${this.node}/state`, { tx });
+        if (current === undefined) return 'gone';
+        // A device on its way out (a toolstack unplugging it set Closing)
+        // goes nowhere but Closed: a driver racing the toolstack must not
+        // bring it back to life. The change reaches the driver through the
+        // bus's watch on this end.
+        const now = parseState(current);
+        if (!force && now === XenbusState.Closing && state < XenbusState.Closing) return now;
+        await xs.write(`${this.node}/state`, String(state), { tx });
+        return 'written';
+      });
+      if (outcome === 'gone') {
         this.log.debug(`${this.node} is gone: not writing state ${stateName(state)}`);
+        return;
+      }
+      if (outcome !== 'written') {
+        this.log.info(`${this.node} was set ${stateName(outcome)} meanwhile: not moving it to ${stateName(state)}`);
+        this.state = outcome;
         return;
       }
       this.state = state;

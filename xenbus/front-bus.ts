@@ -1,4 +1,5 @@
-import { XenbusBus, type OtherendNode } from './bus.js';
+import { DOMID_FIRST_RESERVED } from '../shared/domid.js';
+import { XenbusBus, type OtherendLookup } from './bus.js';
 import type { BusContext, XenbusDevice } from './device.js';
 import { XenbusState, stateName } from './state.js';
 
@@ -21,7 +22,7 @@ export class FrontBus extends XenbusBus {
     super(ctx, 'device', 1);
   }
 
-  protected async getOtherendNode(device: XenbusDevice): Promise<OtherendNode | undefined> {
+  protected async getOtherendNode(device: XenbusDevice): Promise<OtherendLookup> {
     return readOtherend(device, 'backend', 'backend-id');
   }
 
@@ -50,16 +51,15 @@ export class FrontBus extends XenbusBus {
 
 /**
  * Reads the other end's path and domain from this end's keys; undefined if
- * either is missing (not written yet). Malformed values are the
- * toolstack's error, reported on the device.
+ * either is missing (not written yet), and what is wrong if they are
+ * malformed (the toolstack's error, which the bus reports).
  */
-export async function readOtherend(device: XenbusDevice, pathKey: string, idKey: string): Promise<OtherendNode | undefined> {
+export async function readOtherend(device: XenbusDevice, pathKey: string, idKey: string): Promise<OtherendLookup> {
   const [path, idText] = await Promise.all([device.read(pathKey), device.read(idKey)]);
   if (path === undefined || idText === undefined) return undefined;
   const id = Number(idText);
-  if (!/^\d+$/.test(idText.trim()) || !Number.isSafeInteger(id) || !path.startsWith('/')) {
-    await device.error('EINVAL', `malformed other end: ${pathKey} '${path}', ${idKey} '${idText}'`);
-    return undefined;
+  if (!/^\d+$/.test(idText.trim()) || !Number.isSafeInteger(id) || id >= DOMID_FIRST_RESERVED || !path.startsWith('/')) {
+    return { malformed: `malformed other end: ${pathKey} '${path}', ${idKey} '${idText}'` };
   }
   return { path, id };
 }

@@ -8,11 +8,9 @@ import { runRole } from '../../shared/mesh/worker-runtime.js';
 import { PlatformDomainBackend } from '../../xenstore/daemon/platform-backend.js';
 import { XenStoreSocketServer } from '../../xenstore/daemon/socket-server.js';
 import { XenStoreDaemon } from '../../xenstore/daemon/xenstored.js';
+import { takeSavedState, writeSavedState } from '../../xenstore/daemon/saved-state.js';
+import { XENSTORED_RESTART, type XenstoredRoleConfig } from '../xenstored-role.js';
 
-export interface XenstoredRoleConfig {
-  socket: string;
-  traceFile?: string;
-}
 
 /** How often the role publishes its figures to the supervisor. */
 const STATS_INTERVAL_MS = 1000;
@@ -20,6 +18,13 @@ const STATS_INTERVAL_MS = 1000;
 runRole<XenstoredRoleConfig>(async (ctx) => {
   const platform = EmbeddedPlatform.attach((ctx.shared as { descriptor: EmbeddedDescriptor }).descriptor);
   const daemon = new XenStoreDaemon({ backend: new PlatformDomainBackend(platform, ctx.domid), traceFile: ctx.config.traceFile });
+  // A state left behind is only ever taken by the successor it was left for.
+  const saved = takeSavedState(ctx.config.stateFile);
+  if (ctx.config.restore) {
+    if (!saved) throw new Error(`no saved state in ${ctx.config.stateFile} to restart from`);
+    daemon.restoreState(saved);
+    ctx.log.info(`took over the store and ${saved.domains.length} domains from the previous xenstored`);
+  }
   const server = new XenStoreSocketServer(daemon, ctx.config.socket);
   await server.listen();
   ctx.log.info(`serving xenstore on ${ctx.config.socket} and on the domains' rings`);
@@ -40,8 +45,9 @@ runRole<XenstoredRoleConfig>(async (ctx) => {
   return {
     info: { socket: ctx.config.socket },
     health: connections,
-    async stop() {
+    async stop(reason) {
       clearInterval(timer);
+      if (reason === XENSTORED_RESTART) writeSavedState(ctx.config.stateFile, daemon.saveState());
       daemon.shutdown();
       await server.close();
     },

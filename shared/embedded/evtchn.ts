@@ -237,6 +237,23 @@ export class EmbeddedEventChannels implements EventChannels {
     Atomics.notify(this.machine.words, base + Handle.WAKE);
   }
 
+  /**
+   * Lets go of the handle the way a worker that dies does (reclaimHandles):
+   * its ports stay bound, as the domain still has them, but belong to no
+   * handle until someone listens to them again.
+   */
+  abandon(): void {
+    if (this.closed) return;
+    const slot = this.machine.slotOf(this.domid);
+    if (slot >= 0) {
+      for (const port of this.ports) {
+        Atomics.compareExchange(this.machine.words, this.machine.portBase(slot, port) + Port.HANDLE, this.handle + 1, 0);
+      }
+    }
+    this.ports.clear();
+    this.close();
+  }
+
   close(): void {
     if (this.closed) return;
     const slot = this.machine.slotOf(this.domid);

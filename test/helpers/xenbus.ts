@@ -1,7 +1,8 @@
 import { connectXenstore, type KernelConnection } from '../../host/kernel.js';
-import { devicePaths, plugDevice, unplugDevice, type DeviceSpec, type DevicePaths, type UnplugResult } from '../../host/devices.js';
+import { devicePaths, type DeviceSpec, type DevicePaths, type UnplugResult } from '../../host/devices.js';
 import type { StartInfo } from '../../host/domain-builder.js';
 import { Toolstack } from '../../host/toolstack.js';
+import type { EmbeddedEventChannels } from '../../shared/embedded/evtchn.js';
 import { createLogger } from '../../shared/log.js';
 import type { XenStoreClient } from '../../xenstore/client/client.js';
 import { BackBus } from '../../xenbus/back-bus.js';
@@ -28,19 +29,27 @@ export interface TestDomain {
   backBus(...drivers: XenbusDriver[]): Promise<BackBus>;
   /** Starts a front bus with these drivers. */
   frontBus(...drivers: XenbusDriver[]): Promise<FrontBus>;
-  /** Stops its buses and closes its xenstore connection, as a kernel that went away. */
+  /** Stops its buses and closes its xenstore connection and event channels. */
   halt(): Promise<void>;
+  /**
+   * The kernel dies: its buses stop without a word to xenstore, and what it
+   * had bound stays bound (as after a worker that died), for the kernel
+   * that follows.
+   */
+  crash(): Promise<void>;
 }
 
 export interface BusTestbed {
   readonly env: RunningDaemon;
-  /** dom0's toolstack connection, over the socket. */
+  /** dom0's toolstack connection, over the socket (a new one after restartXenstored()). */
   readonly dom0: XenStoreClient;
+  /** Replaces xenstored with one that takes over its state, under the running buses. */
+  restartXenstored(): Promise<void>;
   readonly toolstack: Toolstack;
   /** Creates a domain through the toolstack and connects its kernel (in this process). */
   domain(name: string): Promise<TestDomain>;
-  /** A domain's kernel again after the previous one went away (a restarted worker). */
-  reboot(domain: TestDomain): Promise<TestDomain>;
+  /** A domain's kernel again after the previous one died (a restarted worker). */
+  restartKernel(domain: TestDomain): Promise<TestDomain>;
   plug(spec: DeviceSpec): Promise<DevicePaths>;
   unplug(spec: DeviceSpec, timeoutMs?: number): Promise<UnplugResult>;
   /** The state node of both ends of a device, by name. */
@@ -67,8 +76,8 @@ export function echoDrivers(front: EchoFrontOptions = {}, back: EchoBackOptions 
  */
 export async function startBusTestbed(options: TestDaemonOptions = {}): Promise<BusTestbed> {
   const env = await startDaemon(options);
-  const dom0 = await env.client();
-  const toolstack = new Toolstack(env.platform, dom0);
+  let dom0 = await env.client();
+  const toolstack = new Toolstack(env.platform, () => dom0);
   const domains: TestDomain[] = [];
 
   const connect = async (start: StartInfo): Promise<TestDomain> => {
@@ -100,6 +109,11 @@ export async function startBusTestbed(options: TestDaemonOptions = {}): Promise<
         kernel.xs.close();
         kernel.events.channels.close();
       },
+      async crash() {
+        for (const bus of buses.splice(0)) bus.abandon();
+        kernel.xs.close();
+        (kernel.events.channels as EmbeddedEventChannels).abandon();
+      },
     };
     domains.push(domain);
     return domain;
@@ -107,17 +121,23 @@ export async function startBusTestbed(options: TestDaemonOptions = {}): Promise<
 
   const testbed: BusTestbed = {
     env,
-    dom0,
+    get dom0() {
+      return dom0;
+    },
     toolstack,
+    async restartXenstored() {
+      await env.restart();
+      dom0 = await env.client();
+    },
     async domain(name) {
       return connect(await toolstack.createDomain({ name, pages: BUS_TEST_DOMAIN_PAGES }));
     },
-    async reboot(domain) {
-      await domain.halt();
+    async restartKernel(domain) {
+      await domain.crash();
       return connect(domain.start);
     },
-    plug: (spec) => plugDevice(dom0, spec),
-    unplug: (spec, timeoutMs) => unplugDevice(dom0, spec, timeoutMs),
+    plug: (spec) => toolstack.plugDevice(spec),
+    unplug: (spec, timeoutMs) => toolstack.unplugDevice(spec, timeoutMs),
     async states(spec) {
       const paths = devicePaths(spec);
       return {

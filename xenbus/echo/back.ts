@@ -57,8 +57,17 @@ export class EchoBack implements DeviceHandler {
         this.disconnect();
         await this.device.switchState(XenbusState.Closing);
         break;
-      case XenbusState.Closed:
+      case XenbusState.Closed: {
+        this.disconnect();
+        // A frontend closing a connection we had (or were closing) is
+        // answered with Closed. One that was already Closed when we
+        // offered InitWait is waiting for that offer, not asking us to go.
+        const own = this.device.state;
+        if (own === XenbusState.Connected || own === XenbusState.Closing) await this.device.switchState(XenbusState.Closed);
+        break;
+      }
       case XenbusState.Unknown:
+        // The frontend is gone.
         this.disconnect();
         await this.device.switchState(XenbusState.Closed);
         break;

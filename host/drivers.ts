@@ -1,0 +1,29 @@
+import type { XenbusDriver } from '../xenbus/driver.js';
+import { EchoBackDriver } from '../xenbus/echo/back.js';
+import { EchoFrontDriver } from '../xenbus/echo/front.js';
+
+/**
+ * The drivers a domain's kernel can load, by the name its configuration
+ * gives them: a driver domain loads backends, a guest frontends. Names
+ * travel in worker configurations; the drivers themselves are made in the
+ * worker that runs them.
+ */
+const FRONTEND_DRIVERS: Record<string, () => XenbusDriver> = {
+  echo: () => new EchoFrontDriver(),
+};
+
+const BACKEND_DRIVERS: Record<string, () => XenbusDriver> = {
+  echo: () => new EchoBackDriver(),
+};
+
+export function frontendDriver(name: string): XenbusDriver {
+  const make = FRONTEND_DRIVERS[name];
+  if (!make) throw new Error(`no frontend driver '${name}' (known: ${Object.keys(FRONTEND_DRIVERS).join(', ')})`);
+  return make();
+}
+
+export function backendDriver(name: string): XenbusDriver {
+  const make = BACKEND_DRIVERS[name];
+  if (!make) throw new Error(`no backend driver '${name}' (known: ${Object.keys(BACKEND_DRIVERS).join(', ')})`);
+  return make();
+}

@@ -1,0 +1,12 @@
+/** What the host tells the xenstored worker. */
+export interface XenstoredRoleConfig {
+  socket: string;
+  traceFile?: string;
+  /** Where a xenstored that is restarted leaves its state for its successor. */
+  stateFile: string;
+  /** Take over the state a predecessor left in `stateFile`. */
+  restore: boolean;
+}
+
+/** The stop reason that makes xenstored save its state for the one that replaces it. */
+export const XENSTORED_RESTART = 'restart';
