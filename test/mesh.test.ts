@@ -80,7 +80,8 @@ t.test('a worker that throws is logged and restarted, within its policy', async 
   t.equal((await supervisor.health('healthy')).detail['served'], 42, 'the rest of the mesh keeps running');
 });
 
-t.test('the embedded host', async (t) => {
+/** An embedded host in a fresh directory, booted, shut down when the test ends; its kernels can be told to crash. */
+async function bootHost(t: Test): Promise<Host> {
   captureLogs(t);
   const dir = mkdtempSync(join(tmpdir(), 'xenmesh-host-'));
   const host = new Host({ socket: join(dir, 'socket'), frames: 8192, kernelModule: CRASHING_KERNEL });
@@ -89,6 +90,11 @@ t.test('the embedded host', async (t) => {
     rmSync(dir, { recursive: true, force: true });
   });
   await host.boot();
+  return host;
+}
+
+t.test('the embedded host', async (t) => {
+  const host = await bootHost(t);
   const released = await host.xenstore.watch('@releaseDomain');
   await released.next();
   const driver = await host.startDomain({ name: 'driver', pages: 512 });
@@ -127,14 +133,7 @@ t.test('the embedded host', async (t) => {
 });
 
 t.test('devices on the embedded host survive a backend crash and a xenstored restart', async (t) => {
-  captureLogs(t);
-  const dir = mkdtempSync(join(tmpdir(), 'xenmesh-host-'));
-  const host = new Host({ socket: join(dir, 'socket'), frames: 8192, kernelModule: CRASHING_KERNEL });
-  t.teardown(async () => {
-    await host.shutdown();
-    rmSync(dir, { recursive: true, force: true });
-  });
-  await host.boot();
+  const host = await bootHost(t);
   const driver = await host.startDomain({ name: 'driver', pages: 512 }, { backDrivers: ['echo'] });
   const guest = await host.startDomain({ name: 'guest', pages: 512 }, { frontDrivers: ['echo'] });
   const connected = async (devid: number, what: string) => {

@@ -3,7 +3,7 @@ import { devicePaths, type DeviceSpec } from '../host/devices.js';
 import type { XenStoreClient } from '../xenstore/client/client.js';
 import { readStateAt } from '../xenbus/read.js';
 import { XenbusState } from '../xenbus/state.js';
-import { echoDrivers, echoSpec, startBusTestbed } from './helpers/xenbus.js';
+import { echoDrivers, echoSpec, startBusTestbed, startEchoTestbed } from './helpers/xenbus.js';
 
 const { Initialising, InitWait, Initialised, Connected } = XenbusState;
 
@@ -31,11 +31,7 @@ async function recordBoth(xs: XenStoreClient, spec: DeviceSpec): Promise<{ front
 const payload = (text: string) => new TextEncoder().encode(text);
 
 t.test('the backend arrives first: it waits in InitWait until the frontend connects', async (t) => {
-  const bed = await startBusTestbed();
-  t.teardown(() => bed.close());
-  const driver = await bed.domain('driver');
-  const guest = await bed.domain('guest');
-  const { front, back } = echoDrivers();
+  const { bed, driver, guest, front, back } = await startEchoTestbed(t, { buses: false });
   const spec = echoSpec(guest.domid, driver.domid, 0);
   const seen = await recordBoth(bed.dom0, spec);
 
@@ -55,11 +51,7 @@ t.test('the backend arrives first: it waits in InitWait until the frontend conne
 });
 
 t.test('the frontend arrives first: it waits in Initialising until the backend offers InitWait', async (t) => {
-  const bed = await startBusTestbed();
-  t.teardown(() => bed.close());
-  const driver = await bed.domain('driver');
-  const guest = await bed.domain('guest');
-  const { front, back } = echoDrivers();
+  const { bed, driver, guest, front, back } = await startEchoTestbed(t, { buses: false });
   const spec = echoSpec(guest.domid, driver.domid, 0);
   const seen = await recordBoth(bed.dom0, spec);
 
@@ -77,11 +69,7 @@ t.test('the frontend arrives first: it waits in Initialising until the backend o
 });
 
 t.test('a device plugged before either bus runs is found when they start', async (t) => {
-  const bed = await startBusTestbed();
-  t.teardown(() => bed.close());
-  const driver = await bed.domain('driver');
-  const guest = await bed.domain('guest');
-  const { front, back } = echoDrivers();
+  const { bed, driver, guest, front, back } = await startEchoTestbed(t, { buses: false });
   const spec = echoSpec(guest.domid, driver.domid, 7);
   await bed.plug(spec);
   await Promise.all([guest.frontBus(front), driver.backBus(back)]);
@@ -90,11 +78,7 @@ t.test('a device plugged before either bus runs is found when they start', async
 });
 
 t.test('a frontend that skips InitWait connects with the default one-page ring', async (t) => {
-  const bed = await startBusTestbed();
-  t.teardown(() => bed.close());
-  const driver = await bed.domain('driver');
-  const guest = await bed.domain('guest');
-  const { front, back } = echoDrivers({ skipInitWait: true });
+  const { bed, driver, guest, front, back } = await startEchoTestbed(t, { buses: false, front: { skipInitWait: true } });
   const spec = echoSpec(guest.domid, driver.domid, 0);
   const seen = await recordBoth(bed.dom0, spec);
   await guest.frontBus(front);
@@ -112,11 +96,7 @@ t.test('a frontend that skips InitWait connects with the default one-page ring',
 });
 
 t.test('a backend that skips InitWait (as FreeBSD tolerates): the frontend does the skipped work', async (t) => {
-  const bed = await startBusTestbed();
-  t.teardown(() => bed.close());
-  const driver = await bed.domain('driver');
-  const guest = await bed.domain('guest');
-  const { front, back } = echoDrivers({}, { skipInitWait: true });
+  const { bed, driver, guest, front, back } = await startEchoTestbed(t, { buses: false, back: { skipInitWait: true } });
   const spec = echoSpec(guest.domid, driver.domid, 0);
   const seen = await recordBoth(bed.dom0, spec);
   await driver.backBus(back);

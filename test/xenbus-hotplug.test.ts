@@ -2,7 +2,7 @@ import t from 'tap';
 import { devicePaths } from '../host/devices.js';
 import { XenbusState } from '../xenbus/state.js';
 import { run, waitFor } from './helpers/daemon.js';
-import { echoDrivers, echoSpec, startBusTestbed } from './helpers/xenbus.js';
+import { echoSpec, startBusTestbed, startEchoTestbed } from './helpers/xenbus.js';
 
 const { Initialising, Connected, Closed } = XenbusState;
 const payload = (text: string) => new TextEncoder().encode(text);
@@ -39,12 +39,7 @@ t.test('the toolstack lays a device out as libxl does', async (t) => {
 
 t.test('many devices plugged at once all connect; unplugging half leaves the others undisturbed', async (t) => {
   const DEVICES = 24;
-  const bed = await startBusTestbed();
-  t.teardown(() => bed.close());
-  const driver = await bed.domain('driver');
-  const guest = await bed.domain('guest');
-  const { front, back } = echoDrivers();
-  await Promise.all([guest.frontBus(front), driver.backBus(back)]);
+  const { bed, driver, guest, front, back } = await startEchoTestbed(t);
 
   const specs = Array.from({ length: DEVICES }, (_, i) => echoSpec(guest.domid, driver.domid, 51712 + i * 16));
   await Promise.all(specs.map((spec) => bed.plug(spec)));
@@ -89,12 +84,7 @@ t.test('many devices plugged at once all connect; unplugging half leaves the oth
 });
 
 t.test('a device plugged again after an unplug connects afresh', async (t) => {
-  const bed = await startBusTestbed();
-  t.teardown(() => bed.close());
-  const driver = await bed.domain('driver');
-  const guest = await bed.domain('guest');
-  const { front, back } = echoDrivers();
-  await Promise.all([guest.frontBus(front), driver.backBus(back)]);
+  const { bed, driver, guest, front, back } = await startEchoTestbed(t);
   const spec = echoSpec(guest.domid, driver.domid, 1);
   for (let round = 0; round < 3; round++) {
     await bed.plug(spec);
@@ -106,11 +96,7 @@ t.test('a device plugged again after an unplug connects afresh', async (t) => {
 });
 
 t.test('a frontend that never closes is removed by force, and its backend lets go', async (t) => {
-  const bed = await startBusTestbed();
-  t.teardown(() => bed.close());
-  const driver = await bed.domain('driver');
-  const guest = await bed.domain('guest');
-  const { front, back } = echoDrivers();
+  const { bed, driver, guest, front, back } = await startEchoTestbed(t, { buses: false });
   const frontBus = await guest.frontBus(front);
   await driver.backBus(back);
   const spec = echoSpec(guest.domid, driver.domid, 0);
@@ -127,12 +113,7 @@ t.test('a frontend that never closes is removed by force, and its backend lets g
 });
 
 t.test('hotplug and unplug by hand with xenstore-write and xenstore-chmod on the socket', async (t) => {
-  const bed = await startBusTestbed();
-  t.teardown(() => bed.close());
-  const driver = await bed.domain('driver');
-  const guest = await bed.domain('guest');
-  const { front, back } = echoDrivers();
-  await Promise.all([guest.frontBus(front), driver.backBus(back)]);
+  const { bed, driver, guest, front, back } = await startEchoTestbed(t);
   const env = { XENSTORED_PATH: bed.env.socketPath };
   const xs = async (tool: string, ...args: string[]) => {
     const result = await run(tool, args, env);

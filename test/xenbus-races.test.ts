@@ -12,7 +12,7 @@ import type { DeviceHandler, XenbusDriver } from '../xenbus/driver.js';
 import { EchoFrontDriver } from '../xenbus/echo/front.js';
 import { XenbusState } from '../xenbus/state.js';
 import { waitFor } from './helpers/daemon.js';
-import { echoDrivers, echoSpec, startBusTestbed } from './helpers/xenbus.js';
+import { echoDrivers, echoSpec, startBusTestbed, startEchoTestbed } from './helpers/xenbus.js';
 
 const { Connected, Closed } = XenbusState;
 const payload = (text: string) => new TextEncoder().encode(text);
@@ -79,12 +79,7 @@ t.test('a device removed while it attaches is detached, and nothing of it is wri
 });
 
 t.test('a backend that appears before its frontend waits for it', async (t) => {
-  const bed = await startBusTestbed();
-  t.teardown(() => bed.close());
-  const driver = await bed.domain('driver');
-  const guest = await bed.domain('guest');
-  const { front, back } = echoDrivers();
-  await Promise.all([guest.frontBus(front), driver.backBus(back)]);
+  const { bed, driver, guest, front, back } = await startEchoTestbed(t);
   const spec = echoSpec(guest.domid, driver.domid, 0);
   await writeEnd(bed.dom0, spec, 'backend');
   await waitFor(() => back.devices.size === 1, 'the backend to attach');
@@ -96,12 +91,7 @@ t.test('a backend that appears before its frontend waits for it', async (t) => {
 });
 
 t.test('a frontend that appears before its backend waits for it', async (t) => {
-  const bed = await startBusTestbed();
-  t.teardown(() => bed.close());
-  const driver = await bed.domain('driver');
-  const guest = await bed.domain('guest');
-  const { front, back } = echoDrivers();
-  await Promise.all([guest.frontBus(front), driver.backBus(back)]);
+  const { bed, driver, guest, front } = await startEchoTestbed(t);
   const spec = echoSpec(guest.domid, driver.domid, 0);
   await writeEnd(bed.dom0, spec, 'frontend');
   await waitFor(() => front.devices.size === 1, 'the frontend to attach');
@@ -113,12 +103,7 @@ t.test('a frontend that appears before its backend waits for it', async (t) => {
 });
 
 t.test('a frontend that closes and comes back is reconnected by its backend', async (t) => {
-  const bed = await startBusTestbed();
-  t.teardown(() => bed.close());
-  const driver = await bed.domain('driver');
-  const guest = await bed.domain('guest');
-  const { front, back } = echoDrivers();
-  await Promise.all([guest.frontBus(front), driver.backBus(back)]);
+  const { bed, driver, guest, front, back } = await startEchoTestbed(t);
   const spec = echoSpec(guest.domid, driver.domid, 0);
   await bed.plug(spec);
   await bed.waitStates(spec, Connected, Connected);
@@ -179,12 +164,7 @@ t.test("the frontend's kernel restarts: it resets the connection and connects ag
 });
 
 t.test('xenstored restarts under running buses: devices stay up, and hotplug still works', async (t) => {
-  const bed = await startBusTestbed();
-  t.teardown(() => bed.close());
-  const driver = await bed.domain('driver');
-  const guest = await bed.domain('guest');
-  const { front, back } = echoDrivers();
-  await Promise.all([guest.frontBus(front), driver.backBus(back)]);
+  const { bed, driver, guest, front, back } = await startEchoTestbed(t);
   const first = echoSpec(guest.domid, driver.domid, 0);
   await bed.plug(first);
   await bed.waitStates(first, Connected, Connected);
@@ -203,12 +183,7 @@ t.test('xenstored restarts under running buses: devices stay up, and hotplug sti
 
 t.test('xenstored restarts in the middle of a burst of hotplug', async (t) => {
   const DEVICES = 8;
-  const bed = await startBusTestbed();
-  t.teardown(() => bed.close());
-  const driver = await bed.domain('driver');
-  const guest = await bed.domain('guest');
-  const { front, back } = echoDrivers();
-  await Promise.all([guest.frontBus(front), driver.backBus(back)]);
+  const { bed, driver, guest, front, back } = await startEchoTestbed(t);
   const specs = Array.from({ length: DEVICES }, (_, i) => echoSpec(guest.domid, driver.domid, i));
   await Promise.all(specs.map((spec) => bed.plug(spec)));
   // The buses are busy attaching and connecting when xenstored goes.
@@ -252,12 +227,7 @@ t.test('a driver that throws in attach leaves an error node and the device Close
 });
 
 t.test('a device of a class nobody drives is closed, not left waiting', async (t) => {
-  const bed = await startBusTestbed();
-  t.teardown(() => bed.close());
-  const driver = await bed.domain('driver');
-  const guest = await bed.domain('guest');
-  const { front, back } = echoDrivers();
-  await Promise.all([guest.frontBus(front), driver.backBus(back)]);
+  const { bed, driver, guest } = await startEchoTestbed(t);
   const spec: DeviceSpec = { kind: 'vif', frontendDomid: guest.domid, backendDomid: driver.domid, devid: 0 };
   await bed.plug(spec);
   await bed.waitStates(spec, Closed, Closed);
@@ -363,12 +333,7 @@ t.test('the states a device goes through stay within the protocol', async (t) =>
   // Many concurrent plugs and unplugs of the same device number, with the
   // buses racing the toolstack: every device ends up either fully
   // connected or fully gone, never stuck half way.
-  const bed = await startBusTestbed();
-  t.teardown(() => bed.close());
-  const driver = await bed.domain('driver');
-  const guest = await bed.domain('guest');
-  const { front, back } = echoDrivers();
-  await Promise.all([guest.frontBus(front), driver.backBus(back)]);
+  const { bed, driver, guest, front, back } = await startEchoTestbed(t);
   const spec = echoSpec(guest.domid, driver.domid, 9);
   for (let round = 0; round < 5; round++) {
     await bed.plug(spec);

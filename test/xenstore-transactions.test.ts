@@ -163,7 +163,6 @@ t.test('RESET_WATCHES inside a transaction ends it cleanly', async (t) => {
 t.test('transactions of an unprivileged domain', async (t) => {
   const env = await startDaemon();
   t.teardown(() => env.close());
-  const dom0 = await env.client();
   await env.makeDataDirectory(5);
   const guest = await env.domain(5);
   await guest.transaction(async (tx) => {

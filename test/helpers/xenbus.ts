@@ -164,3 +164,31 @@ export async function startBusTestbed(options: TestDaemonOptions = {}): Promise<
   };
   return testbed;
 }
+
+export interface EchoTestbed {
+  readonly bed: BusTestbed;
+  readonly driver: TestDomain;
+  readonly guest: TestDomain;
+  readonly front: EchoFrontDriver;
+  readonly back: EchoBackDriver;
+  /** The echo device `devid` from the driver domain to the guest. */
+  spec(devid: number): DeviceSpec;
+}
+
+/**
+ * The usual setting of a bus test: a testbed closed when the test ends, a
+ * driver domain and a guest, echo drivers for each, and (unless `buses` is
+ * false) both buses started.
+ */
+export async function startEchoTestbed(
+  t: { teardown(fn: () => unknown): void },
+  options: { front?: EchoFrontOptions; back?: EchoBackOptions; buses?: boolean } = {},
+): Promise<EchoTestbed> {
+  const bed = await startBusTestbed();
+  t.teardown(() => bed.close());
+  const driver = await bed.domain('driver');
+  const guest = await bed.domain('guest');
+  const { front, back } = echoDrivers(options.front, options.back);
+  if (options.buses !== false) await Promise.all([guest.frontBus(front), driver.backBus(back)]);
+  return { bed, driver, guest, front, back, spec: (devid) => echoSpec(guest.domid, driver.domid, devid) };
+}

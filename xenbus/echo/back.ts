@@ -3,6 +3,7 @@ import { PlatformError, type GrantMapping } from '../../shared/platform.js';
 import { BackRing, SharedRing } from '../../shared/ring.js';
 import type { XenbusDevice } from '../device.js';
 import type { DeviceHandler, XenbusDriver } from '../driver.js';
+import { readRingRefs } from '../ring-keys.js';
 import { XenbusState } from '../state.js';
 import {
   decodeRequest,
@@ -85,14 +86,7 @@ export class EchoBack implements DeviceHandler {
   private async connect(): Promise<void> {
     const { device } = this;
     this.disconnect();
-    const order = await device.readOtherendInt('ring-page-order', -1);
-    if (order > this.maxOrder || order < -1) {
-      throw new XsError('EINVAL', `ring-page-order ${order} is not in 0..${this.maxOrder}`);
-    }
-    const refs =
-      order < 0
-        ? [await device.readOtherendInt('ring-ref')]
-        : await Promise.all(Array.from({ length: 1 << order }, (_, i) => device.readOtherendInt(`ring-ref${i}`)));
+    const refs = await readRingRefs(device, this.maxOrder);
     const remotePort = await device.readOtherendInt('event-channel');
     let mapping: GrantMapping;
     try {

@@ -1,6 +1,7 @@
 import { FrontRing, SharedRing } from '../../shared/ring.js';
 import type { GrantedRing, XenbusDevice } from '../device.js';
 import type { DeviceHandler, XenbusDriver } from '../driver.js';
+import { ringKeyNames, ringKeys } from '../ring-keys.js';
 import { XenbusState } from '../state.js';
 import {
   decodeResponse,
@@ -161,14 +162,9 @@ export class EchoFront implements DeviceHandler {
       this.connection = { order, granted, ring, port };
     }
     const { granted, port } = this.connection;
-    const keys: Record<string, number> = { 'event-channel': port };
-    const stale = ['ring-ref', 'ring-page-order', ...Array.from({ length: 1 << ECHO_MAX_RING_PAGE_ORDER }, (_, i) => `ring-ref${i}`)];
-    if (order === 0) keys['ring-ref'] = granted.grefs[0]!;
-    else {
-      keys['ring-page-order'] = order;
-      granted.grefs.forEach((gref, i) => (keys[`ring-ref${i}`] = gref));
-    }
-    if (!(await device.write(keys, stale.filter((key) => !(key in keys))))) return;
+    const keys = { ...ringKeys(granted.grefs), 'event-channel': port };
+    const stale = ringKeyNames(ECHO_MAX_RING_PAGE_ORDER).filter((key) => !(key in keys));
+    if (!(await device.write(keys, stale))) return;
     await device.switchState(XenbusState.Initialised);
   }
 
