@@ -9,6 +9,7 @@
  * granter's memory; a reference ended, then mapped; a dying granter.
  */
 import t from 'tap';
+import { Worker } from 'node:worker_threads';
 import { EmbeddedPlatform } from '../shared/embedded/platform.js';
 import { GrantStatus, PAGE_SIZE, PlatformError } from '../shared/platform.js';
 
@@ -116,4 +117,41 @@ t.test('the reserved entries are the toolstack\'s', async (t) => {
   back.grants.map(2, [1], true).unmap();
   const ordinary = Array.from({ length: 20 }, () => front.grants.grantAccess(1, pfn, false));
   t.ok(ordinary.every((gref) => gref >= 8), 'ordinary grants never take a reserved entry');
+});
+
+t.test('what a worker that died had mapped is unmapped for it', async (t) => {
+  const { platform, front } = machine();
+  const [pfn] = front.memory.allocPages(1) as [number];
+  const gref = front.grants.grantAccess(1, pfn, false);
+  const worker = new Worker(new URL('./helpers/grant-worker.js', import.meta.url), {
+    workerData: { descriptor: platform.descriptor, domid: 1, granterDomid: 2, gref },
+  });
+  const threadId = worker.threadId;
+  await new Promise((resolve) => worker.once('message', resolve));
+  t.equal(front.memory.page(pfn)[0], 0x5a, 'the worker wrote through its mapping');
+  t.notOk(front.grants.endAccess(gref), 'access cannot end while the page is mapped');
+  const exited = new Promise((resolve) => worker.once('exit', resolve));
+  worker.postMessage('die');
+  await exited;
+  t.notOk(front.grants.endAccess(gref), 'nor once the worker is dead, until the machine takes its mappings back');
+  t.equal(platform.reclaimWorker(threadId), 1, 'one mapping reclaimed');
+  t.ok(front.grants.endAccess(gref), 'then the granter ends access');
+});
+
+t.test('a dying granter whose pages a dead worker mapped goes once the mappings are reclaimed', async (t) => {
+  const { platform, front } = machine();
+  const [pfn] = front.memory.allocPages(1) as [number];
+  const gref = front.grants.grantAccess(1, pfn, false);
+  const worker = new Worker(new URL('./helpers/grant-worker.js', import.meta.url), {
+    workerData: { descriptor: platform.descriptor, domid: 1, granterDomid: 2, gref },
+  });
+  const threadId = worker.threadId;
+  await new Promise((resolve) => worker.once('message', resolve));
+  const exited = new Promise((resolve) => worker.once('exit', resolve));
+  worker.postMessage('die');
+  await exited;
+  platform.destroyDomain(2);
+  t.equal(platform.domainInfo(2)?.state, 'dying', 'the destroyed domain lingers while its page is mapped');
+  platform.reclaimWorker(threadId);
+  t.equal(platform.domainInfo(2), undefined, 'and is gone once the dead worker’s mapping is reclaimed');
 });

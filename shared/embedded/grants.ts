@@ -8,7 +8,7 @@ import {
   type GrantMapping,
   type GrantTable,
 } from '../platform.js';
-import { DOMID_LIMIT, DomainSlot, GRANT_ENTRIES, GrantEntry, GrantState, SlotState } from './layout.js';
+import { DOMID_LIMIT, DomainSlot, GRANT_ENTRIES, GrantEntry, GrantState, MAX_MAPTRACK, Maptrack, SlotState } from './layout.js';
 import type { Machine } from './machine.js';
 
 /** How many times a mapper retries an entry its granter is busy ending before giving up (GNTST_eagain). */
@@ -28,11 +28,15 @@ function grantError(status: number, message: string): PlatformError {
 export class EmbeddedGrantTable implements GrantTable {
   private hint = GNTTAB_NR_RESERVED_ENTRIES;
 
+  private maptrackHint = 0;
+
   constructor(
     private readonly machine: Machine,
     readonly domid: number,
     /** Called when a dying domain's last mapped page is unmapped. */
     private readonly lastPinReleased: (slot: number) => void,
+    /** The worker that maps through this table, so that its mappings can be taken back if it dies. */
+    private readonly tag: number,
   ) {}
 
   private get slot(): number {
@@ -91,10 +95,19 @@ export class EmbeddedGrantTable implements GrantTable {
     const granterSlot = this.machine.slotOf(granterDomid);
     if (granterSlot < 0) throw grantError(GrantStatus.bad_domain, `no domain ${granterDomid}`);
     const pinned: number[] = [];
+    const tracked: number[] = [];
+    const release = () => {
+      for (const entry of tracked) Atomics.store(this.machine.words, this.machine.maptrackBase(entry) + Maptrack.HOLDER, 0);
+      for (const base of pinned) unpinEntry(this.machine, granterSlot, base, this.lastPinReleased);
+    };
     try {
-      for (const gref of grefs) pinned.push(this.pin(granterSlot, granterDomid, gref, writable));
+      for (const gref of grefs) {
+        const base = this.pin(granterSlot, granterDomid, gref, writable);
+        pinned.push(base);
+        tracked.push(this.track(granterSlot, base));
+      }
     } catch (err) {
-      for (const base of pinned) this.unpin(granterSlot, base);
+      release();
       throw err;
     }
     const baseFrame = this.machine.slotWord(granterSlot, DomainSlot.BASE_FRAME);
@@ -106,7 +119,7 @@ export class EmbeddedGrantTable implements GrantTable {
       unmap: () => {
         if (!mapped) return;
         mapped = false;
-        for (const base of pinned) this.unpin(granterSlot, base);
+        release();
       },
     };
   }
@@ -183,14 +196,22 @@ export class EmbeddedGrantTable implements GrantTable {
     throw grantError(GrantStatus.eagain, `reference ${gref} of domain ${granterDomid} is being ended`);
   }
 
-  private unpin(granterSlot: number, base: number): void {
+  /** Records that this worker holds a mapping of the grant entry at `base` (a maptrack entry). */
+  private track(granterSlot: number, base: number): number {
     const words = this.machine.words;
-    Atomics.sub(words, base + GrantEntry.PINS, 1);
-    const left = Atomics.sub(words, this.machine.slotBase(granterSlot) + DomainSlot.PINS, 1) - 1;
-    if (left === 0 && this.machine.slotWord(granterSlot, DomainSlot.STATE) === SlotState.DYING) {
-      this.lastPinReleased(granterSlot);
+    for (let tried = 0; tried < MAX_MAPTRACK; tried++) {
+      const entry = this.maptrackHint;
+      this.maptrackHint = (entry + 1) % MAX_MAPTRACK;
+      const at = this.machine.maptrackBase(entry);
+      if (Atomics.compareExchange(words, at + Maptrack.HOLDER, 0, this.tag + 1) === 0) {
+        Atomics.store(words, at + Maptrack.GRANTER_SLOT, granterSlot);
+        Atomics.store(words, at + Maptrack.ENTRY, base);
+        return entry;
+      }
     }
+    throw grantError(GrantStatus.no_space, `all ${MAX_MAPTRACK} grant mappings are in use`);
   }
+
 
   /** The bytes of one side of a copy, pinned if they belong to another domain. */
   private resolve(end: GrantCopyEnd, length: number, write: boolean): { bytes: Uint8Array; release(): void } {
@@ -209,4 +230,31 @@ export class EmbeddedGrantTable implements GrantTable {
     const mapping = this.map(end.domid, [end.gref], write);
     return { bytes: mapping.pages[0]!.subarray(end.offset, end.offset + length), release: () => mapping.unmap() };
   }
+}
+
+/** Drops one pin of a grant entry; the last pin of a dying granter lets it go. */
+function unpinEntry(machine: Machine, granterSlot: number, base: number, lastPinReleased: (slot: number) => void): void {
+  const words = machine.words;
+  Atomics.sub(words, base + GrantEntry.PINS, 1);
+  const left = Atomics.sub(words, machine.slotBase(granterSlot) + DomainSlot.PINS, 1) - 1;
+  if (left === 0 && machine.slotWord(granterSlot, DomainSlot.STATE) === SlotState.DYING) lastPinReleased(granterSlot);
+}
+
+/**
+ * Unmaps what a worker that died had mapped, as Xen unmaps a dead
+ * process's grant mappings when its gntdev is released: the granter can
+ * end access again, and a dying granter can go.
+ */
+export function reclaimMappings(machine: Machine, tag: number, lastPinReleased: (slot: number) => void): number {
+  let reclaimed = 0;
+  for (let entry = 0; entry < MAX_MAPTRACK; entry++) {
+    const at = machine.maptrackBase(entry);
+    if (Atomics.load(machine.words, at + Maptrack.HOLDER) !== tag + 1) continue;
+    const granterSlot = Atomics.load(machine.words, at + Maptrack.GRANTER_SLOT);
+    const base = Atomics.load(machine.words, at + Maptrack.ENTRY);
+    Atomics.store(machine.words, at + Maptrack.HOLDER, 0);
+    unpinEntry(machine, granterSlot, base, lastPinReleased);
+    reclaimed++;
+  }
+  return reclaimed;
 }

@@ -13,6 +13,12 @@ export const GRANT_ENTRIES = 32 * 512;
 export const EVTCHN_PORTS = 1024;
 /** Open event channel handles (xenevtchn_open) across all workers. */
 export const MAX_EVTCHN_HANDLES = 512;
+/**
+ * Grant mappings that can be held at once across all workers (Xen's
+ * maptrack, which it sizes per domain; one table is enough here). Each
+ * mapped page takes an entry until it is unmapped, or its worker dies.
+ */
+export const MAX_MAPTRACK = 16384;
 /** Domain ids available to guests (xen.h DOMID_FIRST_RESERVED). */
 export const DOMID_LIMIT = 0x7ff0;
 /** Bytes of a domain name kept by the hypervisor. */
@@ -101,6 +107,16 @@ export const Handle = {
   WORDS: 4,
 } as const;
 
+/** Words of one maptrack entry: who holds a mapping of which grant entry. */
+export const Maptrack = {
+  /** The holding worker's tag + 1 (0: the entry is free). */
+  HOLDER: 0,
+  GRANTER_SLOT: 1,
+  /** Word offset of the mapped grant entry. */
+  ENTRY: 2,
+  WORDS: 4,
+} as const;
+
 /** Words of the header. */
 export const Header = {
   /** The last unique id handed to a domain. */
@@ -119,6 +135,7 @@ export interface Layout {
   readonly pending: number;
   readonly masks: number;
   readonly handles: number;
+  readonly maptrack: number;
   readonly words: number;
 }
 
@@ -143,6 +160,7 @@ export function layoutFor(frames: number): Layout {
     pending: take(MAX_DOMAINS * PENDING_WORDS),
     masks: take(MAX_DOMAINS * PENDING_WORDS),
     handles: take(MAX_EVTCHN_HANDLES * Handle.WORDS),
+    maptrack: take(MAX_MAPTRACK * Maptrack.WORDS),
     words: at,
   };
 }

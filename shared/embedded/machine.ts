@@ -7,6 +7,7 @@ import {
   GrantEntry,
   Handle,
   MAX_DOMAINS,
+  Maptrack,
   PENDING_WORDS,
   Port,
   SlotState,
@@ -161,5 +162,9 @@ export class Machine {
 
   handleBase(handle: number): number {
     return this.layout.handles + handle * Handle.WORDS;
+  }
+
+  maptrackBase(entry: number): number {
+    return this.layout.maptrack + entry * Maptrack.WORDS;
   }
 }

@@ -11,7 +11,7 @@ import {
 } from '../platform.js';
 import { threadId } from 'node:worker_threads';
 import { allocateUnboundFor, closeAllPorts, EmbeddedEventChannels, raiseVirq, reclaimHandles } from './evtchn.js';
-import { EmbeddedGrantTable } from './grants.js';
+import { EmbeddedGrantTable, reclaimMappings } from './grants.js';
 import { DOMID_LIMIT, DomainSlot, GRANT_ENTRIES, GrantEntry, GrantState, Header, MAX_DOMAINS, SlotState, allocateDescriptor, type EmbeddedDescriptor } from './layout.js';
 import { Machine } from './machine.js';
 import { EmbeddedGuestMemory } from './memory.js';
@@ -58,9 +58,9 @@ export class EmbeddedPlatform implements Platform {
     return new EmbeddedPlatform(descriptor, threadId);
   }
 
-  /** Releases what a worker that died had open (its event channel handles). */
+  /** Releases what a worker that died had open: its event channel handles and its grant mappings. */
   reclaimWorker(workerThreadId: number): number {
-    return reclaimHandles(this.machine, workerThreadId);
+    return reclaimHandles(this.machine, workerThreadId) + reclaimMappings(this.machine, workerThreadId, (slot) => this.release(slot));
   }
 
   createDomain(spec: DomainSpec): DomainInfo {
@@ -159,7 +159,7 @@ export class EmbeddedPlatform implements Platform {
     return {
       domid,
       memory: new EmbeddedGuestMemory(machine, domid),
-      grants: new EmbeddedGrantTable(machine, domid, (slot) => this.release(slot)),
+      grants: new EmbeddedGrantTable(machine, domid, (slot) => this.release(slot), this.tag),
       openEventChannels: () => new EmbeddedEventChannels(machine, domid, () => this.whenRunning(domid), this.tag),
     };
   }
