@@ -205,12 +205,6 @@ export abstract class XenbusBus {
     return out.sort((a, b) => a.node.localeCompare(b.node));
   }
 
-  /** The device at `<class>/<id>` under the root, if attached. */
-  device(key: string): XenbusDevice | undefined {
-    const entry = this.devices.get(key);
-    return entry?.phase === 'attached' ? entry.device : undefined;
-  }
-
   // ---- suspend and resume -------------------------------------------------------
 
   /**
@@ -315,7 +309,10 @@ export abstract class XenbusBus {
     }
     const atStart = this.foundAtStart.delete(key);
     if (exists) await this.add(key, node, atStart);
-    else this.refused.delete(key);
+    else {
+      this.refused.delete(key);
+      this.interrupted.delete(key);
+    }
   }
 
   // ---- attach ---------------------------------------------------------------------

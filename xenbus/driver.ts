@@ -6,7 +6,10 @@ import type { XenbusDevice } from './device.js';
  * time, never two at once for the same device.
  */
 export interface DeviceHandler {
-  /** The other end's state changed; also called once after attach with its current state. */
+  /**
+   * The other end's state changed; also called once after attach with its
+   * state then, as soon as the other end is there.
+   */
   otherendChanged(state: number): Promise<void> | void;
   /** Something under this end's directory changed; `path` is relative to it (`/state`, `/online`). */
   localChanged?(path: string): Promise<void> | void;

@@ -50,7 +50,6 @@ export class EchoFront implements DeviceHandler {
   /** Ring pages the backend still mapped when we let go: released once it lets go too. */
   private readonly unreleased: GrantedRing[] = [];
   private suspended = false;
-  private connectedWaiters: (() => void)[] = [];
 
   constructor(
     readonly device: XenbusDevice,
@@ -60,12 +59,6 @@ export class EchoFront implements DeviceHandler {
 
   get connected(): boolean {
     return this.device.state === XenbusState.Connected && this.connection !== undefined;
-  }
-
-  /** Resolves once the device is Connected. */
-  whenConnected(): Promise<void> {
-    if (this.connected) return Promise.resolve();
-    return new Promise((resolve) => this.connectedWaiters.push(resolve));
   }
 
   /**
@@ -177,7 +170,6 @@ export class EchoFront implements DeviceHandler {
     await this.device.switchState(XenbusState.Connected);
     this.ringPages = 1 << this.connection!.order;
     this.connections++;
-    for (const waiter of this.connectedWaiters.splice(0)) waiter();
     this.issue();
   }
 
