@@ -108,17 +108,29 @@ export interface UnplugResult {
   readonly frontendState: number;
 }
 
+export interface UnplugOptions {
+  /** How long each end is given to close. */
+  readonly timeoutMs?: number;
+  /**
+   * Remove the frontend at once, without waiting for it (libxl's forced
+   * removal, what it does for a domain being destroyed).
+   */
+  readonly force?: boolean;
+}
+
 /**
  * Unplugs a device the way libxl does: the backend is set offline and
  * Closing, both ends are given `timeoutMs` to reach Closed, and then both
  * directories and libxl's record are removed. A frontend that does not
- * close in time has its directory removed first (libxl's forced remove),
+ * close in time (or at once, when forced) has its directory removed first,
  * which its backend takes for a frontend that went away.
  */
-export async function unplugDevice(xs: XenStoreClient, spec: DeviceSpec, timeoutMs = DEVICE_REMOVE_TIMEOUT_MS): Promise<UnplugResult> {
+export async function unplugDevice(xs: XenStoreClient, spec: DeviceSpec, options: UnplugOptions = {}): Promise<UnplugResult> {
+  const { timeoutMs = DEVICE_REMOVE_TIMEOUT_MS, force = false } = options;
   const paths = devicePaths(spec);
   const backendState = `${paths.backend}/state`;
   const frontendState = `${paths.frontend}/state`;
+  if (force) await removeWithEmptyParents(xs, paths.frontend);
   const present = await xs.transaction(async (tx) => {
     const state = await xs.tryRead(backendState, { tx });
     if (state === undefined) return false;
@@ -126,7 +138,7 @@ export async function unplugDevice(xs: XenStoreClient, spec: DeviceSpec, timeout
     if (Number(state) !== XenbusState.Closed) await xs.write(backendState, String(XenbusState.Closing), { tx });
     return true;
   }, UNTIL_COMMITTED);
-  let clean = true;
+  let clean = !force;
   if (present) {
     const closed = [XenbusState.Closed, XenbusState.Unknown];
     const [back, front] = await Promise.all([
@@ -154,6 +166,25 @@ export async function unplugDevice(xs: XenStoreClient, spec: DeviceSpec, timeout
   await removeWithEmptyParents(xs, paths.backend);
   await removeWithEmptyParents(xs, paths.libxl);
   return result;
+}
+
+/**
+ * The devices a domain uses as a frontend, from libxl's records of them
+ * (`/libxl/<domid>/device/<kind>/<devid>`), as libxl lists them to tear
+ * them down with the domain.
+ */
+export async function devicesOf(xs: XenStoreClient, frontendDomid: number): Promise<DeviceSpec[]> {
+  const root = `/libxl/${frontendDomid}/device`;
+  const specs: DeviceSpec[] = [];
+  for (const kind of await xs.directory(root).catch(() => [] as string[])) {
+    for (const devid of await xs.directory(`${root}/${kind}`).catch(() => [] as string[])) {
+      const backend = await xs.tryRead(`${root}/${kind}/${devid}/backend`);
+      const backendDomid = /^\/local\/domain\/(\d+)\//.exec(backend ?? '')?.[1];
+      if (backendDomid === undefined || !/^\d+$/.test(devid)) continue;
+      specs.push({ kind, frontendDomid, backendDomid: Number(backendDomid), devid: Number(devid) });
+    }
+  }
+  return specs;
 }
 
 /**

@@ -2,7 +2,7 @@ import { EmbeddedPlatform, DEFAULT_MACHINE_FRAMES } from '../shared/embedded/pla
 import { createLogger } from '../shared/log.js';
 import { DEFAULT_RESTART, Supervisor, type WorkerStatus } from '../shared/mesh/supervisor.js';
 import { XenStoreClient } from '../xenstore/client/client.js';
-import type { DevicePaths, DeviceSpec, UnplugResult } from './devices.js';
+import type { DevicePaths, DeviceSpec, UnplugOptions, UnplugResult } from './devices.js';
 import type { StartInfo } from './domain-builder.js';
 import type { KernelDrivers, KernelRoleConfig } from './kernel.js';
 import { Toolstack, type DomainConfig } from './toolstack.js';
@@ -132,8 +132,8 @@ export class Host {
   }
 
   /** Unplugs a split device, as libxl does. */
-  unplugDevice(spec: DeviceSpec, timeoutMs?: number): Promise<UnplugResult> {
-    return this.toolstack.unplugDevice(spec, timeoutMs);
+  unplugDevice(spec: DeviceSpec, options?: UnplugOptions): Promise<UnplugResult> {
+    return this.toolstack.unplugDevice(spec, options);
   }
 
   workers(): WorkerStatus[] {

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { PAGE_SIZE, type Platform } from '../shared/platform.js';
 import type { PermissionEntry, XenStoreClient } from '../xenstore/client/client.js';
-import { plugDevice, unplugDevice, type DevicePaths, type DeviceSpec, type UnplugResult } from './devices.js';
+import { devicesOf, plugDevice, unplugDevice, type DevicePaths, type DeviceSpec, type UnplugOptions, type UnplugResult } from './devices.js';
 import { buildDomain, type StartInfo } from './domain-builder.js';
 
 export interface DomainConfig {
@@ -38,8 +38,8 @@ export class Toolstack {
   }
 
   /** Unplugs a split device (see unplugDevice). */
-  unplugDevice(spec: DeviceSpec, timeoutMs?: number): Promise<UnplugResult> {
-    return unplugDevice(this.xs, spec, timeoutMs);
+  unplugDevice(spec: DeviceSpec, options?: UnplugOptions): Promise<UnplugResult> {
+    return unplugDevice(this.xs, spec, options);
   }
 
   async createDomain(config: DomainConfig): Promise<StartInfo> {
@@ -55,9 +55,16 @@ export class Toolstack {
     return start;
   }
 
-  /** Destroys a domain and removes what the toolstack wrote for it, as libxl does after its death. */
+  /**
+   * Destroys a domain and removes what the toolstack wrote for it, as libxl
+   * does: its devices are removed by force (the frontend first, then the
+   * backend once it has let go), and its home and VM record go.
+   */
   async destroyDomain(domid: number): Promise<void> {
     if (this.platform.domainInfo(domid)) this.platform.destroyDomain(domid);
+    for (const device of await devicesOf(this.xs, domid)) {
+      await unplugDevice(this.xs, device, { force: true }).catch(() => {});
+    }
     await this.xs.rm(`/local/domain/${domid}`).catch(() => {});
     const vm = this.vmPaths.get(domid);
     if (vm) await this.xs.rm(vm).catch(() => {});

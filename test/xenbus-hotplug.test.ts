@@ -104,7 +104,7 @@ t.test('a frontend that never closes is removed by force, and its backend lets g
   await bed.waitStates(spec, Connected, Connected);
   // The guest's kernel hangs: its buses stop answering.
   await frontBus.stop();
-  const result = await bed.unplug(spec, 300);
+  const result = await bed.unplug(spec, { timeoutMs: 300 });
   t.notOk(result.clean, 'the unplug had to force it');
   t.equal(result.backendState, Closed, 'the backend closed once its frontend was gone');
   await waitFor(() => back.devices.size === 0, 'the backend to detach');
@@ -160,4 +160,21 @@ t.test('hotplug and unplug by hand with xenstore-write and xenstore-chmod on the
     t.same(await bed.states(spec), { front: 'Connected', back: 'Connected' }, `device ${spec.devid} undisturbed`);
     t.same(await front.devices.get(String(spec.devid))!.echo(payload('still')), payload('still'));
   }
+});
+
+t.test('destroying a guest removes its devices, and their backends let go', async (t) => {
+  const { bed, driver, guest, front, back } = await startEchoTestbed(t);
+  const specs = [0, 1, 2].map((devid) => echoSpec(guest.domid, driver.domid, devid));
+  for (const spec of specs) await bed.plug(spec);
+  await Promise.all(specs.map((spec) => bed.waitStates(spec, Connected, Connected)));
+  t.equal(front.devices.size, 3);
+  await guest.halt();
+  await bed.toolstack.destroyDomain(guest.domid);
+  await waitFor(() => back.devices.size === 0, 'the backends to detach');
+  for (const spec of specs) {
+    const paths = devicePaths(spec);
+    t.equal(await bed.dom0.tryRead(paths.backend), undefined, `backend ${spec.devid} removed`);
+    t.equal(await bed.dom0.tryRead(paths.libxl), undefined, `libxl record ${spec.devid} removed`);
+  }
+  t.equal(bed.env.platform.domainInfo(guest.domid), undefined, 'the guest is gone: nothing maps its pages any more');
 });

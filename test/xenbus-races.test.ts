@@ -338,7 +338,7 @@ t.test('the states a device goes through stay within the protocol', async (t) =>
   for (let round = 0; round < 5; round++) {
     await bed.plug(spec);
     if (round % 2 === 0) await delay(round);
-    const result = await bed.unplug(spec, 2000);
+    const result = await bed.unplug(spec, { timeoutMs: 2000 });
     t.ok(result.clean, `round ${round}: unplugged cleanly (backend ${result.backendState}, frontend ${result.frontendState})`);
     await waitFor(() => front.devices.size === 0 && back.devices.size === 0, `round ${round}: both ends detached`);
   }

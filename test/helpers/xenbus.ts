@@ -1,5 +1,5 @@
 import { connectXenstore, type KernelConnection } from '../../host/kernel.js';
-import { devicePaths, type DeviceSpec, type DevicePaths, type UnplugResult } from '../../host/devices.js';
+import { devicePaths, type DeviceSpec, type DevicePaths, type UnplugOptions, type UnplugResult } from '../../host/devices.js';
 import type { StartInfo } from '../../host/domain-builder.js';
 import { Toolstack } from '../../host/toolstack.js';
 import type { EmbeddedEventChannels } from '../../shared/embedded/evtchn.js';
@@ -51,7 +51,7 @@ export interface BusTestbed {
   /** A domain's kernel again after the previous one died (a restarted worker). */
   restartKernel(domain: TestDomain): Promise<TestDomain>;
   plug(spec: DeviceSpec): Promise<DevicePaths>;
-  unplug(spec: DeviceSpec, timeoutMs?: number): Promise<UnplugResult>;
+  unplug(spec: DeviceSpec, options?: UnplugOptions): Promise<UnplugResult>;
   /** The state node of both ends of a device, by name. */
   states(spec: DeviceSpec): Promise<{ front: string; back: string }>;
   /** Waits until both ends of a device read the given states. */
@@ -137,7 +137,7 @@ export async function startBusTestbed(options: TestDaemonOptions = {}): Promise<
       return connect(domain.start);
     },
     plug: (spec) => toolstack.plugDevice(spec),
-    unplug: (spec, timeoutMs) => toolstack.unplugDevice(spec, timeoutMs),
+    unplug: (spec, options) => toolstack.unplugDevice(spec, options),
     async states(spec) {
       const paths = devicePaths(spec);
       return {
