@@ -1,0 +1,103 @@
+// System calls Node does not offer, for the block backend's I/O workers:
+// punching holes in image files (fallocate), discarding on block devices
+// (BLKDISCARD, BLKSECDISCARD), and asking a block device its size and
+// sector sizes (BLKGETSIZE64, BLKSSZGET, BLKPBSZGET). Each call is
+// synchronous: it runs on an I/O worker, where blocking is the point.
+#include <napi.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace {
+
+// An Error carrying the errno name in `code`, as Node's own fs errors do.
+Napi::Error ErrnoError(Napi::Env env, int err, const char* what) {
+  Napi::Error error = Napi::Error::New(env, std::string(what) + ": " + std::strerror(err));
+  const char* name = nullptr;
+  switch (err) {
+    case EBADF: name = "EBADF"; break;
+    case EINVAL: name = "EINVAL"; break;
+    case EIO: name = "EIO"; break;
+    case ENOSPC: name = "ENOSPC"; break;
+    case ENODEV: name = "ENODEV"; break;
+    case ENOTTY: name = "ENOTTY"; break;
+    case EOPNOTSUPP: name = "EOPNOTSUPP"; break;
+    case EPERM: name = "EPERM"; break;
+    case EACCES: name = "EACCES"; break;
+    case EROFS: name = "EROFS"; break;
+    case EINTR: name = "EINTR"; break;
+    case EAGAIN: name = "EAGAIN"; break;
+    case EBUSY: name = "EBUSY"; break;
+    case ENOMEM: name = "ENOMEM"; break;
+    default: name = "EIO"; break;
+  }
+  error.Set("code", Napi::String::New(env, name));
+  error.Set("errno", Napi::Number::New(env, err));
+  return error;
+}
+
+int64_t Int64Arg(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  if (info.Length() <= i || !info[i].IsNumber()) {
+    throw Napi::TypeError::New(info.Env(), std::string(name) + " must be a number");
+  }
+  return info[i].As<Napi::Number>().Int64Value();
+}
+
+// punchHole(fd, offset, length): deallocates a range of a file, which
+// then reads as zeros; the file keeps its size.
+Napi::Value PunchHole(const Napi::CallbackInfo& info) {
+  const int fd = static_cast<int>(Int64Arg(info, 0, "fd"));
+  const off_t offset = Int64Arg(info, 1, "offset");
+  const off_t length = Int64Arg(info, 2, "length");
+  if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) != 0) {
+    throw ErrnoError(info.Env(), errno, "fallocate");
+  }
+  return info.Env().Undefined();
+}
+
+// discardBlocks(fd, offset, length, secure): BLKDISCARD (or BLKSECDISCARD)
+// on a block device.
+Napi::Value DiscardBlocks(const Napi::CallbackInfo& info) {
+  const int fd = static_cast<int>(Int64Arg(info, 0, "fd"));
+  uint64_t range[2] = {static_cast<uint64_t>(Int64Arg(info, 1, "offset")), static_cast<uint64_t>(Int64Arg(info, 2, "length"))};
+  const bool secure = info.Length() > 3 && info[3].ToBoolean().Value();
+  if (ioctl(fd, secure ? BLKSECDISCARD : BLKDISCARD, range) != 0) {
+    throw ErrnoError(info.Env(), errno, secure ? "BLKSECDISCARD" : "BLKDISCARD");
+  }
+  return info.Env().Undefined();
+}
+
+// blockDeviceInfo(fd): { size, logicalSectorSize, physicalSectorSize } of a
+// block device, from the kernel.
+Napi::Value BlockDeviceInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int fd = static_cast<int>(Int64Arg(info, 0, "fd"));
+  uint64_t size = 0;
+  int logical = 0;
+  unsigned int physical = 0;
+  if (ioctl(fd, BLKGETSIZE64, &size) != 0) throw ErrnoError(env, errno, "BLKGETSIZE64");
+  if (ioctl(fd, BLKSSZGET, &logical) != 0) throw ErrnoError(env, errno, "BLKSSZGET");
+  if (ioctl(fd, BLKPBSZGET, &physical) != 0) throw ErrnoError(env, errno, "BLKPBSZGET");
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("size", Napi::Number::New(env, static_cast<double>(size)));
+  out.Set("logicalSectorSize", Napi::Number::New(env, logical));
+  out.Set("physicalSectorSize", Napi::Number::New(env, physical));
+  return out;
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("punchHole", Napi::Function::New(env, PunchHole));
+  exports.Set("discardBlocks", Napi::Function::New(env, DiscardBlocks));
+  exports.Set("blockDeviceInfo", Napi::Function::New(env, BlockDeviceInfo));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(xenmesh_native, Init)

@@ -1,0 +1,31 @@
+import { createRequire } from 'node:module';
+
+/**
+ * The system calls Node lacks, from the native addon in native/ (built by
+ * `npm ci`, or `npm run build:native`). They block: call them on an I/O
+ * worker.
+ */
+export interface NativeCalls {
+  /** Deallocates a byte range of a file (fallocate PUNCH_HOLE | KEEP_SIZE); it reads back as zeros. */
+  punchHole(fd: number, offset: number, length: number): void;
+  /** BLKDISCARD (or BLKSECDISCARD) of a byte range of a block device. */
+  discardBlocks(fd: number, offset: number, length: number, secure: boolean): void;
+  /** A block device's size in bytes and its logical and physical sector sizes. */
+  blockDeviceInfo(fd: number): { size: number; logicalSectorSize: number; physicalSectorSize: number };
+}
+
+const ADDON = new URL('../../build/Release/xenmesh_native.node', import.meta.url);
+
+let calls: NativeCalls | undefined;
+
+/** The addon, loaded on first use; an Error saying how to build it if it is missing. */
+export function nativeCalls(): NativeCalls {
+  if (!calls) {
+    try {
+      calls = createRequire(import.meta.url)(ADDON.pathname) as NativeCalls;
+    } catch (err) {
+      throw new Error(`the native addon is not built (${(err as Error).message}); run npm run build:native`);
+    }
+  }
+  return calls;
+}
