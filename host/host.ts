@@ -5,6 +5,7 @@ import { XenStoreClient } from '../xenstore/client/client.js';
 import type { DevicePaths, DeviceSpec, UnplugOptions, UnplugResult } from './devices.js';
 import type { StartInfo } from './domain-builder.js';
 import type { KernelDrivers, KernelRoleConfig } from './kernel.js';
+import type { PlatformShared } from '../shared/attach.js';
 import { Toolstack, type DomainConfig } from './toolstack.js';
 import { XENSTORED_RESTART, type XenstoredRoleConfig } from './xenstored-role.js';
 
@@ -90,7 +91,7 @@ export class Host {
       domid: 0,
       module: workerModule('xenstored-worker'),
       config,
-      shared: { descriptor: this.platform.descriptor },
+      shared: { link: this.platform.link } satisfies PlatformShared,
       // The store lives in the daemon: a xenstored that died cannot be
       // replaced without losing it, as on Xen without live update. Only a
       // planned restart hands the store over.
@@ -112,7 +113,7 @@ export class Host {
       domid: start.domid,
       module: this.options.kernelModule ?? workerModule('kernel-worker'),
       config: kernel,
-      shared: { descriptor: this.platform.descriptor },
+      shared: { link: this.platform.link } satisfies PlatformShared,
       restart: DEFAULT_RESTART,
     });
     return start;

@@ -1,5 +1,4 @@
-import { EmbeddedPlatform } from '../shared/embedded/platform.js';
-import type { EmbeddedDescriptor } from '../shared/embedded/layout.js';
+import { attachPlatform, type PlatformShared } from '../shared/attach.js';
 import { EventDispatcher } from '../shared/event-dispatcher.js';
 import type { RoleContext, RoleInstance } from '../shared/mesh/worker-runtime.js';
 import type { DomainInterface, Platform } from '../shared/platform.js';
@@ -25,6 +24,7 @@ export interface KernelDrivers {
 export interface KernelRoleConfig extends KernelDrivers {
   start: StartInfo;
 }
+
 
 export interface Kernel extends RoleInstance {
   readonly xenstore: XenStoreClient;
@@ -58,7 +58,8 @@ export async function connectXenstore(platform: Platform, start: StartInfo): Pro
 /** A kernel learns who it is and runs its buses on top of its xenstore connection. */
 export async function startKernel(ctx: RoleContext<KernelRoleConfig>): Promise<Kernel> {
   const { start } = ctx.config;
-  const platform = EmbeddedPlatform.attach((ctx.shared as { descriptor: EmbeddedDescriptor }).descriptor);
+  const { link } = ctx.shared as PlatformShared;
+  const platform = attachPlatform(link);
   await platform.whenRunning(start.domid);
   const { xs, events, domain } = await connectXenstore(platform, start);
   const name = await xs.readString('name');
@@ -66,7 +67,7 @@ export async function startKernel(ctx: RoleContext<KernelRoleConfig>): Promise<K
   ctx.log.info(`${name} (domain ${start.domid}) connected to xenstore; home ${home}`);
   xs.onReconnected(() => ctx.log.info('the xenstore connection was started over; watches are set again'));
 
-  const bus: BusContext = { xs, domid: start.domid, home, domain, events, log: ctx.log };
+  const bus: BusContext = { xs, domid: start.domid, home, domain, events, link, log: ctx.log };
   const buses: XenbusBus[] = [];
   const backDrivers = ctx.config.backDrivers ?? [];
   const frontDrivers = ctx.config.frontDrivers ?? [];

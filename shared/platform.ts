@@ -165,9 +165,19 @@ export interface DomainInterface {
   openEventChannels(): EventChannels;
 }
 
+/**
+ * What a worker needs to reach the platform by itself. It is
+ * structured-clonable, so it travels in a worker's start data: each worker
+ * maps and binds what it uses itself. On the embedded platform it carries
+ * the machine's shared buffers.
+ */
+export type PlatformLink = { readonly kind: 'embedded'; readonly descriptor: unknown };
+
 /** The toolstack's view of the platform, and the way into each domain. */
 export interface Platform {
   readonly kind: 'embedded' | 'xen';
+  /** How another worker attaches to this same platform (see attachPlatform). */
+  readonly link: PlatformLink;
   createDomain(spec: DomainSpec): DomainInfo;
   pauseDomain(domid: number): void;
   unpauseDomain(domid: number): void;

@@ -2,7 +2,7 @@ import { constants } from 'node:os';
 import { XsError } from '../shared/errors.js';
 import type { EventDispatcher } from '../shared/event-dispatcher.js';
 import type { Logger } from '../shared/log.js';
-import type { DomainInterface } from '../shared/platform.js';
+import type { DomainInterface, PlatformLink } from '../shared/platform.js';
 import { isConnectionLoss, type XenStoreClient } from '../xenstore/client/client.js';
 import { readIfVisible, readStateAt } from './read.js';
 import { XenbusState, parseState, stateName } from './state.js';
@@ -17,6 +17,8 @@ export interface BusContext {
   readonly domain: DomainInterface;
   /** The worker's event channels, shared by every driver in it. */
   readonly events: EventDispatcher;
+  /** How a driver's own workers (an I/O pool) reach the platform themselves. */
+  readonly link: PlatformLink;
   readonly log: Logger;
 }
 

@@ -2,8 +2,7 @@
  * The xenstored role: the daemon in dom0's worker, serving every domain's
  * ring through the platform and dom0's tools on a Unix socket.
  */
-import { EmbeddedPlatform } from '../../shared/embedded/platform.js';
-import type { EmbeddedDescriptor } from '../../shared/embedded/layout.js';
+import { attachPlatform, type PlatformShared } from '../../shared/attach.js';
 import { runRole } from '../../shared/mesh/worker-runtime.js';
 import { PlatformDomainBackend } from '../../xenstore/daemon/platform-backend.js';
 import { XenStoreSocketServer } from '../../xenstore/daemon/socket-server.js';
@@ -16,7 +15,7 @@ import { XENSTORED_RESTART, type XenstoredRoleConfig } from '../xenstored-role.j
 const STATS_INTERVAL_MS = 1000;
 
 runRole<XenstoredRoleConfig>(async (ctx) => {
-  const platform = EmbeddedPlatform.attach((ctx.shared as { descriptor: EmbeddedDescriptor }).descriptor);
+  const platform = attachPlatform((ctx.shared as PlatformShared).link);
   const daemon = new XenStoreDaemon({ backend: new PlatformDomainBackend(platform, ctx.domid), traceFile: ctx.config.traceFile });
   // A state left behind is only ever taken by the successor it was left for.
   const saved = takeSavedState(ctx.config.stateFile);

@@ -7,6 +7,7 @@ import {
   type DomainSpec,
   type DomainState,
   type Platform,
+  type PlatformLink,
   type ShutdownReasonName,
 } from '../platform.js';
 import { threadId } from 'node:worker_threads';
@@ -39,6 +40,10 @@ const CONTROL_DOMID = 0;
 export class EmbeddedPlatform implements Platform {
   readonly kind = 'embedded';
   readonly machine: Machine;
+
+  get link(): PlatformLink {
+    return { kind: 'embedded', descriptor: this.descriptor };
+  }
 
   private constructor(
     readonly descriptor: EmbeddedDescriptor,

@@ -88,6 +88,7 @@ export async function startBusTestbed(options: TestDaemonOptions = {}): Promise<
       home: `/local/domain/${start.domid}`,
       domain: kernel.domain,
       events: kernel.events,
+      link: env.platform.link,
       log: createLogger(`${start.name}`),
     };
     const buses: XenbusBus[] = [];
