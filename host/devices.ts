@@ -203,3 +203,66 @@ async function removeWithEmptyParents(xs: XenStoreClient, path: string): Promise
     }
   }, UNTIL_COMMITTED);
 }
+
+/** What a toolstack says of a virtual disk (a subset of libxl's libxl_device_disk). */
+export interface DiskSpec {
+  readonly frontendDomid: number;
+  readonly backendDomid: number;
+  /** The guest's name for it (xen-vbd-interface(7)): `xvda`, `xvdb`, ... */
+  readonly vdev: string;
+  /** The raw image or block device (an absolute path), or `memory:<bytes>` for a RAM disk. */
+  readonly target: string;
+  readonly readOnly?: boolean;
+  readonly cdrom?: boolean;
+  readonly removable?: boolean;
+  readonly directIoSafe?: boolean;
+  readonly discard?: boolean;
+}
+
+/**
+ * The device number of a Xen virtual disk name (xen-vbd-interface(7)):
+ * `xvd<letters><partition>`, numbered 202 << 8 | disk << 4 | partition for
+ * the first 16 disks and 1 << 28 | disk << 8 | partition beyond.
+ */
+export function vdevNumber(vdev: string): number {
+  const match = /^xvd([a-z]+)(\d*)$/.exec(vdev);
+  if (!match) throw new Error(`'${vdev}' is not a Xen virtual disk name (xvda, xvdb, ...)`);
+  let disk = 0;
+  for (const letter of match[1]!) disk = disk * 26 + (letter.charCodeAt(0) - 96);
+  disk -= 1;
+  const partition = match[2] ? Number(match[2]) : 0;
+  if (disk < 16 && partition < 16) return (202 << 8) | (disk << 4) | partition;
+  if (partition > 255) throw new Error(`partition ${partition} of '${vdev}' is out of range`);
+  return (1 << 28) | (disk << 8) | partition;
+}
+
+/**
+ * A disk as libxl's device_disk_add lays it out for a userspace (qdisk)
+ * backend: `params` as format:path, the backend type, mode, device type
+ * and the rest of its backend keys; `virtual-device`, `device-type`,
+ * `trusted` and the native `protocol` in the frontend.
+ */
+export function diskDevice(disk: DiskSpec): DeviceSpec {
+  const devid = vdevNumber(disk.vdev);
+  const deviceType = disk.cdrom ? 'cdrom' : 'disk';
+  const params = disk.target.startsWith('memory:') ? disk.target : `raw:${disk.target}`;
+  const backend: Record<string, string> = {
+    params,
+    removable: disk.removable ? '1' : '0',
+    bootable: '1',
+    dev: disk.vdev,
+    type: 'qdisk',
+    mode: disk.readOnly ? 'r' : 'w',
+    'device-type': deviceType,
+    'discard-enable': disk.discard === false ? '0' : '1',
+    specification: 'xen',
+  };
+  if (disk.directIoSafe) backend['direct-io-safe'] = '1';
+  const frontend: Record<string, string> = {
+    'virtual-device': String(devid),
+    'device-type': deviceType,
+    trusted: '1',
+    protocol: 'x86_64-abi',
+  };
+  return { kind: 'vbd', frontendDomid: disk.frontendDomid, backendDomid: disk.backendDomid, devid, backend, frontend };
+}

@@ -1,3 +1,5 @@
+import { BlkbackDriver } from '../blkback/driver.js';
+import { BlkfrontDriver } from '../blkfront/driver.js';
 import type { XenbusDriver } from '../xenbus/driver.js';
 import { EchoBackDriver } from '../xenbus/echo/back.js';
 import { EchoFrontDriver } from '../xenbus/echo/front.js';
@@ -10,10 +12,12 @@ import { EchoFrontDriver } from '../xenbus/echo/front.js';
  */
 const FRONTEND_DRIVERS: Record<string, () => XenbusDriver> = {
   echo: () => new EchoFrontDriver(),
+  vbd: () => new BlkfrontDriver(),
 };
 
 const BACKEND_DRIVERS: Record<string, () => XenbusDriver> = {
   echo: () => new EchoBackDriver(),
+  vbd: () => new BlkbackDriver(),
 };
 
 export function frontendDriver(name: string): XenbusDriver {

@@ -1,32 +1,43 @@
+import { mkdir, open, stat } from 'node:fs/promises';
+import { homedir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { createLogger } from '../shared/log.js';
 import { DEFAULT_SOCKET_PATH } from '../xenstore/daemon/socket-server.js';
 import { waitForState } from '../xenbus/read.js';
 import { XenbusState } from '../xenbus/state.js';
-import { devicePaths, type DeviceSpec } from './devices.js';
+import { devicePaths, diskDevice, type DeviceSpec } from './devices.js';
 import { Host } from './host.js';
 import { formatDevices, formatStatus, formatTree } from './report.js';
 
 const log = createLogger('host');
 
-export const UP_USAGE = `Usage: xenmesh up [--socket PATH] [--frames N] [--trace FILE]
+/** Where the guest's disk lives unless --image says otherwise. */
+export const DEFAULT_IMAGE = join(process.env['XDG_DATA_HOME'] ?? join(homedir(), '.local', 'share'), 'xenmesh', 'guest.img');
+/** The size of a disk image created because none was there: 1 GiB, sparse. */
+export const DEFAULT_IMAGE_BYTES = 2 ** 30;
+
+export const UP_USAGE = `Usage: xenmesh up [--image FILE] [--socket PATH] [--frames N] [--trace FILE]
 
 Boots an embedded Xen host: dom0 with xenstored, a driver domain and a guest
-domain, each domain's kernel in a worker of its own, and plugs an echo device
-from the driver domain into the guest. xenstored also listens on a Unix
-socket (default ${DEFAULT_SOCKET_PATH}) so that xenstore-utils can inspect and
-drive the running host; socket clients act as dom0.
-Stays up until Ctrl-C or SIGTERM.
+domain, each domain's kernel in a worker of its own. The driver domain serves
+a raw image file to the guest as its disk xvda (and an echo device).
+xenstored also listens on a Unix socket (default ${DEFAULT_SOCKET_PATH}) so
+that xenstore-utils can inspect and drive the running host; socket clients
+act as dom0. Stays up until Ctrl-C or SIGTERM.
 
+  --image FILE    the guest's disk (default ${DEFAULT_IMAGE}); created sparse,
+                  ${DEFAULT_IMAGE_BYTES / 2 ** 30} GiB, if it does not exist
   --socket PATH   where xenstored listens for dom0's tools
   --frames N      machine memory in 4 KiB pages (default 16384)
   --trace FILE    trace every xenstore request and reply to FILE`;
 
 /** The domains `xenmesh up` creates besides dom0 (4 MiB each), with the bus drivers each loads. */
 const DOMAINS = [
-  { config: { name: 'driver', pages: 1024 }, drivers: { backDrivers: ['echo'] } },
-  { config: { name: 'guest', pages: 1024 }, drivers: { frontDrivers: ['echo'] } },
+  { config: { name: 'driver', pages: 1024 }, drivers: { backDrivers: ['echo', 'vbd'] } },
+  { config: { name: 'guest', pages: 1024 }, drivers: { frontDrivers: ['echo', 'vbd'] } },
 ];
+
 
 /** How long the host waits for the first device to connect before it reports anyway. */
 const CONNECT_WAIT_MS = 10_000;
@@ -36,7 +47,13 @@ export async function runUp(argv: string[]): Promise<number> {
   try {
     ({ values } = parseArgs({
       args: argv,
-      options: { socket: { type: 'string' }, frames: { type: 'string' }, trace: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+      options: {
+        image: { type: 'string' },
+        socket: { type: 'string' },
+        frames: { type: 'string' },
+        trace: { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
       strict: true,
     }));
   } catch (err) {
@@ -53,14 +70,23 @@ export async function runUp(argv: string[]): Promise<number> {
     return 1;
   }
   const socket = values.socket ?? DEFAULT_SOCKET_PATH;
+  const image = resolve(values.image ?? DEFAULT_IMAGE);
+  try {
+    if (await ensureImage(image)) log.info(`created ${image}, sparse, ${DEFAULT_IMAGE_BYTES} bytes`);
+  } catch (err) {
+    process.stderr.write(`xenmesh up: cannot use ${image} as the guest's disk: ${(err as Error).message}\n`);
+    return 1;
+  }
   const host = new Host({ socket, frames, traceFile: values.trace });
   try {
     await host.boot();
     const started = [];
     for (const { config, drivers } of DOMAINS) started.push(await host.startDomain(config, drivers));
-    const echo: DeviceSpec = { kind: 'echo', frontendDomid: started[1]!.domid, backendDomid: started[0]!.domid, devid: 0 };
-    await host.plugDevice(echo);
-    await waitConnected(host, echo);
+    const [driver, guest] = [started[0]!.domid, started[1]!.domid];
+    const disk = diskDevice({ frontendDomid: guest, backendDomid: driver, vdev: 'xvda', target: image });
+    const echo: DeviceSpec = { kind: 'echo', frontendDomid: guest, backendDomid: driver, devid: 0 };
+    for (const device of [disk, echo]) await host.plugDevice(device);
+    await Promise.all([disk, echo].map((device) => waitConnected(host, device)));
   } catch (err) {
     log.error(`boot failed: ${(err as Error).message}`);
     await host.shutdown().catch(() => {});
@@ -98,6 +124,25 @@ export async function runUp(argv: string[]): Promise<number> {
     process.once('SIGINT', stop);
     process.once('SIGTERM', stop);
   });
+}
+
+/** Creates the image, sparse, if there is none; true if it did. */
+async function ensureImage(path: string): Promise<boolean> {
+  try {
+    const stats = await stat(path);
+    if (!stats.isFile() && !stats.isBlockDevice()) throw new Error('it is neither a file nor a block device');
+    return false;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+  await mkdir(dirname(path), { recursive: true });
+  const handle = await open(path, 'wx', 0o600);
+  try {
+    await handle.truncate(DEFAULT_IMAGE_BYTES);
+  } finally {
+    await handle.close();
+  }
+  return true;
 }
 
 /** Waits for both ends of a device to be Connected; a device that does not connect is reported, not fatal. */

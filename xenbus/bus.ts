@@ -174,6 +174,7 @@ export abstract class XenbusBus {
         await entry.handler?.detach();
       });
     }
+    for (const driver of this.drivers) await driver.close?.();
   }
 
   /**

@@ -33,4 +33,6 @@ export interface XenbusDriver {
   probe?(device: XenbusDevice): boolean | Promise<boolean>;
   /** Sets the device up; a driver that throws leaves an error node and the device Closed. */
   attach(device: XenbusDevice): Promise<DeviceHandler>;
+  /** The bus stops: release what the driver shares between its devices (I/O workers). */
+  close?(): Promise<void> | void;
 }

@@ -1,0 +1,304 @@
+import { stat } from 'node:fs/promises';
+import { XsError } from '../shared/errors.js';
+import { abiForProtocol, VDisk, SECTOR_SIZE, type BlkifAbi } from '../shared/blkif.js';
+import { PlatformError, type GrantMapping } from '../shared/platform.js';
+import type { XenbusDevice } from '../xenbus/device.js';
+import type { DeviceHandler, XenbusDriver } from '../xenbus/driver.js';
+import { XenbusState } from '../xenbus/state.js';
+import { readVbdConfig, type VbdConfig } from './config.js';
+import { IoPool } from './io-pool.js';
+import { RequestQueue } from './queue.js';
+import { BlkbackRing } from './ring.js';
+import { openStore, probeDiscard, type BackingStore } from './store.js';
+
+/** The largest ring offered: 2^4 = 16 pages (Linux blkback's default xen_blkif_max_ring_order). */
+export const BLKBACK_MAX_RING_PAGE_ORDER = 4;
+/** Segments an indirect request may carry (Linux blkback's default, MAX_INDIRECT_SEGMENTS). */
+export const BLKBACK_MAX_INDIRECT_SEGMENTS = 256;
+/** Rings (queues) a frontend may use at once. */
+export const BLKBACK_MAX_QUEUES = 4;
+
+export interface BlkbackOptions {
+  /** Offer multi-page rings up to 2^order pages (0: the original single page, and neither key published). */
+  maxRingPageOrder?: number;
+  /** Offer indirect requests of up to this many segments (0: none, and the key not published). */
+  maxIndirectSegments?: number;
+  maxQueues?: number;
+  /** Offer persistent grants. */
+  persistent?: boolean;
+}
+
+/**
+ * The block backend (blkback) for a back bus: one handler per virtual
+ * block device. At attach it reads the toolstack's configuration and
+ * publishes what it offers, then waits in InitWait; when the frontend has
+ * published its rings it opens the store, publishes the disk's size, maps
+ * the rings and connects; when the frontend goes away it drains what is in
+ * flight, unmaps the rings and closes the store, so that whoever opens it
+ * next (after a migration, another backend) reads what was written.
+ */
+export class BlkbackDriver implements XenbusDriver {
+  readonly name = 'blkback';
+  readonly deviceClass = 'vbd';
+  /** Attached devices by id (`<frontend-domid>/<devid>`). */
+  readonly devices = new Map<string, VbdBackend>();
+  private pool: IoPool | undefined;
+
+  constructor(private readonly options: BlkbackOptions = {}) {}
+
+  async attach(device: XenbusDevice): Promise<DeviceHandler> {
+    const config = await readVbdConfig(device);
+    if (config.target.kind === 'path') {
+      // Opened at connect; a store that is not there is reported now.
+      try {
+        await stat(config.target.path);
+      } catch (err) {
+        throw new XsError('ENOENT', `${config.target.path}: ${(err as NodeJS.ErrnoException).code ?? 'cannot be reached'}`);
+      }
+    }
+    this.pool ??= new IoPool(device.ctx.link);
+    const backend = new VbdBackend(device, config, this.pool, this.offer(), () => {
+      if (this.devices.get(device.id) === backend) this.devices.delete(device.id);
+    });
+    await backend.publishFeatures();
+    this.devices.set(device.id, backend);
+    return backend;
+  }
+
+  /** Stops the I/O workers (the kernel is going away). */
+  async close(): Promise<void> {
+    await this.pool?.close();
+    this.pool = undefined;
+  }
+
+  private offer(): Offer {
+    return {
+      maxRingPageOrder: this.options.maxRingPageOrder ?? BLKBACK_MAX_RING_PAGE_ORDER,
+      maxIndirectSegments: this.options.maxIndirectSegments ?? BLKBACK_MAX_INDIRECT_SEGMENTS,
+      maxQueues: this.options.maxQueues ?? BLKBACK_MAX_QUEUES,
+      persistent: this.options.persistent ?? true,
+    };
+  }
+}
+
+/** What this backend offers its frontends. */
+interface Offer {
+  readonly maxRingPageOrder: number;
+  readonly maxIndirectSegments: number;
+  readonly maxQueues: number;
+  readonly persistent: boolean;
+}
+
+/** What the frontend asked for, read when it connects. */
+interface FrontendParams {
+  readonly abi: BlkifAbi;
+  readonly pages: number;
+  readonly queues: { readonly refs: number[]; readonly port: number }[];
+  readonly persistent: boolean;
+}
+
+interface Connection {
+  readonly store: BackingStore;
+  readonly queue: RequestQueue;
+  readonly rings: BlkbackRing[];
+  readonly params: FrontendParams;
+}
+
+/** The backend of one virtual block device. */
+export class VbdBackend implements DeviceHandler {
+  private connection: Connection | undefined;
+  /** A connection being made or torn down: the next one waits for it. */
+  private transition: Promise<void> = Promise.resolve();
+  /** Connections made over the device's life. */
+  connections = 0;
+
+  constructor(
+    readonly device: XenbusDevice,
+    readonly config: VbdConfig,
+    private readonly pool: IoPool,
+    private readonly offer: Offer,
+    private readonly onDetach: () => void,
+  ) {}
+
+  /** The store of the current connection, if any. */
+  get store(): BackingStore | undefined {
+    return this.connection?.store;
+  }
+
+  /** Requests answered on the current connection. */
+  get served(): number {
+    return this.connection?.rings.reduce((sum, ring) => sum + ring.served, 0) ?? 0;
+  }
+
+  /** blkif.h's backend features, published before InitWait. */
+  async publishFeatures(): Promise<void> {
+    const { offer, config } = this;
+    const keys: Record<string, string | number> = {
+      'feature-flush-cache': 1,
+      'feature-barrier': 1,
+      'feature-persistent': offer.persistent ? 1 : 0,
+      'multi-queue-max-queues': offer.maxQueues,
+    };
+    if (offer.maxIndirectSegments > 0) keys['feature-max-indirect-segments'] = offer.maxIndirectSegments;
+    if (offer.maxRingPageOrder > 0) {
+      // Both schemes, with the same limit, as blkif.h's note 3 asks.
+      keys['max-ring-page-order'] = offer.maxRingPageOrder;
+      keys['max-ring-pages'] = 1 << offer.maxRingPageOrder;
+    }
+    const discard = await probeDiscard(config);
+    keys['feature-discard'] = discard ? 1 : 0;
+    if (discard) {
+      keys['discard-granularity'] = discard.granularity;
+      keys['discard-alignment'] = discard.alignment;
+      keys['discard-secure'] = discard.secure ? 1 : 0;
+    }
+    await this.device.write(keys);
+    await this.device.switchState(XenbusState.InitWait);
+  }
+
+  async otherendChanged(state: number): Promise<void> {
+    switch (state) {
+      case XenbusState.Initialised:
+      case XenbusState.Connected:
+        // Connected too: two changes in quick succession read as one.
+        if (this.device.state !== XenbusState.Connected) await this.serialised(() => this.connect());
+        break;
+      case XenbusState.Closing:
+        await this.serialised(() => this.disconnect());
+        await this.device.switchState(XenbusState.Closing);
+        break;
+      case XenbusState.Closed: {
+        await this.serialised(() => this.disconnect());
+        const own = this.device.state;
+        if (own === XenbusState.Connected || own === XenbusState.Closing) await this.device.switchState(XenbusState.Closed);
+        break;
+      }
+      case XenbusState.Unknown:
+        await this.serialised(() => this.disconnect());
+        await this.device.switchState(XenbusState.Closed);
+        break;
+      default:
+        break;
+    }
+  }
+
+  async detach(): Promise<void> {
+    this.onDetach();
+    await this.serialised(() => this.disconnect());
+  }
+
+  private serialised(step: () => Promise<void>): Promise<void> {
+    const next = this.transition.then(step);
+    this.transition = next.catch(() => {});
+    return next;
+  }
+
+  /** Reads the frontend's rings, opens the store, maps the rings, and is Connected. */
+  private async connect(): Promise<void> {
+    const { device } = this;
+    if (this.connection) await this.disconnect();
+    const params = await this.readFrontend();
+    const store = await openStore(this.config);
+    const rings: BlkbackRing[] = [];
+    try {
+      const queue = new RequestQueue(this.pool, store.handle, device.otherendId, device.ctx.domid);
+      const policy = { abi: params.abi, store, maxIndirectSegments: this.offer.maxIndirectSegments, flush: true, barrier: true };
+      for (const q of params.queues) {
+        let mapping: GrantMapping;
+        try {
+          mapping = device.ctx.domain.grants.map(device.otherendId, q.refs, true);
+        } catch (err) {
+          throw asXsError(err, `mapping ring-ref ${q.refs.join(',')} of domain ${device.otherendId}`);
+        }
+        try {
+          rings.push(new BlkbackRing(device, mapping, q.port, queue, policy, (why) => void this.broken(why)));
+        } catch (err) {
+          mapping.unmap();
+          throw asXsError(err, `binding event-channel ${q.port} of domain ${device.otherendId}`);
+        }
+      }
+      this.connection = { store, queue, rings, params };
+    } catch (err) {
+      for (const ring of rings) await ring.stop();
+      await store.close();
+      throw err;
+    }
+    this.connections++;
+    await device.write({
+      sectors: store.sectors,
+      'sector-size': SECTOR_SIZE,
+      'physical-sector-size': store.physicalSectorSize,
+      info: this.info(store),
+    });
+    await device.switchState(XenbusState.Connected);
+    device.log.info(
+      `${device.node}: serving ${store.description} (${store.sectors} sectors${store.readOnly ? ', read-only' : ''}${store.direct ? ', O_DIRECT' : ''}) ` +
+        `on ${params.queues.length} ring(s) of ${params.pages} page(s), ${params.abi}${params.persistent ? ', persistent grants' : ''}`,
+    );
+  }
+
+  /**
+   * Lets requests in flight finish and be answered, then unmaps the rings
+   * and closes the store.
+   */
+  private async disconnect(): Promise<void> {
+    const connection = this.connection;
+    if (!connection) return;
+    this.connection = undefined;
+    for (const ring of connection.rings) await ring.stop();
+    await connection.queue.idle();
+    await connection.store.close();
+  }
+
+  /** The frontend broke its ring: it is cut off, and the device goes Closing with the reason. */
+  private async broken(why: string): Promise<void> {
+    await this.device.fatal('EIO', why);
+    await this.serialised(() => this.disconnect());
+  }
+
+  private info(store: BackingStore): number {
+    return (this.config.cdrom ? VDisk.CDROM : 0) | (this.config.removable ? VDisk.REMOVABLE : 0) | (store.readOnly ? VDisk.READONLY : 0);
+  }
+
+  /**
+   * The frontend's transport parameters: protocol, ring size (either
+   * scheme), queues with their rings and event channels, persistent grants.
+   * Anything beyond what was offered is EINVAL.
+   */
+  private async readFrontend(): Promise<FrontendParams> {
+    const { device, offer } = this;
+    const protocol = await device.readOtherend('protocol');
+    const abi = abiForProtocol(protocol);
+    if (!abi) throw new XsError('EINVAL', `protocol '${protocol}' is not one this backend speaks`);
+    const maxPages = 1 << offer.maxRingPageOrder;
+    const order = await device.readOtherendInt('ring-page-order', -1);
+    let pages = 1;
+    if (order !== -1) {
+      if (order < 0 || order > offer.maxRingPageOrder) throw new XsError('EINVAL', `ring-page-order ${order} is not in 0..${offer.maxRingPageOrder}`);
+      pages = 1 << order;
+    } else {
+      pages = await device.readOtherendInt('num-ring-pages', 1);
+      if (pages < 1 || pages > maxPages || (pages & (pages - 1)) !== 0) {
+        throw new XsError('EINVAL', `num-ring-pages ${pages} is not a power of two up to ${maxPages}`);
+      }
+    }
+    const count = await device.readOtherendInt('multi-queue-num-queues', 1);
+    if (count < 1 || count > offer.maxQueues) throw new XsError('EINVAL', `multi-queue-num-queues ${count} is not in 1..${offer.maxQueues}`);
+    const queues: FrontendParams['queues'][number][] = [];
+    for (let q = 0; q < count; q++) {
+      // One queue keeps its keys at the top, as before multi-queue existed.
+      const dir = count === 1 ? '' : `queue-${q}/`;
+      const refs: number[] = [];
+      if (pages === 1 && (await device.readOtherend(`${dir}ring-ref`)) !== undefined) refs.push(await device.readOtherendInt(`${dir}ring-ref`));
+      else for (let i = 0; i < pages; i++) refs.push(await device.readOtherendInt(`${dir}ring-ref${i}`));
+      queues.push({ refs, port: await device.readOtherendInt(`${dir}event-channel`) });
+    }
+    const persistent = offer.persistent && (await device.readOtherendInt('feature-persistent', 0)) !== 0;
+    return { abi, pages, queues, persistent };
+  }
+}
+
+function asXsError(err: unknown, what: string): XsError {
+  if (err instanceof XsError) return err;
+  return new XsError(err instanceof PlatformError && err.errno === 'ESRCH' ? 'ENOENT' : 'EINVAL', `${what}: ${(err as Error).message}`);
+}

@@ -1,0 +1,38 @@
+import { Piscina } from 'piscina';
+import type { PlatformLink } from '../shared/platform.js';
+import type { IoOutcome, IoTask } from './io-task.js';
+
+/**
+ * I/O workers per driver domain. Each does one task at a time with
+ * blocking system calls, so this is how many reads and writes are in the
+ * kernel at once: as many as libuv's own pool (4) gives Node's fs.
+ */
+export const IO_THREADS = 4;
+
+/**
+ * The pool of I/O workers every block backend of a driver domain shares, so
+ * that a slow store stalls its own requests, never a ring.
+ */
+export class IoPool {
+  private readonly piscina: Piscina<IoTask, IoOutcome[]>;
+
+  constructor(link: PlatformLink, readonly threads = IO_THREADS) {
+    this.piscina = new Piscina({
+      filename: new URL('./io-worker.js', import.meta.url).href,
+      minThreads: threads,
+      maxThreads: threads,
+      concurrentTasksPerWorker: 1,
+      // A task is handed over as soon as one is queued; no waiting for more.
+      idleTimeout: Number.POSITIVE_INFINITY,
+      workerData: { link },
+    });
+  }
+
+  run(task: IoTask): Promise<IoOutcome[]> {
+    return this.piscina.run(task);
+  }
+
+  async close(): Promise<void> {
+    await this.piscina.destroy();
+  }
+}

@@ -1,0 +1,122 @@
+/**
+ * An I/O worker of the block backend's piscina pool. It maps the granted
+ * pages a task names through its own attachment to the platform, reads or
+ * writes them straight from or to the store with preadv/pwritev (no copy
+ * in between), unmaps them, and only then reports: the queue answers a
+ * request after its pages are no longer touched.
+ */
+import { fdatasyncSync, readvSync, writevSync } from 'node:fs';
+import { workerData } from 'node:worker_threads';
+import { attachPlatform } from '../shared/attach.js';
+import { nativeCalls } from '../shared/native.js';
+import type { DomainInterface, GrantMapping, PlatformLink } from '../shared/platform.js';
+import type { IoOp, IoOutcome, IoTask } from './io-task.js';
+import type { StoreHandle } from './store.js';
+
+interface PoolWorkerData {
+  link: PlatformLink;
+}
+
+const platform = attachPlatform((workerData as PoolWorkerData).link);
+const domains = new Map<number, DomainInterface>();
+
+function domain(domid: number): DomainInterface {
+  let found = domains.get(domid);
+  if (!found) domains.set(domid, (found = platform.domain(domid)));
+  return found;
+}
+
+export default function runTask(task: IoTask): IoOutcome[] {
+  return task.ops.map((op) => {
+    try {
+      run(task, op);
+      return null;
+    } catch (err) {
+      return (err as NodeJS.ErrnoException).code ?? 'EIO';
+    }
+  });
+}
+
+function run(task: IoTask, op: IoOp): void {
+  const { store } = task;
+  switch (op.op) {
+    case 'read':
+    case 'write': {
+      const grants = domain(task.mapper).grants;
+      // A read fills the frontend's pages: they must be granted writable.
+      let mapping: GrantMapping;
+      try {
+        mapping = grants.map(task.granter, op.chunks.map((c) => c.gref), op.op === 'read');
+      } catch (err) {
+        throw Object.assign(new Error((err as Error).message), { code: 'EFAULT' });
+      }
+      try {
+        const views = op.chunks.map((c, i) => mapping.pages[i]!.subarray(c.start, c.start + c.length));
+        if (op.op === 'read') readFully(store, op.offset, views);
+        else writeFully(store, op.offset, views);
+      } finally {
+        mapping.unmap();
+      }
+      return;
+    }
+    case 'flush':
+      if (store.kind === 'fd') fdatasyncSync(store.fd);
+      return;
+    case 'discard':
+      if (store.kind === 'memory') new Uint8Array(store.bytes, op.offset, op.length).fill(0);
+      else if (store.blockDevice) nativeCalls().discardBlocks(store.fd, op.offset, op.length, op.secure);
+      else nativeCalls().punchHole(store.fd, op.offset, op.length);
+      return;
+  }
+}
+
+function readFully(store: StoreHandle, offset: number, views: Uint8Array[]): void {
+  if (store.kind === 'memory') {
+    let at = offset;
+    for (const view of views) {
+      view.set(new Uint8Array(store.bytes, at, view.length));
+      at += view.length;
+    }
+    return;
+  }
+  let pending = views;
+  let at = offset;
+  while (pending.length > 0) {
+    const got = readvSync(store.fd, pending, at);
+    if (got === 0) {
+      // Past the end of a file that is shorter than it claims: zeros, as a hole reads.
+      for (const view of pending) view.fill(0);
+      return;
+    }
+    at += got;
+    pending = advance(pending, got);
+  }
+}
+
+function writeFully(store: StoreHandle, offset: number, views: Uint8Array[]): void {
+  if (store.kind === 'memory') {
+    let at = offset;
+    for (const view of views) {
+      new Uint8Array(store.bytes, at, view.length).set(view);
+      at += view.length;
+    }
+    return;
+  }
+  let pending = views;
+  let at = offset;
+  while (pending.length > 0) {
+    const put = writevSync(store.fd, pending, at);
+    at += put;
+    pending = advance(pending, put);
+  }
+}
+
+/** The views still to transfer after `done` bytes (a short read or write). */
+function advance(views: Uint8Array[], done: number): Uint8Array[] {
+  let skip = done;
+  let first = 0;
+  while (first < views.length && skip >= views[first]!.length) skip -= views[first++]!.length;
+  const rest = views.slice(first);
+  if (rest.length > 0 && skip > 0) rest[0] = rest[0]!.subarray(skip);
+  return rest;
+}

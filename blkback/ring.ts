@@ -1,0 +1,255 @@
+import {
+  BLKIF_DISCARD_SECURE,
+  BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST,
+  BLKIF_MAX_SEGMENTS_PER_REQUEST,
+  BlkifOp,
+  BlkifStatus,
+  SECTOR_SIZE,
+  SECTORS_PER_PAGE,
+  decodeRequest,
+  decodeSegments,
+  encodeResponse,
+  indirectPagesFor,
+  layoutOf,
+  type BlkifAbi,
+  type BlkifRequest,
+  type BlkifSegment,
+} from '../shared/blkif.js';
+import type { GrantMapping } from '../shared/platform.js';
+import { BackRing, SharedRing } from '../shared/ring.js';
+import type { XenbusDevice } from '../xenbus/device.js';
+import type { PageChunk } from './io-task.js';
+import type { BlockIo, RequestQueue } from './queue.js';
+import type { BackingStore } from './store.js';
+
+/** What a ring's requests may ask for: what was published, and the store's size. */
+export interface RingPolicy {
+  readonly abi: BlkifAbi;
+  readonly store: BackingStore;
+  /** Segments an indirect request may carry (feature-max-indirect-segments). */
+  readonly maxIndirectSegments: number;
+  readonly flush: boolean;
+  readonly barrier: boolean;
+}
+
+/** Why a request is answered without any I/O. */
+type Refusal = { readonly status: number; readonly why: string };
+
+const refuse = (why: string): Refusal => ({ status: BlkifStatus.ERROR, why });
+const unsupported = (why: string): Refusal => ({ status: BlkifStatus.EOPNOTSUPP, why });
+
+/**
+ * One ring of a block device (one queue): it takes the frontend's requests
+ * off the ring, checks every field before it trusts it, hands the I/O to
+ * the request queue, and pushes each response as its request completes,
+ * signalling the frontend once per batch. A frontend that moves its
+ * producer index more than a ring ahead is cut off.
+ */
+export class BlkbackRing {
+  private readonly back: BackRing;
+  private readonly port: number;
+  private readonly entry: Uint8Array;
+  private readonly response: Uint8Array;
+  /** Requests taken off the ring and not yet answered. */
+  private outstanding = 0;
+  private stopped = false;
+  private pushScheduled = false;
+  private drainWaiters: (() => void)[] = [];
+  /** Requests answered (for statistics). */
+  served = 0;
+
+  constructor(
+    private readonly device: XenbusDevice,
+    private readonly mapping: GrantMapping,
+    remotePort: number,
+    private readonly queue: RequestQueue,
+    private readonly policy: RingPolicy,
+    /** The ring is broken beyond repair: the device goes Closing with this error. */
+    private readonly broken: (why: string) => void,
+  ) {
+    const layout = layoutOf(policy.abi);
+    this.back = new BackRing(new SharedRing(mapping.pages, layout.entryBytes));
+    this.entry = new Uint8Array(layout.entryBytes);
+    this.response = new Uint8Array(layout.entryBytes);
+    this.port = device.bindEventChannel(remotePort, () => this.service());
+    // Requests may have been queued before we bound the channel.
+    queueMicrotask(() => this.service());
+  }
+
+  /** Slots of the ring: the most requests it can hold. */
+  get size(): number {
+    return this.back.size;
+  }
+
+  /**
+   * Stops taking requests, lets those taken finish and be answered, then
+   * lets go of the ring and its event channel.
+   */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.outstanding > 0) await new Promise<void>((resolve) => this.drainWaiters.push(resolve));
+    this.pushResponses();
+    this.device.freeEventChannel(this.port);
+    this.mapping.unmap();
+  }
+
+  private service(): void {
+    if (this.stopped) return;
+    for (;;) {
+      const waiting = this.back.unconsumedRequests();
+      if (waiting < 0) {
+        this.stopped = true;
+        this.broken('the frontend moved its request producer more than a ring ahead of the responses');
+        return;
+      }
+      for (let i = 0; i < waiting; i++) {
+        this.back.takeRequest(this.entry);
+        this.handle(decodeRequest(this.policy.abi, this.entry));
+      }
+      if (this.back.finalCheckForRequests() === 0) return;
+    }
+  }
+
+  private handle(request: BlkifRequest): void {
+    this.outstanding++;
+    const answer = (status: number) => this.respond(request, status);
+    let io: BlockIo | Refusal;
+    try {
+      io = this.translate(request);
+    } catch (err) {
+      io = refuse((err as Error).message);
+    }
+    if ('status' in io) {
+      this.device.log.debug(`${this.device.node}: request ${request.id} (operation ${request.operation}) refused: ${io.why}`);
+      answer(io.status);
+      return;
+    }
+    this.queue.submit(io, answer);
+  }
+
+  /** What a request asks of the store, once every field is checked. */
+  private translate(request: BlkifRequest): BlockIo | Refusal {
+    const { store } = this.policy;
+    switch (request.kind) {
+      case 'discard': {
+        if (!store.discard) return unsupported('discard is not offered');
+        if (store.readOnly) return refuse('the device is read-only');
+        if (request.flag & BLKIF_DISCARD_SECURE && !store.discard.secure) return unsupported('secure discard is not offered');
+        const range = this.range(request.sectorNumber, request.nrSectors);
+        if ('status' in range) return range;
+        return { kind: 'discard', offset: range.offset, length: range.length, secure: (request.flag & BLKIF_DISCARD_SECURE) !== 0 };
+      }
+      case 'indirect': {
+        if (request.indirectOp !== BlkifOp.READ && request.indirectOp !== BlkifOp.WRITE) {
+          return refuse(`indirect operation ${request.indirectOp} is neither READ nor WRITE`);
+        }
+        if (this.policy.maxIndirectSegments === 0) return unsupported('indirect requests are not offered');
+        if (request.nrSegments < 1 || request.nrSegments > this.policy.maxIndirectSegments) {
+          return refuse(`${request.nrSegments} indirect segments (1..${this.policy.maxIndirectSegments})`);
+        }
+        const segments = this.indirectSegments(request.indirectGrefs, request.nrSegments);
+        if ('status' in segments) return segments;
+        return this.dataIo(request.indirectOp === BlkifOp.READ ? 'read' : 'write', request.sectorNumber, segments);
+      }
+      case 'rw':
+        switch (request.operation) {
+          case BlkifOp.READ:
+          case BlkifOp.WRITE:
+            if (request.nrSegments < 1 || request.nrSegments > BLKIF_MAX_SEGMENTS_PER_REQUEST) {
+              return refuse(`${request.nrSegments} segments (1..${BLKIF_MAX_SEGMENTS_PER_REQUEST})`);
+            }
+            return this.dataIo(request.operation === BlkifOp.READ ? 'read' : 'write', request.sectorNumber, request.segments);
+          case BlkifOp.WRITE_BARRIER:
+          case BlkifOp.FLUSH_DISKCACHE: {
+            const barrier = request.operation === BlkifOp.WRITE_BARRIER;
+            if (barrier ? !this.policy.barrier : !this.policy.flush) return unsupported(barrier ? 'barriers are not offered' : 'flushes are not offered');
+            if (request.nrSegments > BLKIF_MAX_SEGMENTS_PER_REQUEST) return refuse(`${request.nrSegments} segments`);
+            // With no data, both are a flush (FreeBSD takes an empty barrier
+            // so too); with data, a write made durable before anything after it.
+            if (request.nrSegments === 0) return { kind: 'flush' };
+            const write = this.dataIo('write', request.sectorNumber, request.segments);
+            if ('status' in write) return write;
+            if (write.kind !== 'write') return write;
+            return { kind: 'barrier', offset: write.offset, length: write.length, chunks: write.chunks };
+          }
+          default:
+            return unsupported(`operation ${request.operation} is not one blkif.h defines`);
+        }
+    }
+  }
+
+  /** A read or write of the pages the segments name, starting at `sector`. */
+  private dataIo(kind: 'read' | 'write', sector: bigint, segments: readonly BlkifSegment[]): BlockIo | Refusal {
+    if (kind === 'write' && this.policy.store.readOnly) return refuse('the device is read-only');
+    const chunks: PageChunk[] = [];
+    let sectors = 0;
+    for (const segment of segments) {
+      if (segment.firstSect > segment.lastSect || segment.lastSect >= SECTORS_PER_PAGE) {
+        return refuse(`segment sectors ${segment.firstSect}..${segment.lastSect} are not within a page`);
+      }
+      const count = segment.lastSect - segment.firstSect + 1;
+      chunks.push({ gref: segment.gref, start: segment.firstSect * SECTOR_SIZE, length: count * SECTOR_SIZE });
+      sectors += count;
+    }
+    const range = this.range(sector, BigInt(sectors));
+    if ('status' in range) return range;
+    return { kind, offset: range.offset, length: range.length, chunks };
+  }
+
+  /** The byte range of `count` sectors from `sector`, if it lies within the device. */
+  private range(sector: bigint, count: bigint): { offset: number; length: number } | Refusal {
+    const end = sector + count;
+    if (end > BigInt(this.policy.store.sectors) || end < sector) {
+      return refuse(`sectors ${sector}..${end} are past the end of the device (${this.policy.store.sectors} sectors)`);
+    }
+    return { offset: Number(sector) * SECTOR_SIZE, length: Number(count) * SECTOR_SIZE };
+  }
+
+  /**
+   * The segments of an indirect request, read from its indirect pages:
+   * mapped read-only just long enough to copy the entries out, so that the
+   * frontend cannot change them after they were checked.
+   */
+  private indirectSegments(grefs: readonly number[], count: number): BlkifSegment[] | Refusal {
+    const pages = indirectPagesFor(count);
+    if (pages > BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST) return refuse(`${pages} indirect pages`);
+    let mapping: GrantMapping;
+    try {
+      mapping = this.device.ctx.domain.grants.map(this.device.otherendId, grefs.slice(0, pages), false);
+    } catch (err) {
+      return refuse(`indirect pages ${grefs.slice(0, pages).join(',')}: ${(err as Error).message}`);
+    }
+    try {
+      const segments: BlkifSegment[] = [];
+      let left = count;
+      for (const page of mapping.pages) {
+        const here = Math.min(left, page.length / 8);
+        decodeSegments(page, here, segments);
+        left -= here;
+      }
+      return segments;
+    } finally {
+      mapping.unmap();
+    }
+  }
+
+  private respond(request: BlkifRequest, status: number): void {
+    encodeResponse(this.policy.abi, { id: request.id, operation: request.operation, status }, this.response);
+    this.back.putResponse(this.response);
+    this.outstanding--;
+    this.served++;
+    // Responses completed together go out with one signal.
+    if (!this.pushScheduled) {
+      this.pushScheduled = true;
+      queueMicrotask(() => {
+        this.pushScheduled = false;
+        this.pushResponses();
+        if (this.outstanding === 0) for (const resolve of this.drainWaiters.splice(0)) resolve();
+      });
+    }
+  }
+
+  private pushResponses(): void {
+    if (this.back.pushResponsesAndCheckNotify()) this.device.notify(this.port);
+  }
+}

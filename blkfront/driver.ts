@@ -1,0 +1,250 @@
+import { XsError } from '../shared/errors.js';
+import { SECTOR_SIZE, VDisk, layoutOf } from '../shared/blkif.js';
+import { FrontRing, SharedRing } from '../shared/ring.js';
+import type { GrantedRing, XenbusDevice } from '../xenbus/device.js';
+import type { DeviceHandler, XenbusDriver } from '../xenbus/driver.js';
+import { XenbusState } from '../xenbus/state.js';
+import { BlockDevice, type ConnectedQueue, type DiskInfo, type DiskPiece } from './disk.js';
+import { DEFAULT_FRONTEND_LIMITS, negotiate, protocolName, ringRefKeys, ringSizeKeys, type FrontendLimits, type Negotiated } from './negotiate.js';
+import { GrantedPages } from './pages.js';
+import { BackendProtocolError, FrontQueue } from './ring.js';
+
+/** The keys of an earlier connection's rings, removed before a new one is published. */
+function staleKeys(limits: FrontendLimits): string[] {
+  const refs = (prefix: string) => ['ring-ref', ...Array.from({ length: 2 ** limits.maxRingPageOrder }, (_, i) => `ring-ref${i}`)].map((k) => prefix + k);
+  return [
+    ...refs(''),
+    'event-channel',
+    'ring-page-order',
+    'num-ring-pages',
+    'multi-queue-num-queues',
+    ...Array.from({ length: limits.maxQueues }, (_, q) => `queue-${q}`),
+  ];
+}
+
+/**
+ * The block frontend (blkfront) for a front bus. Its BlockDevice is what
+ * the domain uses; the driver connects it to whatever backend the device
+ * names, negotiating the lesser of both ends' limits.
+ */
+export class BlkfrontDriver implements XenbusDriver {
+  readonly name = 'blkfront';
+  readonly deviceClass = 'vbd';
+  /** Attached devices by id (the virtual-device number). */
+  readonly devices = new Map<string, VbdFrontend>();
+  private readonly limits: FrontendLimits;
+
+  constructor(limits: Partial<FrontendLimits> = {}) {
+    this.limits = { ...DEFAULT_FRONTEND_LIMITS, ...limits };
+  }
+
+  async attach(device: XenbusDevice): Promise<DeviceHandler> {
+    const frontend = new VbdFrontend(device, this.limits, () => {
+      if (this.devices.get(device.id) === frontend) this.devices.delete(device.id);
+    });
+    this.devices.set(device.id, frontend);
+    return frontend;
+  }
+}
+
+interface Ring {
+  readonly granted: GrantedRing;
+  readonly queue: FrontQueue<DiskPiece>;
+  readonly port: number;
+}
+
+interface Connection {
+  readonly negotiated: Negotiated;
+  readonly rings: Ring[];
+  readonly pages: GrantedPages;
+}
+
+/** The frontend of one virtual block device. */
+export class VbdFrontend implements DeviceHandler {
+  readonly disk = new BlockDevice();
+  private connection: Connection | undefined;
+  /** Pages no grant names now, reused across connections. */
+  private readonly sparePages: number[] = [];
+  /** Grants a backend still had mapped when their connection ended, tried again later. */
+  private readonly lingering: { pages: GrantedPages; rings: GrantedRing[] }[] = [];
+  /** Connections made over the device's life. */
+  connections = 0;
+
+  constructor(
+    readonly device: XenbusDevice,
+    private readonly limits: FrontendLimits,
+    private readonly onDetach: () => void,
+  ) {}
+
+  /** What this connection negotiated, while connected. */
+  get negotiated(): Negotiated | undefined {
+    return this.connection?.negotiated;
+  }
+
+  async otherendChanged(state: number): Promise<void> {
+    const own = this.device.state;
+    switch (state) {
+      case XenbusState.InitWait:
+      case XenbusState.Initialised:
+        // Initialised: a backend that skipped InitWait; do InitWait's work now.
+        if (own === XenbusState.Initialising || own === XenbusState.Closed) await this.initialise();
+        break;
+      case XenbusState.Connected:
+        if (own === XenbusState.Initialising || own === XenbusState.Closed) await this.initialise();
+        if (this.device.state === XenbusState.Initialised) await this.connect();
+        break;
+      case XenbusState.Closing:
+      case XenbusState.Closed:
+      case XenbusState.Unknown:
+        // The backend is going: stop, keep what is in flight for the next one.
+        this.teardown();
+        await this.device.switchState(XenbusState.Closed);
+        this.retryLingering();
+        break;
+      default:
+        break;
+    }
+  }
+
+  async detach(): Promise<void> {
+    this.onDetach();
+    this.teardown();
+    this.retryLingering();
+    this.disk.close(new Error(`${this.device.node} was detached`));
+  }
+
+  /** Stops issuing requests; those in flight stay on the rings. */
+  suspend(): void {
+    this.disk.pause();
+  }
+
+  /**
+   * After the domain resumed (its device now Initialising, perhaps with
+   * another backend): the old rings are dropped, their unanswered requests
+   * wait for the next connection.
+   */
+  resume(): void {
+    this.teardown();
+    this.disk.unpause();
+  }
+
+  /** Negotiates with the backend's offer, grants the rings, and publishes them (InitWait's work). */
+  private async initialise(): Promise<void> {
+    const { device, limits } = this;
+    this.teardown();
+    const negotiated = await negotiate(device, limits);
+    const pages = new GrantedPages(device.ctx.domain, device.otherendId, negotiated.persistent, this.sparePages);
+    const connection: Connection = { negotiated, rings: [], pages };
+    this.connection = connection;
+    try {
+      for (let q = 0; q < negotiated.queues; q++) {
+        const granted = device.grantRing(negotiated.ringPages);
+        const ring = FrontRing.create(new SharedRing(granted.pages, layoutOf(negotiated.abi).entryBytes));
+        const queue = new FrontQueue<DiskPiece>(ring, negotiated.abi, pages, negotiated.segmentsPerRequest, Number(device.id) || 0);
+        const port = device.allocEventChannel(() => this.responses(queue));
+        connection.rings.push({ granted, queue, port });
+      }
+    } catch (err) {
+      this.teardown();
+      throw err;
+    }
+    const multi = negotiated.queues > 1;
+    const keys: Record<string, string | number> = {
+      ...ringSizeKeys(negotiated.ringPages, limits.ringKeys),
+      protocol: protocolName(negotiated.abi),
+      'feature-persistent': limits.persistent ? 1 : 0,
+    };
+    if (multi) keys['multi-queue-num-queues'] = negotiated.queues;
+    connection.rings.forEach((ring, q) => {
+      const prefix = multi ? `queue-${q}/` : '';
+      Object.assign(keys, ringRefKeys(ring.granted.grefs, prefix), { [`${prefix}event-channel`]: ring.port });
+    });
+    if (!(await device.write(keys, staleKeys(limits).filter((key) => !(key in keys))))) return;
+    await device.switchState(XenbusState.Initialised);
+  }
+
+  /** The backend connected: learn the disk, and let the requests go. */
+  private async connect(): Promise<void> {
+    const connection = this.connection;
+    if (!connection) return;
+    const info = await this.readDiskInfo();
+    await this.device.switchState(XenbusState.Connected);
+    if (this.device.state !== XenbusState.Connected) return;
+    this.connections++;
+    const queues: ConnectedQueue[] = connection.rings.map((ring) => ({ queue: ring.queue, notify: () => this.device.notify(ring.port) }));
+    this.disk.connect(queues, info, connection.negotiated.segmentsPerRequest);
+    this.device.log.info(
+      `${this.device.node}: ${info.sectors} sectors${info.readOnly ? ' (read-only)' : ''} over ${connection.rings.length} ring(s) of ` +
+        `${connection.negotiated.ringPages} page(s), ${connection.negotiated.segmentsPerRequest} segments per request` +
+        `${connection.negotiated.persistent ? ', persistent grants' : ''}`,
+    );
+  }
+
+  private async readDiskInfo(): Promise<DiskInfo> {
+    const { device } = this;
+    const sectors = await device.readOtherendInt('sectors');
+    const sectorSize = await device.readOtherendInt('sector-size', SECTOR_SIZE);
+    // Requests count 512-byte sectors; a larger logical sector needs
+    // feature-large-sector-size, which this frontend does not offer.
+    if (sectorSize !== SECTOR_SIZE) throw new XsError('EINVAL', `sector-size ${sectorSize} is not ${SECTOR_SIZE}`);
+    const info = await device.readOtherendInt('info', 0);
+    const feature = async (key: string) => (await device.readOtherendInt(key, 0).catch(() => 0)) !== 0;
+    const flushCache = await feature('feature-flush-cache');
+    const barrier = await feature('feature-barrier');
+    const discard = await feature('feature-discard');
+    return {
+      sectors,
+      sectorSize,
+      physicalSectorSize: await device.readOtherendInt('physical-sector-size', sectorSize),
+      readOnly: (info & VDisk.READONLY) !== 0,
+      cdrom: (info & VDisk.CDROM) !== 0,
+      removable: (info & VDisk.REMOVABLE) !== 0,
+      flush: flushCache ? 'flush' : barrier ? 'barrier' : 'none',
+      barrier,
+      discard: discard
+        ? {
+            granularity: await device.readOtherendInt('discard-granularity', sectorSize),
+            alignment: await device.readOtherendInt('discard-alignment', 0),
+            secure: await feature('discard-secure'),
+          }
+        : undefined,
+    };
+  }
+
+  /** Responses on a ring; a backend that breaks the protocol is cut off. */
+  private responses(queue: FrontQueue<DiskPiece>): void {
+    try {
+      this.disk.responsesArrived(queue);
+    } catch (err) {
+      if (!(err instanceof BackendProtocolError)) throw err;
+      this.teardown();
+      void this.device.fatal('EIO', err.message);
+    }
+  }
+
+  /** Lets go of the rings; unanswered requests wait for the next connection. */
+  private teardown(): void {
+    const connection = this.connection;
+    if (!connection) return;
+    this.connection = undefined;
+    this.disk.disconnect();
+    for (const ring of connection.rings) this.device.freeEventChannel(ring.port);
+    connection.pages.releaseAll();
+    const rings = connection.rings.flatMap((ring) => {
+      const left = this.device.releaseRing(ring.granted);
+      return left ? [left] : [];
+    });
+    if (rings.length > 0 || connection.pages.lingeringGrants > 0) this.lingering.push({ pages: connection.pages, rings });
+  }
+
+  private retryLingering(): void {
+    for (const entry of this.lingering.splice(0)) {
+      entry.pages.releaseAll();
+      const rings = entry.rings.flatMap((ring) => {
+        const left = this.device.releaseRing(ring);
+        return left ? [left] : [];
+      });
+      if (rings.length > 0 || entry.pages.lingeringGrants > 0) this.lingering.push({ pages: entry.pages, rings });
+    }
+  }
+}

@@ -1,0 +1,116 @@
+import { BLKIF_MAX_SEGMENTS_PER_REQUEST, XEN_IO_PROTO_ABI_X86_32, XEN_IO_PROTO_ABI_X86_64, type BlkifAbi } from '../shared/blkif.js';
+import { roundDownPow2 } from '../shared/ring.js';
+import type { XenbusDevice } from '../xenbus/device.js';
+
+/** What a frontend is willing to use; the backend's offer can only lower it. */
+export interface FrontendLimits {
+  /** The largest ring, as a page order. */
+  readonly maxRingPageOrder: number;
+  readonly maxQueues: number;
+  /** Segments per indirect request (0: never indirect). */
+  readonly maxIndirectSegments: number;
+  readonly persistent: boolean;
+  /** The ABI of the ring's requests and responses. */
+  readonly abi: BlkifAbi;
+  /**
+   * Which keys announce a multi-page ring: Linux's `ring-page-order`,
+   * the older `num-ring-pages`, or both with the same size (blkif.h's note 3).
+   */
+  readonly ringKeys: 'order' | 'pages' | 'both';
+}
+
+/**
+ * A frontend's limits unless told otherwise: Linux blkfront's queues (4)
+ * and indirect segments (32), and rings of 4 pages (128 requests each)
+ * where Linux stays with one page unless told otherwise.
+ */
+export const DEFAULT_FRONTEND_LIMITS: FrontendLimits = {
+  maxRingPageOrder: 2,
+  maxQueues: 4,
+  maxIndirectSegments: 32,
+  persistent: true,
+  abi: 'x86_64',
+  ringKeys: 'both',
+};
+
+/** What this connection uses: the lesser of both ends, each missing key read as the original protocol. */
+export interface Negotiated {
+  readonly ringPages: number;
+  readonly queues: number;
+  /** Segments per request: 11, or the indirect limit if both ends take indirect requests. */
+  readonly segmentsPerRequest: number;
+  readonly indirect: boolean;
+  readonly persistent: boolean;
+  readonly abi: BlkifAbi;
+}
+
+/** The name blkif.h's `protocol` key gives an ABI. */
+export function protocolName(abi: BlkifAbi): string {
+  return abi === 'x86_32' ? XEN_IO_PROTO_ABI_X86_32 : XEN_IO_PROTO_ABI_X86_64;
+}
+
+/**
+ * Reads the backend's offer and settles on the lesser of it and our
+ * limits. A backend that published nothing gets the original protocol: one
+ * page, one queue, 11 segments, no persistent grants. Malformed offers are
+ * read as absent. Each limit the backend lowered is logged.
+ */
+export async function negotiate(device: XenbusDevice, limits: FrontendLimits): Promise<Negotiated> {
+  const offered = async (key: string): Promise<number | undefined> => {
+    const value = await device.readOtherendInt(key, -1).catch(() => -1);
+    return value < 0 ? undefined : value;
+  };
+  const lowered: string[] = [];
+
+  // Either scheme may name the ring's limit; take the larger, as blkif.h's maximum does.
+  const order = await offered('max-ring-page-order');
+  const pages = await offered('max-ring-pages');
+  const backendPages = Math.max(order === undefined ? 1 : 2 ** Math.min(order, 16), pages === undefined || pages < 1 ? 1 : roundDownPow2(pages));
+  const ownPages = 2 ** limits.maxRingPageOrder;
+  const ringPages = Math.min(ownPages, backendPages);
+  if (ringPages < ownPages) lowered.push(`ring of ${ringPages} page(s), not ${ownPages}`);
+
+  const backendQueues = Math.max(1, (await offered('multi-queue-max-queues')) ?? 1);
+  const queues = Math.min(limits.maxQueues, backendQueues);
+  if (queues < limits.maxQueues) lowered.push(`${queues} queue(s), not ${limits.maxQueues}`);
+
+  const backendIndirect = (await offered('feature-max-indirect-segments')) ?? 0;
+  const indirectSegments = Math.min(limits.maxIndirectSegments, backendIndirect);
+  const indirect = indirectSegments > BLKIF_MAX_SEGMENTS_PER_REQUEST;
+  if (limits.maxIndirectSegments > BLKIF_MAX_SEGMENTS_PER_REQUEST && indirectSegments < limits.maxIndirectSegments) {
+    lowered.push(indirect ? `indirect requests of ${indirectSegments} segments, not ${limits.maxIndirectSegments}` : 'no indirect requests');
+  }
+
+  const persistent = limits.persistent && ((await offered('feature-persistent')) ?? 0) !== 0;
+  if (limits.persistent && !persistent) lowered.push('no persistent grants');
+
+  if (lowered.length > 0) device.log.info(`${device.node}: the backend's offer lowered our limits: ${lowered.join('; ')}`);
+  return {
+    ringPages,
+    queues,
+    segmentsPerRequest: indirect ? indirectSegments : BLKIF_MAX_SEGMENTS_PER_REQUEST,
+    indirect,
+    persistent,
+    abi: limits.abi,
+  };
+}
+
+/**
+ * The keys that publish one queue's ring (under `queue-N/` when there are
+ * several): `ring-ref` for a single page, else `ring-ref0..N`.
+ */
+export function ringRefKeys(grefs: readonly number[], prefix: string): Record<string, number> {
+  if (grefs.length === 1) return { [`${prefix}ring-ref`]: grefs[0]! };
+  const keys: Record<string, number> = {};
+  grefs.forEach((gref, i) => (keys[`${prefix}ring-ref${i}`] = gref));
+  return keys;
+}
+
+/** The top-level keys that announce the ring's size, in the scheme(s) chosen. */
+export function ringSizeKeys(pages: number, scheme: FrontendLimits['ringKeys']): Record<string, number> {
+  if (pages === 1) return {};
+  const keys: Record<string, number> = {};
+  if (scheme !== 'pages') keys['ring-page-order'] = Math.log2(pages);
+  if (scheme !== 'order') keys['num-ring-pages'] = pages;
+  return keys;
+}
