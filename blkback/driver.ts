@@ -26,6 +26,12 @@ export interface BlkbackOptions {
   maxQueues?: number;
   /** Offer persistent grants. */
   persistent?: boolean;
+  /**
+   * Which keys announce the largest ring: Linux's `max-ring-page-order`,
+   * the older `max-ring-pages`, or both with the same limit (blkif.h's
+   * note 3), as backends of each generation publish them.
+   */
+  ringKeys?: 'order' | 'pages' | 'both';
 }
 
 /**
@@ -77,6 +83,7 @@ export class BlkbackDriver implements XenbusDriver {
       maxIndirectSegments: this.options.maxIndirectSegments ?? BLKBACK_MAX_INDIRECT_SEGMENTS,
       maxQueues: this.options.maxQueues ?? BLKBACK_MAX_QUEUES,
       persistent: this.options.persistent ?? true,
+      ringKeys: this.options.ringKeys ?? 'both',
     };
   }
 }
@@ -87,10 +94,11 @@ interface Offer {
   readonly maxIndirectSegments: number;
   readonly maxQueues: number;
   readonly persistent: boolean;
+  readonly ringKeys: 'order' | 'pages' | 'both';
 }
 
 /** What the frontend asked for, read when it connects. */
-interface FrontendParams {
+export interface FrontendParams {
   readonly abi: BlkifAbi;
   readonly pages: number;
   readonly queues: { readonly refs: number[]; readonly port: number }[];
@@ -125,6 +133,11 @@ export class VbdBackend implements DeviceHandler {
     return this.connection?.store;
   }
 
+  /** What the frontend asked for on the current connection. */
+  get transport(): FrontendParams | undefined {
+    return this.connection?.params;
+  }
+
   /** Requests answered on the current connection. */
   get served(): number {
     return this.connection?.rings.reduce((sum, ring) => sum + ring.served, 0) ?? 0;
@@ -137,13 +150,12 @@ export class VbdBackend implements DeviceHandler {
       'feature-flush-cache': 1,
       'feature-barrier': 1,
       'feature-persistent': offer.persistent ? 1 : 0,
-      'multi-queue-max-queues': offer.maxQueues,
     };
+    if (offer.maxQueues > 1) keys['multi-queue-max-queues'] = offer.maxQueues;
     if (offer.maxIndirectSegments > 0) keys['feature-max-indirect-segments'] = offer.maxIndirectSegments;
     if (offer.maxRingPageOrder > 0) {
-      // Both schemes, with the same limit, as blkif.h's note 3 asks.
-      keys['max-ring-page-order'] = offer.maxRingPageOrder;
-      keys['max-ring-pages'] = 1 << offer.maxRingPageOrder;
+      if (offer.ringKeys !== 'pages') keys['max-ring-page-order'] = offer.maxRingPageOrder;
+      if (offer.ringKeys !== 'order') keys['max-ring-pages'] = 1 << offer.maxRingPageOrder;
     }
     const discard = await probeDiscard(config);
     keys['feature-discard'] = discard ? 1 : 0;

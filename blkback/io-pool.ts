@@ -4,10 +4,12 @@ import type { IoOutcome, IoTask } from './io-task.js';
 
 /**
  * I/O workers per driver domain. Each does one task at a time with
- * blocking system calls, so this is how many reads and writes are in the
- * kernel at once: as many as libuv's own pool (4) gives Node's fs.
+ * blocking system calls. Handing a task to a sleeping worker costs a
+ * thread wake-up, which on a small machine costs more than a 4 KiB read
+ * from the page cache; two workers, each given a batch, measured best on
+ * two cores (npm run bench:blk).
  */
-export const IO_THREADS = 4;
+export const IO_THREADS = 2;
 
 /**
  * The pool of I/O workers every block backend of a driver domain shares, so

@@ -1,7 +1,12 @@
 import { BlkifStatus } from '../shared/blkif.js';
-import type { IoOp, IoOutcome, PageChunk } from './io-task.js';
-import type { IoPool } from './io-pool.js';
+import type { IoOp, IoOutcome, IoTask, PageChunk } from './io-task.js';
 import type { StoreHandle } from './store.js';
+
+/** Where the queue's I/O runs: the I/O pool (tests give it a stand-in). */
+export interface IoRunner {
+  readonly threads: number;
+  run(task: IoTask): Promise<IoOutcome[]>;
+}
 
 /** One request of a frontend, in the store's terms. */
 export type BlockIo =
@@ -23,7 +28,9 @@ export interface QueueLimits {
 
 /** The limits a block backend runs with unless told otherwise. */
 export const DEFAULT_QUEUE_LIMITS: QueueLimits = {
-  tasksInFlight: 8,
+  // One batch per I/O worker: more tasks mean smaller batches and more
+  // wake-ups, fewer leave a worker idle.
+  tasksInFlight: 2,
   retries: 3,
   // Linux caps a preadv at IOV_MAX (1024) vectors; a megabyte is 256 pages.
   mergeBytes: 1024 * 1024,
@@ -75,7 +82,7 @@ export class RequestQueue {
   private idleWaiters: (() => void)[] = [];
 
   constructor(
-    private readonly pool: IoPool,
+    private readonly pool: IoRunner,
     private readonly store: StoreHandle,
     /** The frontend, whose grants the pages are, and this domain, which maps them. */
     private readonly granter: number,
@@ -121,7 +128,8 @@ export class RequestQueue {
         return;
       }
       const batch: Pending[] = [];
-      while (batch.length < this.batchLimit() && this.waiting.length > 0) {
+      const limit = this.batchLimit();
+      while (batch.length < limit && this.waiting.length > 0) {
         const next = this.waiting[0]!;
         if (next.io.kind === 'barrier' || next.io.kind === 'flush') break;
         batch.push(this.waiting.shift()!);

@@ -32,10 +32,12 @@ export interface RingPolicy {
   readonly barrier: boolean;
 }
 
-/** Why a request is answered without any I/O. */
+/** Why a request is answered without any I/O (refused, or with nothing to do). */
 type Refusal = { readonly status: number; readonly why: string };
 
 const refuse = (why: string): Refusal => ({ status: BlkifStatus.ERROR, why });
+/** Nothing to do: answered at once. */
+const done = (why: string): Refusal => ({ status: BlkifStatus.OKAY, why });
 const unsupported = (why: string): Refusal => ({ status: BlkifStatus.EOPNOTSUPP, why });
 
 /**
@@ -120,7 +122,7 @@ export class BlkbackRing {
       io = refuse((err as Error).message);
     }
     if ('status' in io) {
-      this.device.log.debug(`${this.device.node}: request ${request.id} (operation ${request.operation}) refused: ${io.why}`);
+      this.device.log.debug(`${this.device.node}: request ${request.id} (operation ${request.operation}) answered at once: ${io.why}`);
       answer(io.status);
       return;
     }
@@ -132,12 +134,15 @@ export class BlkbackRing {
     const { store } = this.policy;
     switch (request.kind) {
       case 'discard': {
-        if (!store.discard) return unsupported('discard is not offered');
+        // A discard is a write: refused on a read-only disk as one.
         if (store.readOnly) return refuse('the device is read-only');
-        if (request.flag & BLKIF_DISCARD_SECURE && !store.discard.secure) return unsupported('secure discard is not offered');
+        if (!store.discard) return unsupported('discard is not offered');
         const range = this.range(request.sectorNumber, request.nrSectors);
         if ('status' in range) return range;
-        return { kind: 'discard', offset: range.offset, length: range.length, secure: (request.flag & BLKIF_DISCARD_SECURE) !== 0 };
+        if (range.length === 0) return done('a discard of nothing');
+        // blkif.h: the flag is ignored where discard-secure is 0.
+        const secure = (request.flag & BLKIF_DISCARD_SECURE) !== 0 && store.discard.secure;
+        return { kind: 'discard', offset: range.offset, length: range.length, secure };
       }
       case 'indirect': {
         if (request.indirectOp !== BlkifOp.READ && request.indirectOp !== BlkifOp.WRITE) {

@@ -8,6 +8,7 @@ import { RingClientTransport } from '../xenstore/client/ring-transport.js';
 import { BackBus } from '../xenbus/back-bus.js';
 import type { XenbusBus } from '../xenbus/bus.js';
 import type { BusContext } from '../xenbus/device.js';
+import type { XenbusDriver } from '../xenbus/driver.js';
 import { FrontBus } from '../xenbus/front-bus.js';
 import { stateName } from '../xenbus/state.js';
 import type { StartInfo } from './domain-builder.js';
@@ -29,6 +30,8 @@ export interface KernelRoleConfig extends KernelDrivers {
 export interface Kernel extends RoleInstance {
   readonly xenstore: XenStoreClient;
   readonly buses: readonly XenbusBus[];
+  /** The drivers loaded, by name as the configuration gave them (`vbd`, `echo`), front and back. */
+  readonly drivers: { readonly front: ReadonlyMap<string, XenbusDriver>; readonly back: ReadonlyMap<string, XenbusDriver> };
 }
 
 /** How often a kernel publishes its devices' states to the supervisor. */
@@ -73,8 +76,12 @@ export async function startKernel(ctx: RoleContext<KernelRoleConfig>): Promise<K
   const frontDrivers = ctx.config.frontDrivers ?? [];
   if (backDrivers.length > 0) buses.push(new BackBus(bus));
   if (frontDrivers.length > 0) buses.push(new FrontBus(bus));
+  const drivers = {
+    front: new Map(frontDrivers.map((name) => [name, frontendDriver(name)] as const)),
+    back: new Map(backDrivers.map((name) => [name, backendDriver(name)] as const)),
+  };
   for (const b of buses) {
-    for (const driver of b instanceof BackBus ? backDrivers.map(backendDriver) : frontDrivers.map(frontendDriver)) b.register(driver);
+    for (const driver of (b instanceof BackBus ? drivers.back : drivers.front).values()) b.register(driver);
     await b.start();
     ctx.log.info(`${b.kind} bus on ${b.root} with ${(b instanceof BackBus ? backDrivers : frontDrivers).join(', ')}`);
   }
@@ -100,6 +107,7 @@ export async function startKernel(ctx: RoleContext<KernelRoleConfig>): Promise<K
   return {
     xenstore: xs,
     buses,
+    drivers,
     info: { name, home },
     health: () => ({ xenstore: xs.isClosed ? 'closed' : 'connected', ...lastDevices }),
     async stop() {

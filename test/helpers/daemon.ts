@@ -57,6 +57,8 @@ export interface TestDaemonOptions extends DaemonOptions {
    * xenstored under its stand-in hypervisor, which behaves the same way.
    */
   detached?: boolean;
+  /** Machine memory in pages (default 16 MiB). */
+  frames?: number;
 }
 
 /**
@@ -67,10 +69,10 @@ export interface TestDaemonOptions extends DaemonOptions {
 export async function startDaemon(options: TestDaemonOptions = {}): Promise<RunningDaemon> {
   const dir = mkdtempSync(join(tmpdir(), 'xenmesh-test-'));
   const socketPath = join(dir, 'socket');
-  const platform = EmbeddedPlatform.create(TEST_MACHINE_FRAMES);
+  const platform = EmbeddedPlatform.create(options.frames ?? TEST_MACHINE_FRAMES);
   platform.createDomain({ domid: 0, name: 'Domain-0', pages: TEST_DOMAIN_PAGES });
   platform.unpauseDomain(0);
-  const { detached, ...daemonOptions } = options;
+  const { detached, frames: _frames, ...daemonOptions } = options;
   const newDaemon = () => new XenStoreDaemon({ backend: detached ? new DetachedBackend() : new PlatformDomainBackend(platform, 0), ...daemonOptions });
   const daemon = newDaemon();
   let server = new XenStoreSocketServer(daemon, socketPath);
