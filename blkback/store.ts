@@ -1,5 +1,5 @@
 import { constants, promises as fsp, readFileSync, type Stats } from 'node:fs';
-import { nativeCalls } from '../shared/native.js';
+import { nativeCalls, optionalNativeCalls } from '../shared/native.js';
 import { XsError } from '../shared/errors.js';
 import { SECTOR_SIZE } from '../shared/blkif.js';
 import type { VbdConfig } from './config.js';
@@ -51,7 +51,8 @@ export async function openStore(config: VbdConfig): Promise<BackingStore> {
   let handle: fsp.FileHandle;
   let direct = false;
   try {
-    if (config.directIoSafe) {
+    // O_DIRECT needs the pages aligned, which the platform can only do with the native addon.
+    if (config.directIoSafe && optionalNativeCalls()) {
       try {
         handle = await fsp.open(path, access | constants.O_DIRECT);
         direct = true;
@@ -142,7 +143,7 @@ export async function probeDiscard(config: VbdConfig): Promise<DiscardSupport | 
 function discardSupport(config: VbdConfig, stats: Stats | undefined): DiscardSupport | undefined {
   if (!config.discardEnabled || config.readOnly) return undefined;
   if (!stats) return { granularity: SECTOR_SIZE, alignment: 0, secure: true };
-  if (stats.isFile()) return punchHoleAvailable() ? { granularity: stats.blksize, alignment: 0, secure: false } : undefined;
+  if (stats.isFile()) return optionalNativeCalls() ? { granularity: stats.blksize, alignment: 0, secure: false } : undefined;
   const queue = blockQueueLimits(stats.rdev);
   if (queue.discardMaxBytes === 0) return undefined;
   return { granularity: Math.max(queue.discardGranularity, SECTOR_SIZE), alignment: 0, secure: false };
@@ -161,21 +162,6 @@ function blockQueueLimits(rdev: number): { discardGranularity: number; discardMa
     }
   };
   return { discardGranularity: read('discard_granularity'), discardMaxBytes: read('discard_max_bytes') };
-}
-
-let punchHole: boolean | undefined;
-
-/** Whether holes can be punched in files here (the native addon is built). */
-function punchHoleAvailable(): boolean {
-  if (punchHole === undefined) {
-    try {
-      nativeCalls();
-      punchHole = true;
-    } catch {
-      punchHole = false;
-    }
-  }
-  return punchHole;
 }
 
 function errnoOf(err: unknown): 'ENOENT' | 'EACCES' | 'EINVAL' | 'EIO' {

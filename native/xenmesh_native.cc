@@ -91,7 +91,27 @@ Napi::Value BlockDeviceInfo(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// addressOf(view): where a typed array's bytes are in memory, so that a
+// caller can align what it lays out in a buffer to pages (O_DIRECT wants
+// its buffers aligned to the device's logical block).
+Napi::Value AddressOf(const Napi::CallbackInfo& info) {
+  if (info.Length() < 1 || !info[0].IsTypedArray()) {
+    throw Napi::TypeError::New(info.Env(), "addressOf takes a typed array");
+  }
+  Napi::TypedArray view = info[0].As<Napi::TypedArray>();
+  void* data = nullptr;
+  size_t length = 0;
+  napi_typedarray_type type;
+  napi_value buffer;
+  size_t offset = 0;
+  if (napi_get_typedarray_info(info.Env(), view, &type, &length, &data, &buffer, &offset) != napi_ok) {
+    throw Napi::Error::New(info.Env(), "cannot read the typed array");
+  }
+  return Napi::Number::New(info.Env(), static_cast<double>(reinterpret_cast<uintptr_t>(data)));
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("addressOf", Napi::Function::New(env, AddressOf));
   exports.Set("punchHole", Napi::Function::New(env, PunchHole));
   exports.Set("discardBlocks", Napi::Function::New(env, DiscardBlocks));
   exports.Set("blockDeviceInfo", Napi::Function::New(env, BlockDeviceInfo));

@@ -12,6 +12,8 @@ export interface NativeCalls {
   discardBlocks(fd: number, offset: number, length: number, secure: boolean): void;
   /** A block device's size in bytes and its logical and physical sector sizes. */
   blockDeviceInfo(fd: number): { size: number; logicalSectorSize: number; physicalSectorSize: number };
+  /** Where a typed array's first byte is in memory. */
+  addressOf(view: Uint8Array): number;
 }
 
 const ADDON = new URL('../../build/Release/xenmesh_native.node', import.meta.url);
@@ -28,4 +30,13 @@ export function nativeCalls(): NativeCalls {
     }
   }
   return calls;
+}
+
+/** The addon if it is built, undefined if not (for what works without it, less well). */
+export function optionalNativeCalls(): NativeCalls | undefined {
+  try {
+    return nativeCalls();
+  } catch {
+    return undefined;
+  }
 }

@@ -3,6 +3,7 @@
  * that every worker receives at start, so that any worker can act for any
  * domain. All fields are 32-bit words read and written with Atomics.
  */
+import { optionalNativeCalls } from '../native.js';
 import { PAGE_SIZE } from '../platform.js';
 
 /** Domains that can exist at once. */
@@ -170,13 +171,17 @@ export interface EmbeddedDescriptor {
   readonly frames: number;
   readonly control: SharedArrayBuffer;
   readonly memory: SharedArrayBuffer;
+  /** Where frame 0 starts in `memory`: frames sit on real page boundaries, as on a machine. */
+  readonly memoryOffset: number;
 }
 
 export function allocateDescriptor(frames: number): EmbeddedDescriptor {
   const layout = layoutFor(frames);
-  return {
-    frames,
-    control: new SharedArrayBuffer(layout.words * 4),
-    memory: new SharedArrayBuffer(frames * PAGE_SIZE),
-  };
+  // A page more than the frames, so that they can start on a page boundary
+  // of real memory: the allocator aligns buffers to far less, and I/O with
+  // O_DIRECT straight into a guest's pages needs them aligned.
+  const memory = new SharedArrayBuffer(frames * PAGE_SIZE + PAGE_SIZE);
+  const address = optionalNativeCalls()?.addressOf(new Uint8Array(memory, 0, 1));
+  const memoryOffset = address === undefined ? 0 : (PAGE_SIZE - (address % PAGE_SIZE)) % PAGE_SIZE;
+  return { frames, control: new SharedArrayBuffer(layout.words * 4), memory, memoryOffset };
 }

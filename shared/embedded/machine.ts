@@ -28,7 +28,7 @@ export class Machine {
 
   constructor(readonly descriptor: EmbeddedDescriptor) {
     this.words = new Int32Array(descriptor.control);
-    this.memory = new Uint8Array(descriptor.memory);
+    this.memory = new Uint8Array(descriptor.memory, descriptor.memoryOffset, descriptor.frames * PAGE_SIZE);
     this.layout = layoutFor(descriptor.frames);
   }
 
