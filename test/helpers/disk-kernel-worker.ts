@@ -1,0 +1,105 @@
+/**
+ * The real kernel role, plus what the block tests ask of a domain through
+ * its own xenstore directory (`data/`):
+ * - `data/crash` = `now`: the kernel throws an exception nobody catches, as
+ *   a kernel bug would (only changes after the watch's first event count,
+ *   so that a restarted kernel does not crash again at once);
+ * - `data/disk-job` = JSON `{ id, kind: 'write' | 'verify', count, depth }`:
+ *   writes `count` distinct 4 KiB blocks (block i at sector 8 i, filled
+ *   from i) with `depth` in flight, or reads them back and compares; the
+ *   acknowledged count goes to `data/disk-progress` as it grows, and the
+ *   outcome (JSON `{ id, acked, errors, mismatches, settledTwice }`) to
+ *   `data/disk-result`.
+ */
+import type { BlockDevice } from '../../blkfront/disk.js';
+import type { BlkfrontDriver } from '../../blkfront/driver.js';
+import { startKernel, type KernelRoleConfig } from '../../host/kernel.js';
+import { runRole } from '../../shared/mesh/worker-runtime.js';
+
+interface Job {
+  id: string;
+  kind: 'write' | 'verify';
+  count: number;
+  depth: number;
+}
+
+/** The contents of block `i`: its number in every word, so that any misplaced block shows. */
+function block(i: number): Uint8Array {
+  const data = new Uint8Array(4096);
+  new Uint32Array(data.buffer).fill(i * 2654435761 >>> 0);
+  return data;
+}
+
+runRole<KernelRoleConfig>(async (ctx) => {
+  const kernel = await startKernel(ctx);
+  const xs = kernel.xenstore;
+  const follow = async (path: string, onChange: (value: string | undefined) => void) => {
+    const watcher = await xs.watch(path);
+    void (async () => {
+      let first = true;
+      for await (const _event of watcher) {
+        if (first) {
+          first = false;
+          continue;
+        }
+        onChange(await xs.tryRead(path));
+      }
+    })();
+  };
+  await follow('data/crash', (value) => {
+    if (value === 'now') throw new Error('the test asked this kernel to crash');
+  });
+  await follow('data/disk-job', (value) => {
+    if (value) void runJob(JSON.parse(value) as Job);
+  });
+
+  const disk = (): BlockDevice => {
+    const driver = kernel.drivers.front.get('vbd') as BlkfrontDriver | undefined;
+    const frontend = driver && [...driver.devices.values()][0];
+    if (!frontend) throw new Error('this domain has no disk');
+    return frontend.disk;
+  };
+
+  async function runJob(job: Job): Promise<void> {
+    const device = disk();
+    await device.whenConnected();
+    let next = 0;
+    let acked = 0;
+    let errors = 0;
+    let mismatches = 0;
+    let settledTwice = 0;
+    const settled = new Set<number>();
+    let lastReport = 0;
+    const report = () => xs.write('data/disk-progress', String(acked)).catch(() => {});
+    await Promise.all(
+      Array.from({ length: job.depth }, async () => {
+        while (next < job.count) {
+          const i = next++;
+          try {
+            if (job.kind === 'write') await device.write(i * 8, block(i));
+            else if (!equal(await device.read(i * 8, 8), block(i))) mismatches++;
+            if (settled.has(i)) settledTwice++;
+            settled.add(i);
+            acked++;
+          } catch {
+            errors++;
+          }
+          if (acked - lastReport >= 50) {
+            lastReport = acked;
+            void report();
+          }
+        }
+      }),
+    );
+    await report();
+    await xs.write('data/disk-result', JSON.stringify({ id: job.id, acked, errors, mismatches, settledTwice }));
+  }
+
+  return kernel;
+});
+
+function equal(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
