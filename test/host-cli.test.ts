@@ -1,11 +1,13 @@
 /**
- * `xenmesh up` as a user runs it: it boots the embedded host, prints the
- * domains with their workers, xenstore connections and trees, serves Xen's
- * own tools on its socket, and stops cleanly on SIGTERM and SIGINT.
+ * `xenmesh up` as a user runs it: it boots the embedded host, creates the
+ * guest's disk image if there is none and serves it from the driver domain,
+ * prints the domains with their workers, xenstore connections, devices and
+ * trees, serves Xen's own tools on its socket, and stops cleanly on SIGTERM
+ * and SIGINT.
  */
 import t from 'tap';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -18,7 +20,8 @@ for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     const dir = mkdtempSync(join(tmpdir(), 'xenmesh-up-'));
     t.teardown(() => rmSync(dir, { recursive: true, force: true }));
     const socket = join(dir, 'socket');
-    const child = spawn(process.execPath, [XENMESH, 'up', '--socket', socket], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const image = join(dir, 'images', 'guest.img');
+    const child = spawn(process.execPath, [XENMESH, 'up', '--socket', socket, '--image', image], { stdio: ['ignore', 'pipe', 'pipe'] });
     t.teardown(() => {
       if (child.exitCode === null) child.kill('SIGKILL');
     });
@@ -57,6 +60,25 @@ for (const signal of ['SIGTERM', 'SIGINT'] as const) {
       '4\n4\n',
       'xenstore-read sees both ends of the device Connected',
     );
+
+    // The guest's disk: the image was created sparse, and is served as xvda.
+    const stats = statSync(image);
+    t.equal(stats.size, 2 ** 30, 'the image was created, 1 GiB');
+    t.ok(stats.blocks * 512 < 2 ** 20, 'and sparse');
+    t.equal(
+      (await run('xenstore-read', ['/local/domain/2/device/vbd/51712/state', '/local/domain/1/backend/vbd/2/51712/state'], env)).stdout,
+      '4\n4\n',
+      'xenstore-read sees both ends of the disk Connected',
+    );
+    const backend = (await run('xenstore-ls', ['/local/domain/1/backend/vbd/2/51712'], env)).stdout;
+    for (const line of [`params = "raw:${image}"`, 'type = "qdisk"', 'mode = "w"', 'device-type = "disk"', 'dev = "xvda"', 'frontend-id = "2"', 'online = "1"', 'removable = "0"', 'bootable = "1"', 'discard-enable = "1"', 'sectors = "2097152"', 'feature-flush-cache = "1"', 'hotplug-status = "connected"']) {
+      t.match(backend, line, `the backend has ${line}`);
+    }
+    const frontend = (await run('xenstore-ls', ['/local/domain/2/device/vbd/51712'], env)).stdout;
+    for (const line of ['virtual-device = "51712"', 'device-type = "disk"', 'trusted = "1"', 'protocol = "x86_64-abi"', 'backend-id = "1"', 'event-channel']) {
+      t.match(frontend, line, `the frontend has ${line}`);
+    }
+    t.match(stdout, /^vbd 51712 +\/local\/domain\/2\/device\/vbd\/51712 +Connected +\/local\/domain\/1\/backend\/vbd\/2\/51712 +Connected +connected$/m, 'the disk in the device table');
 
     child.kill(signal);
     t.equal(await exit, 0, `exit status 0 on ${signal}`);
