@@ -1,6 +1,6 @@
 import { stat } from 'node:fs/promises';
 import { XsError } from '../shared/errors.js';
-import { abiForProtocol, VDisk, SECTOR_SIZE, type BlkifAbi } from '../shared/blkif.js';
+import { abiForProtocol, BlkifStatus, VDisk, SECTOR_SIZE, type BlkifAbi } from '../shared/blkif.js';
 import { PlatformError, type GrantMapping } from '../shared/platform.js';
 import type { XenbusDevice } from '../xenbus/device.js';
 import type { DeviceHandler, XenbusDriver } from '../xenbus/driver.js';
@@ -199,6 +199,26 @@ export class VbdBackend implements DeviceHandler {
     await this.serialised(() => this.disconnect());
   }
 
+  /** Answers what is in flight, makes it durable and closes the store (the domain shuts down, or the device went offline). */
+  async release(): Promise<void> {
+    await this.serialised(() => this.disconnect());
+  }
+
+  /**
+   * The driver domain is being suspended: nothing of the store may stay
+   * open across it (it may resume on another host), so the backend lets
+   * go as for a shutdown and tells the frontend it is Closing.
+   */
+  async suspend(): Promise<void> {
+    await this.release();
+    await this.device.switchState(XenbusState.Closing);
+  }
+
+  /** Resumed (the bus has set the device Initialising): offer the device again. */
+  async resume(): Promise<void> {
+    await this.publishFeatures();
+  }
+
   private serialised(step: () => Promise<void>): Promise<void> {
     const next = this.transition.then(step);
     this.transition = next.catch(() => {});
@@ -250,8 +270,10 @@ export class VbdBackend implements DeviceHandler {
   }
 
   /**
-   * Lets requests in flight finish and be answered, then unmaps the rings
-   * and closes the store.
+   * Lets requests in flight finish and be answered, unmaps the rings, makes
+   * every write durable and closes the store: whatever opens the image next
+   * (this backend again, or another after a migration) finds every write
+   * the frontend was told of on stable storage.
    */
   private async disconnect(): Promise<void> {
     const connection = this.connection;
@@ -259,6 +281,10 @@ export class VbdBackend implements DeviceHandler {
     this.connection = undefined;
     for (const ring of connection.rings) await ring.stop();
     await connection.queue.idle();
+    if (!connection.store.readOnly) {
+      const status = await new Promise<number>((resolve) => connection.queue.submit({ kind: 'flush' }, resolve));
+      if (status !== BlkifStatus.OKAY) this.device.log.warn(`${this.device.node}: flushing ${connection.store.description} before closing it failed`);
+    }
     await connection.store.close();
   }
 

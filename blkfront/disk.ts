@@ -77,6 +77,7 @@ export class BlockDevice {
   private nextSeq = 0;
   private nextQueue = 0;
   private connectedWaiters: (() => void)[] = [];
+  private idleWaiters: (() => void)[] = [];
   private closed: Error | undefined;
   /** Suspended: nothing new goes to the rings until resumed. */
   private paused = false;
@@ -88,6 +89,17 @@ export class BlockDevice {
 
   get connected(): boolean {
     return this.connection !== undefined;
+  }
+
+  /** Operations made and not yet answered: waiting to go, or on the rings. */
+  get outstanding(): number {
+    return this.waiting.length + this.inFlight;
+  }
+
+  /** Resolves once every operation made so far is answered. */
+  idle(): Promise<void> {
+    if (this.outstanding === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 
   /** Resolves once a backend is connected. */
@@ -147,6 +159,13 @@ export class BlockDevice {
     this.connection = undefined;
     const replays: Work[] = [];
     for (const { queue } of connection.queues) {
+      // Answers the backend gave before it went count: only the unanswered
+      // are sent again, so that each request is done exactly once.
+      try {
+        queue.takeResponses();
+      } catch {
+        // A ring the backend broke: what it says is not believed.
+      }
       for (const piece of queue.abandon()) replays.push(workOf(piece));
     }
     this.inFlight = 0;
@@ -170,6 +189,7 @@ export class BlockDevice {
     this.disconnect();
     this.closed = reason;
     for (const work of this.waiting.splice(0)) this.settle(work.op, reason);
+    for (const resolve of this.idleWaiters.splice(0)) resolve();
   }
 
   /** Responses arrived on a ring: settle them, then send what waits. */
@@ -204,8 +224,14 @@ export class BlockDevice {
     return undefined;
   }
 
-  /** Sends what waits while rings have room, respecting ordering points. */
+  /** Sends what waits, then tells whoever waits for the device to be idle. */
   private pump(): void {
+    this.sendWaiting();
+    if (this.outstanding === 0) for (const resolve of this.idleWaiters.splice(0)) resolve();
+  }
+
+  /** Sends what waits while rings have room, respecting ordering points. */
+  private sendWaiting(): void {
     const connection = this.connection;
     if (!connection || this.holding || this.paused) return;
     const touched = new Set<ConnectedQueue>();

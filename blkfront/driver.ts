@@ -9,6 +9,20 @@ import { DEFAULT_FRONTEND_LIMITS, negotiate, protocolName, ringRefKeys, ringSize
 import { GrantedPages } from './pages.js';
 import { BackendProtocolError, FrontQueue } from './ring.js';
 
+/** How long a frontend that shuts down waits for its backend to answer what it has in flight. */
+export const SHUTDOWN_DRAIN_MS = 5000;
+
+/** Whether `work` settled (either way) within `ms`. */
+async function settleWithin(work: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), ms)));
+  try {
+    return await Promise.race([work.then(() => true, () => true), timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** The keys of an earlier connection's rings, removed before a new one is published. */
 function staleKeys(limits: FrontendLimits): string[] {
   const refs = (prefix: string) => ['ring-ref', ...Array.from({ length: 2 ** limits.maxRingPageOrder }, (_, i) => `ring-ref${i}`)].map((k) => prefix + k);
@@ -36,6 +50,11 @@ export class BlkfrontDriver implements XenbusDriver {
 
   constructor(limits: Partial<FrontendLimits> = {}) {
     this.limits = { ...DEFAULT_FRONTEND_LIMITS, ...limits };
+  }
+
+  /** Makes what every disk was written durable (sysrq s, an emergency sync). */
+  async sync(): Promise<void> {
+    await Promise.all([...this.devices.values()].map((frontend) => frontend.sync()));
   }
 
   async attach(device: XenbusDevice): Promise<DeviceHandler> {
@@ -111,6 +130,28 @@ export class VbdFrontend implements DeviceHandler {
     this.teardown();
     this.retryLingering();
     this.disk.close(new Error(`${this.device.node} was detached`));
+  }
+
+  /**
+   * The domain shuts down: what was made is answered (for at most
+   * SHUTDOWN_DRAIN_MS, if no backend answers) and flushed, as a kernel
+   * syncs its disks before it powers off; then the rings go.
+   */
+  async release(): Promise<void> {
+    await this.sync();
+    this.disk.pause();
+    this.teardown();
+  }
+
+  /** Makes what was written so far durable, if a backend is there to answer in time. */
+  async sync(): Promise<void> {
+    const drained = await settleWithin(this.disk.idle(), SHUTDOWN_DRAIN_MS);
+    if (!drained) {
+      this.device.log.warn(`${this.device.node}: ${this.disk.outstanding} request(s) still unanswered after ${SHUTDOWN_DRAIN_MS} ms`);
+      return;
+    }
+    if (!this.disk.connected || this.disk.info?.readOnly) return;
+    if (!(await settleWithin(this.disk.flush(), SHUTDOWN_DRAIN_MS))) this.device.log.warn(`${this.device.node}: the flush was not answered in time`);
   }
 
   /** Stops issuing requests; those in flight stay on the rings. */

@@ -199,4 +199,10 @@ export interface Platform {
   domain(domid: number): DomainInterface;
   /** Waits (without blocking the event loop) until a paused domain runs again. */
   whenRunning(domid: number): Promise<void>;
+  /**
+   * What a domain that shut down to suspend waits in (SCHEDOP_shutdown
+   * returning): true once the toolstack resumes it, false if it is
+   * destroyed instead.
+   */
+  whenResumed(domid: number): Promise<boolean>;
 }

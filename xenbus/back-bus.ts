@@ -61,7 +61,16 @@ export class BackBus extends XenbusBus {
     const { device } = entry;
     if (device.state === XenbusState.Closing) {
       const frontend = await device.readOtherendState();
-      if (frontend === XenbusState.Closed || frontend === XenbusState.Unknown) await device.switchState(XenbusState.Closed);
+      if (frontend === XenbusState.Closed || frontend === XenbusState.Unknown) {
+        await device.switchState(XenbusState.Closed);
+      } else if (entry.handler?.release && !(await this.isOnline(device))) {
+        // Taken offline under a frontend that cannot follow (suspended for a
+        // migration): what the backend holds is answered, made durable and
+        // let go now, so that whoever serves the device next never reads
+        // what this one had not yet written.
+        await entry.handler.release();
+        await device.switchState(XenbusState.Closed);
+      }
     }
     await this.detachIfOffline(entry);
   }

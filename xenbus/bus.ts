@@ -62,6 +62,9 @@ export class BusDevice {
  * order they happened and never overlap (an attach is never raced by the
  * detach that follows it), while different devices proceed concurrently.
  */
+/** How long a device that shuts down waits for its other end to close (Linux's xenbus_dev_shutdown waits 5 s). */
+export const SHUTDOWN_WAIT_MS = 5000;
+
 export abstract class XenbusBus {
   /** The bus's directory: `<home>/device` or `<home>/backend`. */
   readonly root: string;
@@ -82,6 +85,8 @@ export abstract class XenbusBus {
   private readonly refused = new Map<string, string>();
   private rootWatcher: Watcher | undefined;
   private stopped = false;
+  /** Stopped or shut down: the drivers have let go, and neither is done again. */
+  private down = false;
   /** Between suspend and resume: events are not acted on. */
   private suspended = false;
 
@@ -163,6 +168,8 @@ export abstract class XenbusBus {
    * release what they hold.
    */
   async stop(): Promise<void> {
+    if (this.down) return;
+    this.down = true;
     this.stopped = true;
     await this.rootWatcher?.close().catch(() => {});
     await this.settled();
@@ -204,6 +211,47 @@ export abstract class XenbusBus {
       });
     }
     return out.sort((a, b) => a.node.localeCompare(b.node));
+  }
+
+  /**
+   * The domain shuts down (Linux's xenbus_dev_shutdown): each device
+   * finishes and releases what it serves or uses, goes Closing, and is
+   * given SHUTDOWN_WAIT_MS for its other end to follow before it is
+   * detached and Closed. Devices go down together, as they are independent.
+   */
+  async shutdown(): Promise<void> {
+    if (this.down) return;
+    this.down = true;
+    this.stopped = true;
+    await this.rootWatcher?.close().catch(() => {});
+    await this.settled();
+    await Promise.all(
+      this.attachedDevices().map((entry) =>
+        this.queueOf(entry.key).call(async () => {
+          const { device } = entry;
+          try {
+            await entry.handler!.release?.();
+          } catch (err) {
+            this.ctx.log.warn(`${device.node}: releasing it for shutdown: ${(err as Error).message}`);
+          }
+          await device.switchState(XenbusState.Closing);
+          if (device.otherendPath) {
+            await this.waitForOtherend(device, [XenbusState.Closing, XenbusState.Closed, XenbusState.Unknown], SHUTDOWN_WAIT_MS);
+          }
+        }),
+      ),
+    );
+    await this.settled();
+    for (const entry of [...this.devices.values()]) {
+      await this.queueOf(entry.key).call(async () => {
+        entry.phase = 'detached';
+        this.devices.delete(entry.key);
+        await this.closeWatches(entry);
+        await entry.handler?.detach();
+        await entry.device.switchState(XenbusState.Closed);
+      });
+    }
+    for (const driver of this.drivers) await driver.close?.();
   }
 
   // ---- suspend and resume -------------------------------------------------------

@@ -15,6 +15,13 @@ export interface DeviceHandler {
   localChanged?(path: string): Promise<void> | void;
   /** The device goes away: release its rings, ports and pages. */
   detach(): Promise<void> | void;
+  /**
+   * The device stops serving for good on this connection: what is in
+   * flight completes and is answered, what was written is made durable,
+   * and the backing resources (an image) are let go. Called when the domain
+   * shuts down, and on a backend the toolstack takes offline.
+   */
+  release?(): Promise<void> | void;
   /** The domain is about to be suspended: stop issuing, keep what is in flight. */
   suspend?(): Promise<void> | void;
   /** The domain was resumed (perhaps against another backend): reconnect. */
@@ -33,6 +40,8 @@ export interface XenbusDriver {
   probe?(device: XenbusDevice): boolean | Promise<boolean>;
   /** Sets the device up; a driver that throws leaves an error node and the device Closed. */
   attach(device: XenbusDevice): Promise<DeviceHandler>;
+  /** Makes what its devices were written durable (sysrq s, an emergency sync). */
+  sync?(): Promise<void>;
   /** The bus stops: release what the driver shares between its devices (I/O workers). */
   close?(): Promise<void> | void;
 }

@@ -181,6 +181,20 @@ export class EmbeddedPlatform implements Platform {
     }
   }
 
+  async whenResumed(domid: number): Promise<boolean> {
+    for (;;) {
+      const slot = this.machine.slotOf(domid);
+      if (slot < 0) return false;
+      const seqIndex = this.machine.slotBase(slot) + DomainSlot.STATE_SEQ;
+      const seq = Atomics.load(this.machine.words, seqIndex);
+      const state = this.machine.slotWord(slot, DomainSlot.STATE);
+      if (state === SlotState.RUNNING) return true;
+      if (state === SlotState.DYING || state === SlotState.FREE) return false;
+      const wait = Atomics.waitAsync(this.machine.words, seqIndex, seq);
+      if (wait.async) await wait.value;
+    }
+  }
+
   private nextFreeDomid(): number {
     for (let domid = 1; domid < DOMID_LIMIT; domid++) if (this.machine.slotOf(domid) < 0) return domid;
     throw new PlatformError('ENOSPC', 'no free domid');

@@ -82,6 +82,11 @@ export class EchoBack implements DeviceHandler {
     this.disconnect();
   }
 
+  /** Every request is answered as it is taken: there is nothing to finish, only the ring to let go. */
+  release(): void {
+    this.disconnect();
+  }
+
   /** Maps the ring the frontend published, binds its event channel, and is Connected. */
   private async connect(): Promise<void> {
     const { device } = this;
