@@ -60,16 +60,6 @@ export async function plugDevice(xs: XenStoreClient, spec: DeviceSpec): Promise<
     { domid: fe, access: 'none' },
     { domid: be, access: 'read' },
   ];
-  const backendPerms: PermissionEntry[] = [
-    { domid: be, access: 'none' },
-    { domid: fe, access: 'read' },
-  ];
-  const backendKeys: Record<string, string> = {
-    'frontend-id': String(fe),
-    online: '1',
-    state: String(XenbusState.Initialising),
-    ...spec.backend,
-  };
   const frontendKeys: Record<string, string> = {
     'backend-id': String(be),
     state: String(XenbusState.Initialising),
@@ -89,14 +79,88 @@ export async function plugDevice(xs: XenStoreClient, spec: DeviceSpec): Promise<
       await xs.setPermissions(`${paths.frontend}/${key}`, frontendPerms, { tx });
     }
 
-    await xs.rm(paths.backend, { tx }).catch(() => {});
-    await xs.mkdir(paths.backend, { tx });
-    await xs.setPermissions(paths.backend, backendPerms, { tx });
-    await xs.write(`${paths.backend}/frontend`, paths.frontend, { tx });
-    for (const [key, value] of Object.entries(backendKeys)) {
-      await xs.write(`${paths.backend}/${key}`, value, { tx });
-      await xs.write(`${paths.libxl}/${key}`, value, { tx });
-    }
+    await writeBackend(xs, tx, spec);
+  }, UNTIL_COMMITTED);
+  return paths;
+}
+
+/** The backend's directory, owned by its domain and readable by the guest, and libxl's copy of its keys. */
+async function writeBackend(xs: XenStoreClient, tx: number, spec: DeviceSpec): Promise<void> {
+  const paths = devicePaths(spec);
+  const { frontendDomid: fe, backendDomid: be } = spec;
+  const backendPerms: PermissionEntry[] = [
+    { domid: be, access: 'none' },
+    { domid: fe, access: 'read' },
+  ];
+  const backendKeys: Record<string, string> = {
+    'frontend-id': String(fe),
+    online: '1',
+    state: String(XenbusState.Initialising),
+    ...spec.backend,
+  };
+  await xs.rm(paths.backend, { tx }).catch(() => {});
+  await xs.mkdir(paths.backend, { tx });
+  await xs.setPermissions(paths.backend, backendPerms, { tx });
+  await xs.write(`${paths.backend}/frontend`, paths.frontend, { tx });
+  for (const [key, value] of Object.entries(backendKeys)) {
+    await xs.write(`${paths.backend}/${key}`, value, { tx });
+    await xs.write(`${paths.libxl}/${key}`, value, { tx });
+  }
+}
+
+/**
+ * Takes a device's backend away from a domain that is suspended, as a
+ * save does to its source (libxl destroys the saved domain's devices): the
+ * backend is set offline and Closing, answers what it had in flight, makes
+ * it durable, closes its store and goes Closed; then its directory goes.
+ * The frontend's directory stays, for the domain to find on resume.
+ * Resolves with whether the backend closed within `timeoutMs` (it is
+ * removed either way).
+ */
+export async function detachBackend(xs: XenStoreClient, spec: DeviceSpec, timeoutMs = DEVICE_REMOVE_TIMEOUT_MS): Promise<boolean> {
+  const paths = devicePaths(spec);
+  const backendState = `${paths.backend}/state`;
+  const present = await xs.transaction(async (tx) => {
+    const state = await xs.tryRead(backendState, { tx });
+    if (state === undefined) return false;
+    await xs.write(`${paths.backend}/online`, '0', { tx });
+    if (Number(state) !== XenbusState.Closed) await xs.write(backendState, String(XenbusState.Closing), { tx });
+    return true;
+  }, UNTIL_COMMITTED);
+  const closed = !present || (await waitForState(xs, backendState, [XenbusState.Closed, XenbusState.Unknown], timeoutMs)) !== undefined;
+  if (!closed) log.warn(`${paths.backend}: not Closed after ${timeoutMs} ms (${stateName(await readStateAt(xs, backendState))}); removing it anyway`);
+  await removeWithEmptyParents(xs, paths.backend);
+  return closed;
+}
+
+/**
+ * Gives a suspended domain's device a backend again, perhaps in another
+ * driver domain, as a restore plugs the devices of the domain it creates:
+ * a fresh backend directory, and the frontend pointed at it and set back
+ * to Initialising (its keys from the old connection stay until the
+ * frontend publishes new ones).
+ */
+export async function attachBackend(xs: XenStoreClient, spec: DeviceSpec): Promise<DevicePaths> {
+  const paths = devicePaths(spec);
+  await xs.transaction(async (tx) => {
+    await xs.write(`${paths.libxl}/frontend`, paths.frontend, { tx });
+    await xs.write(`${paths.libxl}/backend`, paths.backend, { tx });
+    await xs.write(`${paths.frontend}/backend`, paths.backend, { tx });
+    await xs.write(`${paths.frontend}/backend-id`, String(spec.backendDomid), { tx });
+    await xs.write(`${paths.frontend}/state`, String(XenbusState.Initialising), { tx });
+    // The new backend's domain reads the frontend's keys, the ones the
+    // frontend wrote for the old backend too (a node keeps the permissions
+    // it was created with).
+    const frontendPerms: PermissionEntry[] = [
+      { domid: spec.frontendDomid, access: 'none' },
+      { domid: spec.backendDomid, access: 'read' },
+    ];
+    const grant = async (path: string): Promise<void> => {
+      await xs.setPermissions(path, frontendPerms, { tx });
+      for (const child of await xs.directory(path, { tx })) await grant(`${path}/${child}`);
+    };
+    await grant(paths.frontend);
+    await writeBackend(xs, tx, spec);
   }, UNTIL_COMMITTED);
   return paths;
 }

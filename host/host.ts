@@ -1,3 +1,11 @@
+import { EventEmitter } from 'node:events';
+import { DEFAULT_ACTION_TIMEOUT_MS, DomainActionError, type DomainAction, type DomainActionOptions } from '../control/actions.js';
+import type { ShutdownRequest } from '../control/protocol.js';
+import { requireControl, whyNotDone, writeShutdownRequest, writeSysrq } from '../control/toolstack.js';
+import { VIRQ_DOM_EXC, type EventChannels, type ShutdownReasonName } from '../shared/platform.js';
+import { waitForState } from '../xenbus/read.js';
+import { XenbusState } from '../xenbus/state.js';
+import { attachBackend, detachBackend, devicePaths } from './devices.js';
 import { EmbeddedPlatform, DEFAULT_MACHINE_FRAMES } from '../shared/embedded/platform.js';
 import { createLogger } from '../shared/log.js';
 import { DEFAULT_RESTART, Supervisor, type WorkerStatus } from '../shared/mesh/supervisor.js';
@@ -37,6 +45,20 @@ export class Host {
   private xs: XenStoreClient | undefined;
   private toolstackImpl: Toolstack | undefined;
   readonly domains = new Map<number, StartInfo>();
+  /** What each domain was created with and the devices it uses as a frontend: what a reboot creates again. */
+  private readonly records = new Map<number, DomainRecord>();
+  /**
+   * What becomes of domains, as xl's domain-death handling sees it:
+   * `shutdown` (domid, reason), `saved` (domid: suspended, its backends
+   * released), `destroyed` (domid, reason if it shut down), `rebooted`
+   * (old domid, new domid).
+   */
+  readonly lifecycle = new EventEmitter();
+  /** Domains that shut down and are being dealt with (or, suspended, are held). */
+  private readonly reaping = new Set<number>();
+  /** The devices of suspended domains, without their backends, until they resume. */
+  private readonly saved = new Map<number, DeviceSpec[]>();
+  private domainEvents: EventChannels | undefined;
 
   constructor(readonly options: HostOptions) {
     this.platform = EmbeddedPlatform.create(options.frames ?? DEFAULT_MACHINE_FRAMES);
@@ -65,6 +87,10 @@ export class Host {
     await this.xenstore.write('/local/domain/0/domid', '0');
     await this.xenstore.write('/local/domain/0/name', 'Domain-0');
     this.toolstackImpl = new Toolstack(this.platform, () => this.xenstore);
+    // The hypervisor tells dom0 of every domain that shuts down or dies.
+    this.domainEvents = this.platform.domain(0).openEventChannels();
+    this.domainEvents.bindVirq(VIRQ_DOM_EXC);
+    this.domainEvents.onEvent(() => this.domainsChanged());
   }
 
   /**
@@ -107,6 +133,7 @@ export class Host {
   async startDomain(config: DomainConfig, drivers: KernelDrivers = {}): Promise<StartInfo> {
     const start = await this.toolstack.createDomain(config);
     this.domains.set(start.domid, start);
+    this.records.set(start.domid, { config, drivers, devices: [] });
     const kernel: KernelRoleConfig = { start, ...drivers };
     await this.supervisor.start({
       name: `kernel:${config.name}`,
@@ -122,19 +149,159 @@ export class Host {
   /** Stops a domain's kernel and destroys the domain. */
   async destroyDomain(domid: number): Promise<void> {
     const start = this.domains.get(domid);
+    const reason = this.platform.domainInfo(domid)?.shutdownReason;
     if (start) await this.supervisor.stop(`kernel:${start.name}`, 'domain destroyed');
     await this.toolstack.destroyDomain(domid);
     this.domains.delete(domid);
+    this.records.delete(domid);
+    this.saved.delete(domid);
+    this.reaping.delete(domid);
+    this.lifecycle.emit('destroyed', domid, reason);
   }
 
   /** Plugs a split device between two running domains, as libxl does. */
-  plugDevice(spec: DeviceSpec): Promise<DevicePaths> {
-    return this.toolstack.plugDevice(spec);
+  async plugDevice(spec: DeviceSpec): Promise<DevicePaths> {
+    const paths = await this.toolstack.plugDevice(spec);
+    const record = this.records.get(spec.frontendDomid);
+    if (record) record.devices = [...record.devices.filter((d) => !sameDevice(d, spec)), spec];
+    return paths;
   }
 
   /** Unplugs a split device, as libxl does. */
   unplugDevice(spec: DeviceSpec, options?: UnplugOptions): Promise<UnplugResult> {
+    const record = this.records.get(spec.frontendDomid);
+    if (record) record.devices = record.devices.filter((d) => !sameDevice(d, spec));
     return this.toolstack.unplugDevice(spec, options);
+  }
+
+  /**
+   * Does what `xenmesh domain <action> <domain>` asks of a domain named by
+   * its name or domid, as xl does, and says what happened; rejects with a
+   * DomainActionError when the toolstack refuses or the domain did not act
+   * in time.
+   */
+  async control(action: DomainAction, domain: string, options: DomainActionOptions = {}): Promise<string> {
+    const timeoutMs = options.timeoutMs ?? DEFAULT_ACTION_TIMEOUT_MS;
+    const { domid, name } = this.findDomain(domain);
+    const label = `domain ${name} (${domid})`;
+    if (domid === 0) throw new DomainActionError('Domain-0 is the host itself; stop the host instead');
+    switch (action) {
+      case 'destroy':
+        await this.destroyDomain(domid);
+        return `${label} destroyed`;
+      case 'sysrq':
+        if (!options.key) throw new DomainActionError('sysrq needs a key');
+        await writeSysrq(this.xenstore, domid, options.key);
+        return `SysRq '${options.key}' sent to ${label}`;
+      case 'resume':
+        return this.resume(domid, label, options.backend, timeoutMs);
+      default: {
+        const request: ShutdownRequest = action === 'shutdown' ? (options.halt ? 'halt' : 'poweroff') : action;
+        const info = this.platform.domainInfo(domid);
+        if (info?.state === 'shutdown') throw new DomainActionError(`${label} has already shut down (${info.shutdownReason})`);
+        await requireControl(this.xenstore, domid, name, request);
+        const outcome = this.outcomeOf(domid, label, request, timeoutMs);
+        await writeShutdownRequest(this.xenstore, domid, request);
+        return outcome;
+      }
+    }
+  }
+
+  /** A domain by domid or name, among the running and the suspended. */
+  findDomain(ref: string): { domid: number; name: string } {
+    const domains = this.platform.listDomains().filter((d) => d.state !== 'dying');
+    const found = /^\d+$/.test(ref) ? domains.find((d) => d.domid === Number(ref)) : domains.find((d) => d.name === ref);
+    if (!found) throw new DomainActionError(`no domain '${ref}' (there are: ${domains.map((d) => `${d.name} (${d.domid})`).join(', ')})`);
+    return { domid: found.domid, name: found.name };
+  }
+
+  /** What xl waits for after writing a request: the domain gone, back, or saved. */
+  private outcomeOf(domid: number, label: string, request: ShutdownRequest, timeoutMs: number): Promise<string> {
+    return new Promise<string>((resolve, reject) => {
+      // eslint-disable-next-line @typescript-eslint/no-explicit-any -- EventEmitter listeners take any arguments
+      const listeners: [string, (...args: any[]) => void][] = [
+        ['destroyed', (gone: number, reason?: ShutdownReasonName) => gone === domid && reason !== 'reboot' && done(`${label} ${request === 'halt' && reason === 'poweroff' ? 'halted' : describeEnd(reason)}`)],
+        ['rebooted', (old: number, now: number) => old === domid && done(`${label} rebooted; it runs again as domain ${now}`)],
+        ['saved', (held: number, devices: number) => held === domid && done(`${label} suspended; ${devices} device(s) released by their backends; resume brings it back`)],
+      ];
+      const timer = setTimeout(() => {
+        finish();
+        void whyNotDone(this.xenstore, domid, label, request, timeoutMs).then((why) => reject(new DomainActionError(why)), reject);
+      }, timeoutMs);
+      const finish = () => {
+        clearTimeout(timer);
+        for (const [event, listener] of listeners) this.lifecycle.off(event, listener);
+      };
+      const done = (message: string) => {
+        finish();
+        resolve(message);
+      };
+      for (const [event, listener] of listeners) this.lifecycle.on(event, listener);
+    });
+  }
+
+  /** VIRQ_DOM_EXC: deal with each domain that shut down, once. */
+  private domainsChanged(): void {
+    for (const domid of this.records.keys()) {
+      const info = this.platform.domainInfo(domid);
+      if (info?.state !== 'shutdown' || this.reaping.has(domid)) continue;
+      this.reaping.add(domid);
+      const reason = info.shutdownReason ?? 'poweroff';
+      log.info(`domain ${info.name} (${domid}) shut down: ${reason}`);
+      this.lifecycle.emit('shutdown', domid, reason);
+      this.afterShutdown(domid, reason).catch((err: Error) => log.error(`domain ${domid} after ${reason}: ${err.message}`));
+    }
+  }
+
+  /** xl's defaults: a reboot creates the domain again, a suspend is saved, anything else is destroyed. */
+  private async afterShutdown(domid: number, reason: ShutdownReasonName): Promise<void> {
+    if (reason === 'suspend') return this.save(domid);
+    const record = this.records.get(domid);
+    await this.destroyDomain(domid);
+    if (reason !== 'reboot' || !record) return;
+    const { domid: _old, ...config } = record.config;
+    const start = await this.startDomain(config, record.drivers);
+    for (const spec of record.devices) await this.plugDevice({ ...spec, frontendDomid: start.domid });
+    this.lifecycle.emit('rebooted', domid, start.domid);
+  }
+
+  /**
+   * A domain suspended: as a save does, its devices' backends are taken
+   * away (each answers, flushes and closes its store), and the domain is
+   * held by the platform until it is resumed or destroyed.
+   */
+  private async save(domid: number): Promise<void> {
+    const devices = this.records.get(domid)?.devices ?? [];
+    for (const spec of devices) await detachBackend(this.xenstore, spec);
+    this.saved.set(domid, devices);
+    this.lifecycle.emit('saved', domid, devices.length);
+  }
+
+  /**
+   * Resumes a saved domain: its devices get backends again (in `backend`,
+   * a driver domain, if given; else where they were), the domain runs, and
+   * every device reconnects.
+   */
+  private async resume(domid: number, label: string, backend: string | undefined, timeoutMs: number): Promise<string> {
+    const info = this.platform.domainInfo(domid);
+    if (info?.state !== 'shutdown' || info.shutdownReason !== 'suspend') throw new DomainActionError(`${label} is not suspended`);
+    const saved = this.saved.get(domid);
+    if (!saved) throw new DomainActionError(`${label} is still being saved; try again`);
+    const target = backend === undefined ? undefined : this.findDomain(backend);
+    const devices = saved.map((spec) => (target ? { ...spec, backendDomid: target.domid } : spec));
+    for (const spec of devices) await attachBackend(this.xenstore, spec);
+    const record = this.records.get(domid);
+    if (record) record.devices = devices;
+    this.saved.delete(domid);
+    this.reaping.delete(domid);
+    this.platform.resumeDomain(domid);
+    const connected = await Promise.all(
+      devices.map((spec) => waitForState(this.xenstore, `${devicePaths(spec).frontend}/state`, [XenbusState.Connected], timeoutMs)),
+    );
+    const late = devices.filter((_, i) => connected[i] === undefined).map((spec) => `${spec.kind} ${spec.devid}`);
+    if (late.length > 0) throw new DomainActionError(`${label} resumed, but ${late.join(', ')} did not reconnect within ${timeoutMs / 1000} s`);
+    const where = target ? ` to ${target.name} (${target.domid})` : '';
+    return `${label} resumed; ${devices.length} device(s) reconnected${where}`;
   }
 
   workers(): WorkerStatus[] {
@@ -146,7 +313,31 @@ export class Host {
     for (const domid of [...this.domains.keys()].reverse()) {
       await this.destroyDomain(domid).catch((err: Error) => log.warn(`destroying domain ${domid}: ${err.message}`));
     }
+    this.domainEvents?.close();
+    this.domainEvents = undefined;
     this.xs?.close();
     await this.supervisor.stopAll();
+  }
+}
+
+interface DomainRecord {
+  readonly config: DomainConfig;
+  readonly drivers: KernelDrivers;
+  devices: DeviceSpec[];
+}
+
+const sameDevice = (a: DeviceSpec, b: DeviceSpec) => a.kind === b.kind && a.devid === b.devid && a.frontendDomid === b.frontendDomid;
+
+/** How a domain's end reads, from why it shut down. */
+function describeEnd(reason: ShutdownReasonName | undefined): string {
+  switch (reason) {
+    case 'poweroff':
+      return 'powered off';
+    case 'crash':
+      return 'crashed and was destroyed';
+    case undefined:
+      return 'was destroyed';
+    default:
+      return `shut down (${reason}) and was destroyed`;
   }
 }

@@ -1,3 +1,4 @@
+import { ControlDriver } from '../control/driver.js';
 import { attachPlatform, type PlatformShared } from '../shared/attach.js';
 import { EventDispatcher } from '../shared/event-dispatcher.js';
 import type { RoleContext, RoleInstance } from '../shared/mesh/worker-runtime.js';
@@ -30,6 +31,7 @@ export interface KernelRoleConfig extends KernelDrivers {
 export interface Kernel extends RoleInstance {
   readonly xenstore: XenStoreClient;
   readonly buses: readonly XenbusBus[];
+  readonly control: ControlDriver;
   /** The drivers loaded, by name as the configuration gave them (`vbd`, `echo`), front and back. */
   readonly drivers: { readonly front: ReadonlyMap<string, XenbusDriver>; readonly back: ReadonlyMap<string, XenbusDriver> };
 }
@@ -86,6 +88,17 @@ export async function startKernel(ctx: RoleContext<KernelRoleConfig>): Promise<K
     ctx.log.info(`${b.kind} bus on ${b.root} with ${(b instanceof BackBus ? backDrivers : frontDrivers).join(', ')}`);
   }
 
+  // Every domain, guest or driver domain, is told to shut down or suspend the same way.
+  const control = new ControlDriver({
+    domid: start.domid,
+    xs,
+    log: ctx.log,
+    buses,
+    drivers: [...drivers.front.values(), ...drivers.back.values()],
+    platform,
+  });
+  await control.start();
+
   const devices = async (): Promise<Record<string, string>> => {
     const out: Record<string, string> = {};
     for (const b of buses) {
@@ -108,10 +121,12 @@ export async function startKernel(ctx: RoleContext<KernelRoleConfig>): Promise<K
     xenstore: xs,
     buses,
     drivers,
+    control,
     info: { name, home },
     health: () => ({ xenstore: xs.isClosed ? 'closed' : 'connected', ...lastDevices }),
     async stop() {
       clearInterval(timer);
+      await control.stop();
       for (const b of buses) await b.stop().catch((err: Error) => ctx.log.warn(`stopping the ${b.kind} bus: ${err.message}`));
       xs.close();
       events.channels.close();

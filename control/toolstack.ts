@@ -1,0 +1,48 @@
+import type { XenStoreClient } from '../xenstore/client/client.js';
+import { DomainActionError } from './actions.js';
+import { CONTROL_FEATURES, SHUTDOWN_NODE, SYSRQ_NODE, featureFor, type ShutdownRequest } from './protocol.js';
+
+/**
+ * The toolstack's side of the control protocol, as xl and libxl do it:
+ * check that the domain has PV control, write the request into its
+ * `control/shutdown` (or a key into `control/sysrq`), and tell what
+ * happened to it.
+ */
+
+/**
+ * Refuses, as xl does, a request to a domain without PV control: one that
+ * never published the feature the request needs (`control/feature-*`).
+ */
+export async function requireControl(xs: XenStoreClient, domid: number, name: string, request: ShutdownRequest): Promise<void> {
+  const home = `/local/domain/${domid}`;
+  const published = await Promise.all(CONTROL_FEATURES.map(async (f) => (await xs.tryRead(`${home}/control/${f}`)) === '1'));
+  if (!published.some(Boolean)) {
+    throw new DomainActionError(
+      `domain ${name} (${domid}) has no PV control interface (no control/feature-* published): ` +
+        'it cannot be asked to shut down, reboot or suspend; destroy it instead',
+    );
+  }
+  const feature = featureFor(request);
+  if ((await xs.tryRead(`${home}/control/${feature}`)) !== '1') {
+    throw new DomainActionError(`domain ${name} (${domid}) does not offer ${request} (control/${feature} is not 1)`);
+  }
+}
+
+/** Writes a shutdown request where the domain's control driver watches for it. */
+export async function writeShutdownRequest(xs: XenStoreClient, domid: number, request: ShutdownRequest): Promise<void> {
+  await xs.write(`/local/domain/${domid}/${SHUTDOWN_NODE}`, request);
+}
+
+/** Writes a SysRq key (one character, as manage.c reads it). */
+export async function writeSysrq(xs: XenStoreClient, domid: number, key: string): Promise<void> {
+  if (key.length !== 1) throw new DomainActionError(`a SysRq key is one character, not '${key}'`);
+  await xs.write(`/local/domain/${domid}/${SYSRQ_NODE}`, key);
+}
+
+/** Why a request was not carried out in time, from what its node still says. */
+export async function whyNotDone(xs: XenStoreClient, domid: number, name: string, request: string, timeoutMs: number): Promise<string> {
+  const left = await xs.tryRead(`/local/domain/${domid}/${SHUTDOWN_NODE}`).catch(() => undefined);
+  const seconds = timeoutMs / 1000;
+  if (left === request) return `domain ${name} (${domid}) did not acknowledge '${request}' within ${seconds} s (control/shutdown still says it)`;
+  return `domain ${name} (${domid}) acknowledged '${request}' but did not finish within ${seconds} s`;
+}
