@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import { runDomain } from '../host/domain-cli.js';
 import { runUp } from '../host/up.js';
 import { runXenstored } from '../xenstore/daemon/main.js';
 
@@ -7,6 +8,8 @@ const USAGE = `Usage: xenmesh <command> [options]
 Commands:
   up          boot an embedded Xen host: dom0 with xenstored, a driver domain
               and a guest, each in its own worker (xenmesh up --help)
+  domain      shut down, reboot, suspend, resume or destroy a domain of the
+              running host, or send it a sysrq (xenmesh domain --help)
   xenstored   run the xenstore daemon alone in the foreground on a Unix socket
               (xenmesh xenstored --help for its options)
 `;
@@ -16,6 +19,8 @@ async function main(argv: string[]): Promise<number> {
   switch (command) {
     case 'up':
       return runUp(rest);
+    case 'domain':
+      return runDomain(rest);
     case 'xenstored':
       return runXenstored(rest);
     case undefined:

@@ -8,7 +8,10 @@ import { waitForState } from '../xenbus/read.js';
 import { XenbusState } from '../xenbus/state.js';
 import { devicePaths, diskDevice, type DeviceSpec } from './devices.js';
 import { Host } from './host.js';
+import { HostPrompt, PROMPT_HINT } from './prompt.js';
 import { formatDevices, formatStatus, formatTree } from './report.js';
+import { toolstackSocketPath } from './toolstack-protocol.js';
+import { ToolstackServer } from './toolstack-server.js';
 
 const log = createLogger('host');
 
@@ -24,7 +27,10 @@ domain, each domain's kernel in a worker of its own. The driver domain serves
 a raw image file to the guest as its disk xvda (and an echo device).
 xenstored also listens on a Unix socket (default ${DEFAULT_SOCKET_PATH}) so
 that xenstore-utils can inspect and drive the running host; socket clients
-act as dom0. Stays up until Ctrl-C or SIGTERM.
+act as dom0. The toolstack listens next to it (PATH.toolstack) for
+\`xenmesh domain\`, and commands typed at the host's prompt (help lists them)
+shut down, reboot, suspend, resume or destroy a domain or send it a sysrq.
+Stays up until Ctrl-C, SIGTERM or quit.
 
   --image FILE    the guest's disk (default ${DEFAULT_IMAGE}); created sparse,
                   ${DEFAULT_IMAGE_BYTES / 2 ** 30} GiB, if it does not exist
@@ -78,6 +84,7 @@ export async function runUp(argv: string[]): Promise<number> {
     return 1;
   }
   const host = new Host({ socket, frames, traceFile: values.trace });
+  const toolstack = new ToolstackServer((action, domain, options) => host.control(action, domain, options), toolstackSocketPath(socket));
   try {
     await host.boot();
     const started = [];
@@ -87,14 +94,17 @@ export async function runUp(argv: string[]): Promise<number> {
     const echo: DeviceSpec = { kind: 'echo', frontendDomid: guest, backendDomid: driver, devid: 0 };
     for (const device of [disk, echo]) await host.plugDevice(device);
     await Promise.all([disk, echo].map((device) => waitConnected(host, device)));
+    await toolstack.listen();
   } catch (err) {
     log.error(`boot failed: ${(err as Error).message}`);
+    await toolstack.close().catch(() => {});
     await host.shutdown().catch(() => {});
     return 1;
   }
 
   const out = (text: string) => process.stdout.write(`${text}\n`);
   out(`xenstored is listening on ${socket}; inspect it with XENSTORED_PATH=${socket} xenstore-ls -p /`);
+  out(`The toolstack is listening on ${toolstack.path}; drive it with xenmesh domain <action> <domain> --socket ${socket}`);
   out('');
   out(await formatStatus(host));
   out('');
@@ -109,20 +119,39 @@ export async function runUp(argv: string[]): Promise<number> {
 
   return new Promise<number>((resolve) => {
     let stopping = false;
-    const stop = (signal: NodeJS.Signals) => {
+    let prompt: HostPrompt | undefined;
+    const stop = (reason: string) => {
       if (stopping) return;
       stopping = true;
-      log.info(`${signal}: shutting the host down`);
-      host.shutdown().then(
-        () => resolve(0),
-        (err: Error) => {
-          log.error(`shutdown: ${err.message}`);
-          resolve(1);
-        },
-      );
+      log.info(`${reason}: shutting the host down`);
+      prompt?.close();
+      // The toolstack stops taking requests before the domains it would act on go away.
+      toolstack
+        .close()
+        .then(() => host.shutdown())
+        .then(
+          () => resolve(0),
+          (err: Error) => {
+            log.error(`shutdown: ${err.message}`);
+            resolve(1);
+          },
+        );
     };
     process.once('SIGINT', stop);
     process.once('SIGTERM', stop);
+    // The prompt reads whatever stdin is, terminal or pipe; when it ends
+    // (`< /dev/null`, a finished script) the prompt goes and the host runs on.
+    if (process.stdin.readable) {
+      out(PROMPT_HINT);
+      prompt = new HostPrompt(host, {
+        input: process.stdin,
+        output: process.stdout,
+        errors: process.stderr,
+        terminal: process.stdin.isTTY === true,
+        onQuit: () => stop('quit'),
+        onInterrupt: () => stop('SIGINT'),
+      });
+    }
   });
 }
 

@@ -1,0 +1,150 @@
+/**
+ * The command prompt of `xenmesh up`: xl's domain commands (and a status
+ * report) typed at the running host. Commands run one at a time, in the
+ * order they were typed, so that piped commands behave as typed ones; a
+ * command that fails or makes no sense is reported and the host runs on.
+ */
+import { createInterface, type Interface } from 'node:readline';
+import type { DomainAction, DomainActionOptions } from '../control/actions.js';
+import type { Host } from './host.js';
+import { formatDevices, formatStatus } from './report.js';
+
+export interface PromptOptions {
+  readonly input: NodeJS.ReadableStream;
+  readonly output: NodeJS.WritableStream;
+  readonly errors: NodeJS.WritableStream;
+  /** A terminal gets a prompt string and line editing; a pipe is read line by line. */
+  readonly terminal: boolean;
+  /** `quit`: the host should shut down. */
+  readonly onQuit: () => void;
+  /** Ctrl-C at the terminal, which readline catches before it becomes SIGINT. */
+  readonly onInterrupt: () => void;
+}
+
+/** The one-line hint printed once the prompt listens. */
+export const PROMPT_HINT = 'Type help for the commands (shutdown, reboot, suspend, resume, destroy, sysrq, status, quit).';
+
+const PROMPT = 'xenmesh> ';
+
+interface Command {
+  /** The arguments, as the usage line shows them. */
+  readonly args: string;
+  readonly help: string;
+  readonly minArgs: number;
+  readonly maxArgs: number;
+  readonly run: (host: Host, args: string[]) => Promise<string>;
+}
+
+const action = (name: DomainAction, options: (args: string[]) => DomainActionOptions = () => ({})) =>
+  (host: Host, args: string[]) => host.control(name, args[0]!, options(args));
+
+/** What the prompt understands; `help` and `quit` are the prompt's own. */
+const COMMANDS: Record<string, Command> = {
+  shutdown: { args: '<domain>', help: 'ask the domain to power off', minArgs: 1, maxArgs: 1, run: action('shutdown') },
+  halt: { args: '<domain>', help: 'ask the domain to halt', minArgs: 1, maxArgs: 1, run: action('shutdown', () => ({ halt: true })) },
+  reboot: { args: '<domain>', help: 'ask the domain to reboot, and start it again', minArgs: 1, maxArgs: 1, run: action('reboot') },
+  suspend: { args: '<domain>', help: 'ask the domain to suspend itself', minArgs: 1, maxArgs: 1, run: action('suspend') },
+  resume: {
+    args: '<domain> [backend-domain]',
+    help: 'resume a suspended domain (its disks served by backend-domain from now on)',
+    minArgs: 1,
+    maxArgs: 2,
+    run: action('resume', ([, backend]) => (backend === undefined ? {} : { backend })),
+  },
+  destroy: { args: '<domain>', help: 'destroy the domain at once, without asking it', minArgs: 1, maxArgs: 1, run: action('destroy') },
+  sysrq: { args: '<domain> <key>', help: 'send the domain a sysrq key (one character)', minArgs: 2, maxArgs: 2, run: action('sysrq', ([, key]) => ({ key: key! })) },
+  status: {
+    args: '',
+    help: 'the domains, their workers and devices',
+    minArgs: 0,
+    maxArgs: 0,
+    run: async (host) => `${await formatStatus(host)}\n\n${await formatDevices(host.xenstore)}`,
+  },
+};
+
+const OWN_COMMANDS: Record<string, string> = { help: 'this list', quit: 'shut the host down, as SIGTERM does' };
+
+export function helpText(): string {
+  const rows: [string, string][] = [
+    ...Object.entries(COMMANDS).map(([name, command]): [string, string] => [`${name} ${command.args}`.trim(), command.help]),
+    ...Object.entries(OWN_COMMANDS),
+  ];
+  const width = Math.max(...rows.map(([usage]) => usage.length));
+  return [
+    'Commands (a domain is named by its name or its domid):',
+    ...rows.map(([usage, help]) => `  ${usage.padEnd(width)}  ${help}`),
+    'From another terminal, xenmesh domain does the same (xenmesh domain --help).',
+  ].join('\n');
+}
+
+export class HostPrompt {
+  private readonly rl: Interface;
+  private pending = Promise.resolve();
+  private closed = false;
+
+  constructor(
+    private readonly host: Host,
+    private readonly options: PromptOptions,
+  ) {
+    this.rl = createInterface({ input: options.input, output: options.terminal ? options.output : undefined, terminal: options.terminal });
+    this.rl.setPrompt(PROMPT);
+    this.rl.on('line', (line) => {
+      if (this.closed) return;
+      this.pending = this.pending.then(() => this.execute(line));
+    });
+    this.rl.on('SIGINT', () => options.onInterrupt());
+    // The end of input ends the prompt, not the host: a host started with
+    // its input closed or piped from a finite script stays up.
+    this.rl.on('close', () => {
+      if (this.closed) return;
+      this.closed = true;
+      if (options.terminal) this.say('\nNo more commands; the host runs until Ctrl-C or SIGTERM.');
+    });
+    this.showPrompt();
+  }
+
+  /** Stops reading commands (the host is shutting down). */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.rl.close();
+  }
+
+  private async execute(line: string): Promise<void> {
+    if (this.closed) return;
+    const [name, ...args] = line.trim().split(/\s+/).filter((word) => word !== '');
+    try {
+      if (name === undefined) return;
+      if (name === 'help') this.say(helpText());
+      else if (name === 'quit') {
+        this.close();
+        this.options.onQuit();
+      } else this.say(await this.run(name, args));
+    } catch (err) {
+      this.complain(err instanceof Error ? err.message : String(err));
+    } finally {
+      this.showPrompt();
+    }
+  }
+
+  private async run(name: string, args: string[]): Promise<string> {
+    const command = Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined;
+    if (!command) throw new Error(`unknown command '${name}'; type help for the commands`);
+    if (args.length < command.minArgs || args.length > command.maxArgs) throw new Error(`usage: ${name} ${command.args}`);
+    // xl sends exactly one character: the key's letter.
+    if (name === 'sysrq' && [...args[1]!].length !== 1) throw new Error('the sysrq key is one character, such as s or b');
+    return command.run(this.host, args);
+  }
+
+  private say(text: string): void {
+    this.options.output.write(`${text}\n`);
+  }
+
+  private complain(text: string): void {
+    this.options.errors.write(`error: ${text}\n`);
+  }
+
+  private showPrompt(): void {
+    if (this.options.terminal && !this.closed) this.rl.prompt();
+  }
+}

@@ -1,0 +1,125 @@
+/**
+ * What travels over the toolstack socket between `xenmesh domain` and the
+ * host that `xenmesh up` runs: one JSON request per line, one JSON answer
+ * per line. Both ends read and check it here, so that a client can trust
+ * what it is told and the host refuses what it cannot act on before it
+ * reaches the toolstack.
+ */
+import { DOMAIN_ACTIONS, type DomainAction, type DomainActionOptions } from '../control/actions.js';
+
+/** The toolstack's socket lives next to xenstored's, so that one `--socket` names a host for every tool. */
+export const TOOLSTACK_SOCKET_SUFFIX = '.toolstack';
+
+export function toolstackSocketPath(xenstoredSocket: string): string {
+  return `${xenstoredSocket}${TOOLSTACK_SOCKET_SUFFIX}`;
+}
+
+/** A line longer than this (in characters) is refused: nothing legitimate comes close, and neither end may buffer without end. */
+export const MAX_LINE_LENGTH = 64 * 1024;
+
+export interface DomainRequest {
+  readonly action: DomainAction;
+  /** The domain's name or domid. */
+  readonly domain: string;
+  readonly options: DomainActionOptions;
+}
+
+export type DomainReply = { readonly ok: true; readonly message: string } | { readonly ok: false; readonly error: string };
+
+/** A line that is not a request the host can act on; the message is what the client is told. */
+export class RequestError extends Error {
+  override readonly name = 'RequestError';
+}
+
+const REQUEST_SHAPE = '{"action": ..., "domain": ..., "options": {...}}';
+const REQUEST_FIELDS = new Set(['action', 'domain', 'options']);
+const OPTION_TYPES: Record<keyof DomainActionOptions, 'number' | 'boolean' | 'string'> = {
+  timeoutMs: 'number',
+  halt: 'boolean',
+  backend: 'string',
+  key: 'string',
+};
+
+export function isDomainAction(word: string): word is DomainAction {
+  return (DOMAIN_ACTIONS as readonly string[]).includes(word);
+}
+
+/** Reads one request line, or throws a RequestError that says what is wrong with it. */
+export function parseRequest(line: string): DomainRequest {
+  let value: unknown;
+  try {
+    value = JSON.parse(line);
+  } catch (err) {
+    throw new RequestError(`the request is not valid JSON (${(err as Error).message}); send one ${REQUEST_SHAPE} per line`);
+  }
+  if (!isRecord(value)) throw new RequestError(`a request is a JSON object ${REQUEST_SHAPE}`);
+  for (const field of Object.keys(value)) {
+    if (!REQUEST_FIELDS.has(field)) throw new RequestError(`unknown field '${field}' in the request; it has ${REQUEST_SHAPE}`);
+  }
+  const { action, domain, options = {} } = value;
+  if (typeof action !== 'string' || !isDomainAction(action)) {
+    throw new RequestError(`unknown action ${JSON.stringify(action ?? null)}; the actions are ${DOMAIN_ACTIONS.join(', ')}`);
+  }
+  if (!((typeof domain === 'string' && domain !== '') || (typeof domain === 'number' && Number.isInteger(domain) && domain >= 0))) {
+    throw new RequestError('"domain" must name a domain: its name or its domid');
+  }
+  return { action, domain: String(domain), options: parseOptions(options) };
+}
+
+function parseOptions(options: unknown): DomainActionOptions {
+  if (!isRecord(options)) throw new RequestError('"options" must be a JSON object');
+  for (const [name, value] of Object.entries(options)) {
+    const wanted = OPTION_TYPES[name as keyof DomainActionOptions];
+    if (wanted === undefined) throw new RequestError(`unknown option '${name}'; the options are ${Object.keys(OPTION_TYPES).join(', ')}`);
+    if (typeof value !== wanted) throw new RequestError(`option '${name}' must be a ${wanted}`);
+  }
+  const timeoutMs = options['timeoutMs'];
+  if (typeof timeoutMs === 'number' && !(Number.isFinite(timeoutMs) && timeoutMs > 0)) {
+    throw new RequestError("option 'timeoutMs' must be a positive number of milliseconds");
+  }
+  return options as DomainActionOptions;
+}
+
+/** Reads the host's answer; a line that is not one is reported as such, never taken for success. */
+export function parseReply(line: string): DomainReply {
+  let value: unknown;
+  try {
+    value = JSON.parse(line);
+  } catch {
+    throw new Error(`the host answered something that is not JSON: ${line.slice(0, 200)}`);
+  }
+  if (isRecord(value) && value['ok'] === true && typeof value['message'] === 'string') return { ok: true, message: value['message'] };
+  if (isRecord(value) && value['ok'] === false && typeof value['error'] === 'string') return { ok: false, error: value['error'] };
+  throw new Error(`the host answered something that is not a reply: ${line.slice(0, 200)}`);
+}
+
+/** Cuts a stream of text into lines as it arrives. */
+export class LineBuffer {
+  private pending = '';
+
+  /** The complete lines in what has arrived so far; throws a RequestError once a line grows past MAX_LINE_LENGTH. */
+  push(text: string): string[] {
+    const parts = (this.pending + text).split('\n');
+    this.pending = parts.pop() ?? '';
+    if (this.pending.length > MAX_LINE_LENGTH || parts.some((line) => line.length > MAX_LINE_LENGTH)) {
+      this.pending = '';
+      throw new RequestError(`a line is longer than ${MAX_LINE_LENGTH} characters`);
+    }
+    return parts;
+  }
+
+  /** What is left once the stream ends: a last line without its newline, if any. */
+  finish(): string[] {
+    const rest = this.pending;
+    this.pending = '';
+    return rest.trim() === '' ? [] : [rest];
+  }
+}
+
+export function formatLine(message: DomainRequest | DomainReply): string {
+  return `${JSON.stringify(message)}\n`;
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}

@@ -1,0 +1,128 @@
+/**
+ * The running host's toolstack socket: where `xenmesh domain` (or anything
+ * that writes a JSON line to a Unix socket) asks the host to shut down,
+ * reboot, suspend, resume or destroy a domain or send it a sysrq, as xl
+ * asks libxl. Like xenstored's socket, it acts for dom0, so only its owner
+ * may connect.
+ */
+import { chmodSync, mkdirSync, rmSync } from 'node:fs';
+import { createServer, type Server, type Socket } from 'node:net';
+import { dirname } from 'node:path';
+import { DomainActionError, type DomainAction, type DomainActionOptions } from '../control/actions.js';
+import { createLogger } from '../shared/log.js';
+import { LineBuffer, RequestError, formatLine, parseRequest, type DomainReply } from './toolstack-protocol.js';
+
+const log = createLogger('toolstack');
+
+/** The toolstack call the socket serves: `Host.control`. */
+export type DomainController = (action: DomainAction, domain: string, options: DomainActionOptions) => Promise<string>;
+
+/** Only dom0's owner may drive the toolstack, as with xenstored's socket. */
+const SOCKET_MODE = 0o600;
+
+export class ToolstackServer {
+  private server: Server | undefined;
+  private readonly clients = new Set<Socket>();
+
+  constructor(
+    private readonly control: DomainController,
+    readonly path: string,
+  ) {}
+
+  /** Starts listening, replacing a socket file left by a host that did not stop cleanly. */
+  async listen(): Promise<void> {
+    mkdirSync(dirname(this.path), { recursive: true });
+    rmSync(this.path, { force: true });
+    // Half-open connections stay writable, so that a client that sends its
+    // request and then closes its end (`nc -U -N`) still gets the answer.
+    const server = createServer({ allowHalfOpen: true }, (socket) => this.serve(socket));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(this.path, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    chmodSync(this.path, SOCKET_MODE);
+    this.server = server;
+  }
+
+  /** Stops listening, drops the clients (their requests' answers go nowhere) and removes the socket file. */
+  async close(): Promise<void> {
+    const server = this.server;
+    this.server = undefined;
+    if (!server) return;
+    const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+    for (const socket of this.clients) socket.destroy();
+    await closed;
+    rmSync(this.path, { force: true });
+  }
+
+  /**
+   * One client: its requests are answered one at a time, in the order they
+   * came, so that a client may send several on one connection; clients do
+   * not wait for each other.
+   */
+  private serve(socket: Socket): void {
+    this.clients.add(socket);
+    socket.on('close', () => this.clients.delete(socket));
+    // A client that vanished is followed by 'close'; nothing else to do.
+    socket.on('error', () => {});
+    socket.setEncoding('utf8');
+    const lines = new LineBuffer();
+    let answered = Promise.resolve();
+    let refused = false;
+    const send = (reply: DomainReply) => {
+      if (!socket.destroyed && socket.writable) socket.write(formatLine(reply));
+    };
+    const enqueue = (line: string) => {
+      if (line.trim() === '') return;
+      answered = answered
+        .then(async () => send(await this.answer(line)))
+        .catch((err: Error) => log.error(`answering a toolstack request: ${err.stack ?? err.message}`));
+    };
+    socket.on('data', (text: string) => {
+      if (refused) return;
+      let complete: string[];
+      try {
+        complete = lines.push(text);
+      } catch (err) {
+        // A line without end is not a request: say so and hang up rather than buffer it.
+        refused = true;
+        answered = answered.then(() => {
+          send({ ok: false, error: (err as Error).message });
+          socket.end();
+        });
+        return;
+      }
+      for (const line of complete) enqueue(line);
+    });
+    socket.on('end', () => {
+      if (refused) return;
+      for (const line of lines.finish()) enqueue(line);
+      void answered.then(() => socket.end());
+    });
+  }
+
+  private async answer(line: string): Promise<DomainReply> {
+    let request;
+    try {
+      request = parseRequest(line);
+    } catch (err) {
+      return { ok: false, error: err instanceof RequestError ? err.message : `bad request: ${String(err)}` };
+    }
+    const { action, domain, options } = request;
+    log.info(`${action} ${domain} asked on the toolstack socket`);
+    try {
+      const message = await this.control(action, domain, options);
+      log.info(`${action} ${domain}: ${message}`);
+      return { ok: true, message };
+    } catch (err) {
+      const error = err instanceof Error ? err.message : String(err);
+      // A refusal is the toolstack doing its job; anything else is a fault worth its stack in the host's log.
+      if (err instanceof DomainActionError) log.info(`${action} ${domain} refused: ${error}`);
+      else log.warn(`${action} ${domain} failed: ${err instanceof Error ? err.stack : error}`);
+      return { ok: false, error };
+    }
+  }
+}
