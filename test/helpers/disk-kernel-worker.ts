@@ -7,7 +7,9 @@
  * - `data/disk-job` = JSON `{ id, kind: 'write' | 'verify', count, depth }`:
  *   writes `count` distinct 4 KiB blocks (block i at sector 8 i, filled
  *   from i) with `depth` in flight, or reads them back and compares; the
- *   acknowledged count goes to `data/disk-progress` as it grows, and the
+ *   acknowledged count goes to `data/disk-progress` as it grows (and the
+ *   block below which every block is acknowledged to `data/disk-low-water`,
+ *   and a bitmap of the acknowledged blocks, base64, to `data/disk-acked`), and the
  *   outcome (JSON `{ id, acked, errors, mismatches, settledTwice }`) to
  *   `data/disk-result`.
  */
@@ -70,7 +72,16 @@ runRole<KernelRoleConfig>(async (ctx) => {
     let settledTwice = 0;
     const settled = new Set<number>();
     let lastReport = 0;
-    const report = () => xs.write('data/disk-progress', String(acked)).catch(() => {});
+    // Every block below the low-water mark is acknowledged.
+    let lowWater = 0;
+    const report = async () => {
+      while (settled.has(lowWater)) lowWater++;
+      await xs.write('data/disk-low-water', String(lowWater)).catch(() => {});
+      const bitmap = Buffer.alloc(Math.ceil(job.count / 8));
+      for (const i of settled) bitmap[i >> 3]! |= 1 << (i & 7);
+      await xs.write('data/disk-acked', bitmap.toString('base64')).catch(() => {});
+      await xs.write('data/disk-progress', String(acked)).catch(() => {});
+    };
     await Promise.all(
       Array.from({ length: job.depth }, async () => {
         while (next < job.count) {
