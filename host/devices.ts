@@ -36,6 +36,14 @@ export interface DevicePaths {
   readonly libxl: string;
 }
 
+/** A device directory's permissions as libxl sets them: owned by one end, readable by the other, closed to the rest. */
+function ownedAndReadable(owner: number, reader: number): PermissionEntry[] {
+  return [
+    { domid: owner, access: 'none' },
+    { domid: reader, access: 'read' },
+  ];
+}
+
 /** Where libxl puts a device's directories (libxl__device_{frontend,backend,libxl}_path). */
 export function devicePaths(spec: DeviceSpec): DevicePaths {
   const { kind, frontendDomid, backendDomid, devid } = spec;
@@ -56,10 +64,7 @@ export function devicePaths(spec: DeviceSpec): DevicePaths {
 export async function plugDevice(xs: XenStoreClient, spec: DeviceSpec): Promise<DevicePaths> {
   const paths = devicePaths(spec);
   const { frontendDomid: fe, backendDomid: be } = spec;
-  const frontendPerms: PermissionEntry[] = [
-    { domid: fe, access: 'none' },
-    { domid: be, access: 'read' },
-  ];
+  const frontendPerms = ownedAndReadable(fe, be);
   const frontendKeys: Record<string, string> = {
     'backend-id': String(be),
     state: String(XenbusState.Initialising),
@@ -88,10 +93,7 @@ export async function plugDevice(xs: XenStoreClient, spec: DeviceSpec): Promise<
 async function writeBackend(xs: XenStoreClient, tx: number, spec: DeviceSpec): Promise<void> {
   const paths = devicePaths(spec);
   const { frontendDomid: fe, backendDomid: be } = spec;
-  const backendPerms: PermissionEntry[] = [
-    { domid: be, access: 'none' },
-    { domid: fe, access: 'read' },
-  ];
+  const backendPerms = ownedAndReadable(be, fe);
   const backendKeys: Record<string, string> = {
     'frontend-id': String(fe),
     online: '1',
@@ -151,10 +153,7 @@ export async function attachBackend(xs: XenStoreClient, spec: DeviceSpec): Promi
     // The new backend's domain reads the frontend's keys, the ones the
     // frontend wrote for the old backend too (a node keeps the permissions
     // it was created with).
-    const frontendPerms: PermissionEntry[] = [
-      { domid: spec.frontendDomid, access: 'none' },
-      { domid: spec.backendDomid, access: 'read' },
-    ];
+    const frontendPerms = ownedAndReadable(spec.frontendDomid, spec.backendDomid);
     const grant = async (path: string): Promise<void> => {
       await xs.setPermissions(path, frontendPerms, { tx });
       for (const child of await xs.directory(path, { tx })) await grant(`${path}/${child}`);

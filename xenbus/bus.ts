@@ -173,12 +173,18 @@ export abstract class XenbusBus {
     this.stopped = true;
     await this.rootWatcher?.close().catch(() => {});
     await this.settled();
+    await this.detachAll(false);
+  }
+
+  /** Detaches every device (publishing Closed if asked), then lets the drivers release what they share. */
+  private async detachAll(publishClosed: boolean): Promise<void> {
     for (const entry of [...this.devices.values()]) {
       await this.queueOf(entry.key).call(async () => {
         entry.phase = 'detached';
         this.devices.delete(entry.key);
         await this.closeWatches(entry);
         await entry.handler?.detach();
+        if (publishClosed) await entry.device.switchState(XenbusState.Closed);
       });
     }
     for (const driver of this.drivers) await driver.close?.();
@@ -242,16 +248,7 @@ export abstract class XenbusBus {
       ),
     );
     await this.settled();
-    for (const entry of [...this.devices.values()]) {
-      await this.queueOf(entry.key).call(async () => {
-        entry.phase = 'detached';
-        this.devices.delete(entry.key);
-        await this.closeWatches(entry);
-        await entry.handler?.detach();
-        await entry.device.switchState(XenbusState.Closed);
-      });
-    }
-    for (const driver of this.drivers) await driver.close?.();
+    await this.detachAll(true);
   }
 
   // ---- suspend and resume -------------------------------------------------------
