@@ -71,11 +71,6 @@ export class ControlDriver {
     await Promise.all(this.watchers.map((watcher) => watcher.close().catch(() => {})));
   }
 
-  /** Settles once every request seen so far has been acted on. */
-  settled(): Promise<void> {
-    return this.work;
-  }
-
   private async follow(watcher: Watcher, handle: () => Promise<void>): Promise<void> {
     for await (const _event of watcher) {
       this.work = this.work.then(handle).catch((err: Error) => this.kernel.log.error(`control: ${err.message}`));

@@ -13,19 +13,18 @@ import { CONTROL_FEATURES, SHUTDOWN_NODE, SYSRQ_NODE, featureFor, type ShutdownR
  * Refuses, as xl does, a request to a domain without PV control: one that
  * never published the feature the request needs (`control/feature-*`).
  */
-export async function requireControl(xs: XenStoreClient, domid: number, name: string, request: ShutdownRequest): Promise<void> {
+export async function requireControl(xs: XenStoreClient, domid: number, label: string, request: ShutdownRequest): Promise<void> {
   const home = `/local/domain/${domid}`;
-  const published = await Promise.all(CONTROL_FEATURES.map(async (f) => (await xs.tryRead(`${home}/control/${f}`)) === '1'));
-  if (!published.some(Boolean)) {
+  const published = new Set<string>();
+  for (const feature of CONTROL_FEATURES) if ((await xs.tryRead(`${home}/control/${feature}`)) === '1') published.add(feature);
+  if (published.size === 0) {
     throw new DomainActionError(
-      `domain ${name} (${domid}) has no PV control interface (no control/feature-* published): ` +
+      `${label} has no PV control interface (no control/feature-* published): ` +
         'it cannot be asked to shut down, reboot or suspend; destroy it instead',
     );
   }
   const feature = featureFor(request);
-  if ((await xs.tryRead(`${home}/control/${feature}`)) !== '1') {
-    throw new DomainActionError(`domain ${name} (${domid}) does not offer ${request} (control/${feature} is not 1)`);
-  }
+  if (!published.has(feature)) throw new DomainActionError(`${label} does not offer ${request} (control/${feature} is not 1)`);
 }
 
 /** Writes a shutdown request where the domain's control driver watches for it. */
@@ -40,9 +39,9 @@ export async function writeSysrq(xs: XenStoreClient, domid: number, key: string)
 }
 
 /** Why a request was not carried out in time, from what its node still says. */
-export async function whyNotDone(xs: XenStoreClient, domid: number, name: string, request: string, timeoutMs: number): Promise<string> {
+export async function whyNotDone(xs: XenStoreClient, domid: number, label: string, request: string, timeoutMs: number): Promise<string> {
   const left = await xs.tryRead(`/local/domain/${domid}/${SHUTDOWN_NODE}`).catch(() => undefined);
   const seconds = timeoutMs / 1000;
-  if (left === request) return `domain ${name} (${domid}) did not acknowledge '${request}' within ${seconds} s (control/shutdown still says it)`;
-  return `domain ${name} (${domid}) acknowledged '${request}' but did not finish within ${seconds} s`;
+  if (left === request) return `${label} did not acknowledge '${request}' within ${seconds} s (control/shutdown still says it)`;
+  return `${label} acknowledged '${request}' but did not finish within ${seconds} s`;
 }

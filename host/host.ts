@@ -199,9 +199,15 @@ export class Host {
         const request: ShutdownRequest = action === 'shutdown' ? (options.halt ? 'halt' : 'poweroff') : action;
         const info = this.platform.domainInfo(domid);
         if (info?.state === 'shutdown') throw new DomainActionError(`${label} has already shut down (${info.shutdownReason})`);
-        await requireControl(this.xenstore, domid, name, request);
+        await requireControl(this.xenstore, domid, label, request);
+        // Listening before writing: the domain may act before the write's reply is read.
         const outcome = this.outcomeOf(domid, label, request, timeoutMs);
-        await writeShutdownRequest(this.xenstore, domid, request);
+        try {
+          await writeShutdownRequest(this.xenstore, domid, request);
+        } catch (err) {
+          outcome.catch(() => {}); // the write's failure is the one to report
+          throw err;
+        }
         return outcome;
       }
     }
