@@ -170,26 +170,29 @@ export class EmbeddedPlatform implements Platform {
   }
 
   async whenRunning(domid: number): Promise<void> {
-    for (;;) {
-      const slot = this.machine.slotOf(domid);
-      if (slot < 0) return;
-      const seqIndex = this.machine.slotBase(slot) + DomainSlot.STATE_SEQ;
-      const seq = Atomics.load(this.machine.words, seqIndex);
-      if (this.machine.slotWord(slot, DomainSlot.STATE) !== SlotState.PAUSED) return;
-      const wait = Atomics.waitAsync(this.machine.words, seqIndex, seq);
-      if (wait.async) await wait.value;
-    }
+    await this.untilState(domid, (state) => (state === SlotState.PAUSED ? undefined : true));
   }
 
-  async whenResumed(domid: number): Promise<boolean> {
+  whenResumed(domid: number): Promise<boolean> {
+    return this.untilState(domid, (state) => {
+      if (state === SlotState.RUNNING) return true;
+      if (state === SlotState.DYING || state === SlotState.FREE) return false;
+      return undefined;
+    });
+  }
+
+  /**
+   * Waits (without blocking the event loop) for a domain's state to be one
+   * `decide` answers for; a domain that is gone is answered false.
+   */
+  private async untilState(domid: number, decide: (state: number) => boolean | undefined): Promise<boolean> {
     for (;;) {
       const slot = this.machine.slotOf(domid);
       if (slot < 0) return false;
       const seqIndex = this.machine.slotBase(slot) + DomainSlot.STATE_SEQ;
       const seq = Atomics.load(this.machine.words, seqIndex);
-      const state = this.machine.slotWord(slot, DomainSlot.STATE);
-      if (state === SlotState.RUNNING) return true;
-      if (state === SlotState.DYING || state === SlotState.FREE) return false;
+      const answer = decide(this.machine.slotWord(slot, DomainSlot.STATE));
+      if (answer !== undefined) return answer;
       const wait = Atomics.waitAsync(this.machine.words, seqIndex, seq);
       if (wait.async) await wait.value;
     }
