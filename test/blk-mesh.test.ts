@@ -6,7 +6,7 @@
  * request completes twice.
  */
 import t from 'tap';
-import { closeSync, ftruncateSync, mkdtempSync, openSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { diskDevice, devicePaths } from '../host/devices.js';
@@ -14,26 +14,14 @@ import { Host } from '../host/host.js';
 import { setLogSink } from '../shared/log.js';
 import { XenbusState } from '../xenbus/state.js';
 import { waitForState } from '../xenbus/read.js';
-import { waitFor } from './helpers/daemon.js';
-
-const DISK_KERNEL = new URL('./helpers/disk-kernel-worker.js', import.meta.url);
-
-interface JobResult {
-  id: string;
-  acked: number;
-  errors: number;
-  mismatches: number;
-  settledTwice: number;
-}
+import { DISK_KERNEL, makeImage, runDiskJob, waitForProgress, type DiskJob } from './helpers/disk-jobs.js';
 
 t.test("the driver domain's kernel dies under load: the disk reconnects, replays, and loses nothing", async (t) => {
   setLogSink(() => {});
   t.teardown(() => setLogSink((level, component, message) => process.stderr.write(`${level} [${component}] ${message}\n`)));
   const dir = mkdtempSync(join(tmpdir(), 'xenmesh-blk-mesh-'));
   const image = join(dir, 'disk.img');
-  const fd = openSync(image, 'w');
-  ftruncateSync(fd, 64 * 1024 * 1024);
-  closeSync(fd);
+  makeImage(image, 64 * 1024 * 1024);
   const host = new Host({ socket: join(dir, 'socket'), frames: 32768, kernelModule: DISK_KERNEL });
   t.teardown(async () => {
     await host.shutdown();
@@ -51,36 +39,11 @@ t.test("the driver domain's kernel dies under load: the disk reconnects, replays
   };
   await connected();
 
-  const guestData = `/local/domain/${guest.domid}/data`;
-  const runJob = async (job: { id: string; kind: 'write' | 'verify'; count: number; depth: number }, during?: () => Promise<void>): Promise<JobResult> => {
-    await host.xenstore.write(`${guestData}/disk-job`, JSON.stringify(job));
-    await during?.();
-    let result: JobResult | undefined;
-    await waitFor(
-      () => {
-        void host.xenstore.tryRead(`${guestData}/disk-result`).then((text) => {
-          const parsed = text ? (JSON.parse(text) as JobResult) : undefined;
-          if (parsed?.id === job.id) result = parsed;
-        });
-        return result !== undefined;
-      },
-      `job ${job.id}`,
-      60_000,
-    );
-    return result!;
-  };
+  const runJob = (job: DiskJob, during?: () => Promise<void>) => runDiskJob(host.xenstore, guest.domid, job, during, 60_000);
 
   const COUNT = 3000;
   const written = await runJob({ id: 'write', kind: 'write', count: COUNT, depth: 32 }, async () => {
-    let progress = 0;
-    await waitFor(
-      () => {
-        void host.xenstore.tryRead(`${guestData}/disk-progress`).then((text) => (progress = Number(text ?? 0)));
-        return progress >= 400;
-      },
-      'the guest to be writing',
-      30_000,
-    );
+    await waitForProgress(host.xenstore, guest.domid, 400);
     // The backend's kernel dies with requests in flight.
     await host.xenstore.write(`/local/domain/${driver.domid}/data/crash`, 'now');
   });

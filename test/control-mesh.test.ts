@@ -8,7 +8,7 @@
  * destination opens it), and a driver domain powered off under load.
  */
 import t from 'tap';
-import { closeSync, ftruncateSync, mkdtempSync, openSync, readSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DomainActionError } from '../control/actions.js';
@@ -18,26 +18,10 @@ import { setLogSink } from '../shared/log.js';
 import { XenbusState } from '../xenbus/state.js';
 import { waitForState } from '../xenbus/read.js';
 import { waitFor } from './helpers/daemon.js';
+import { DISK_BLOCK_BYTES, DISK_KERNEL, diskBlock, makeImage, runDiskJob, waitForProgress, type DiskJob, type DiskJobResult } from './helpers/disk-jobs.js';
 
 type TapTest = { teardown(fn: () => unknown): void };
 
-const DISK_KERNEL = new URL('./helpers/disk-kernel-worker.js', import.meta.url);
-const BLOCK_BYTES = 4096;
-
-interface JobResult {
-  id: string;
-  acked: number;
-  errors: number;
-  mismatches: number;
-  settledTwice: number;
-}
-
-/** Block `i` as the disk kernel writes it (test/helpers/disk-kernel-worker.ts). */
-function block(i: number): Uint8Array {
-  const data = new Uint8Array(BLOCK_BYTES);
-  new Uint32Array(data.buffer).fill((i * 2654435761) >>> 0);
-  return data;
-}
 
 /** Descriptors of this process (every worker's) open on `path`. */
 function openOn(path: string): number {
@@ -59,8 +43,7 @@ interface Bed {
   guest: () => number;
   disk: () => DeviceSpec;
   connected: () => Promise<boolean>;
-  runJob(job: { id: string; kind: 'write' | 'verify'; count: number; depth: number }, during?: () => Promise<void>): Promise<JobResult>;
-  progress(): Promise<number>;
+  runJob(job: DiskJob, during?: () => Promise<void>): Promise<DiskJobResult>;
 }
 
 /** A host with a driver domain serving an image file to a guest whose kernel runs disk jobs. */
@@ -73,9 +56,7 @@ async function startBed(t: TapTest, extraDrivers: string[] = []): Promise<Bed> {
   t.teardown(() => setLogSink((level, component, message) => process.stderr.write(`${level} [${component}] ${message}\n`)));
   const dir = mkdtempSync(join(tmpdir(), 'xenmesh-control-'));
   const image = join(dir, 'disk.img');
-  const fd = openSync(image, 'w');
-  ftruncateSync(fd, 64 * 1024 * 1024);
-  closeSync(fd);
+  makeImage(image, 64 * 1024 * 1024);
   const host = new Host({ socket: join(dir, 'socket'), frames: 65536, kernelModule: DISK_KERNEL });
   t.teardown(async () => {
     await host.shutdown();
@@ -90,15 +71,14 @@ async function startBed(t: TapTest, extraDrivers: string[] = []): Promise<Bed> {
   host.lifecycle.on('rebooted', (old: number, now: number) => {
     if (old === guestDomid) guestDomid = now;
   });
-  await host.plugDevice(diskDevice({ frontendDomid: guestDomid, backendDomid: driver.domid, vdev: 'xvda', target: image }));
   const disk = () => diskDevice({ frontendDomid: guestDomid, backendDomid: driver.domid, vdev: 'xvda', target: image });
+  await host.plugDevice(disk());
   const connected = async () => {
     const paths = devicePaths(disk());
     const front = await waitForState(host.xenstore, `${paths.frontend}/state`, [XenbusState.Connected], 20_000);
     return front === XenbusState.Connected;
   };
   if (!(await connected())) throw new Error('the disk did not connect');
-  const data = () => `/local/domain/${guestDomid}/data`;
   return {
     host,
     image,
@@ -106,52 +86,25 @@ async function startBed(t: TapTest, extraDrivers: string[] = []): Promise<Bed> {
     guest,
     disk,
     connected,
-    async progress() {
-      return Number((await host.xenstore.tryRead(`${data()}/disk-progress`)) ?? 0);
-    },
-    async runJob(job, during) {
-      await host.xenstore.write(`${data()}/disk-job`, JSON.stringify(job));
-      await during?.();
-      let result: JobResult | undefined;
-      await waitFor(
-        () => {
-          void host.xenstore.tryRead(`${data()}/disk-result`).then((text) => {
-            const parsed = text ? (JSON.parse(text) as JobResult) : undefined;
-            if (parsed?.id === job.id) result = parsed;
-          });
-          return result !== undefined;
-        },
-        `job ${job.id}`,
-        90_000,
-      );
-      return result!;
-    },
+    runJob: (job, during) => runDiskJob(host.xenstore, guestDomid, job, during),
   };
 }
 
 /** Waits until the guest has had `count` writes acknowledged. */
-async function writing(bed: Bed, count: number): Promise<void> {
-  let progress = 0;
-  await waitFor(
-    () => {
-      void bed.progress().then((p) => (progress = p));
-      return progress >= count;
-    },
-    'the guest to be writing',
-    30_000,
-  );
+function writing(bed: Bed, count: number): Promise<void> {
+  return waitForProgress(bed.host.xenstore, bed.guest(), count);
 }
 
 /** Blocks `0 .. count - 1` (or those `only` names) of the image file that do not hold what the guest wrote there. */
 function wrongBlocks(image: string, count: number, only?: (i: number) => boolean): number[] {
   const fd = openSync(image, 'r');
-  const buffer = new Uint8Array(BLOCK_BYTES);
+  const buffer = new Uint8Array(DISK_BLOCK_BYTES);
   const wrong: number[] = [];
   try {
     for (let i = 0; i < count; i++) {
       if (only && !only(i)) continue;
-      readSync(fd, buffer, 0, BLOCK_BYTES, i * BLOCK_BYTES);
-      if (!Buffer.from(buffer).equals(block(i))) wrong.push(i);
+      readSync(fd, buffer, 0, DISK_BLOCK_BYTES, i * DISK_BLOCK_BYTES);
+      if (!Buffer.from(buffer).equals(diskBlock(i))) wrong.push(i);
     }
   } finally {
     closeSync(fd);

@@ -7,9 +7,8 @@
  * - `data/disk-job` = JSON `{ id, kind: 'write' | 'verify', count, depth }`:
  *   writes `count` distinct 4 KiB blocks (block i at sector 8 i, filled
  *   from i) with `depth` in flight, or reads them back and compares; the
- *   acknowledged count goes to `data/disk-progress` as it grows (and the
- *   block below which every block is acknowledged to `data/disk-low-water`,
- *   and a bitmap of the acknowledged blocks, base64, to `data/disk-acked`), and the
+ *   acknowledged count goes to `data/disk-progress` as it grows (and a
+ *   bitmap of the acknowledged blocks, base64, to `data/disk-acked`), and the
  *   outcome (JSON `{ id, acked, errors, mismatches, settledTwice }`) to
  *   `data/disk-result`.
  */
@@ -17,6 +16,7 @@ import type { BlockDevice } from '../../blkfront/disk.js';
 import type { BlkfrontDriver } from '../../blkfront/driver.js';
 import { startKernel, type KernelRoleConfig } from '../../host/kernel.js';
 import { runRole } from '../../shared/mesh/worker-runtime.js';
+import { diskBlock as block } from './disk-jobs.js';
 
 interface Job {
   id: string;
@@ -25,12 +25,6 @@ interface Job {
   depth: number;
 }
 
-/** The contents of block `i`: its number in every word, so that any misplaced block shows. */
-function block(i: number): Uint8Array {
-  const data = new Uint8Array(4096);
-  new Uint32Array(data.buffer).fill(i * 2654435761 >>> 0);
-  return data;
-}
 
 runRole<KernelRoleConfig>(async (ctx) => {
   const kernel = await startKernel(ctx);
@@ -72,11 +66,7 @@ runRole<KernelRoleConfig>(async (ctx) => {
     let settledTwice = 0;
     const settled = new Set<number>();
     let lastReport = 0;
-    // Every block below the low-water mark is acknowledged.
-    let lowWater = 0;
     const report = async () => {
-      while (settled.has(lowWater)) lowWater++;
-      await xs.write('data/disk-low-water', String(lowWater)).catch(() => {});
       const bitmap = Buffer.alloc(Math.ceil(job.count / 8));
       for (const i of settled) bitmap[i >> 3]! |= 1 << (i & 7);
       await xs.write('data/disk-acked', bitmap.toString('base64')).catch(() => {});
