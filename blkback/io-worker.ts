@@ -17,7 +17,7 @@ interface PoolWorkerData {
   link: PlatformLink;
 }
 
-const platform = attachPlatform((workerData as PoolWorkerData).link);
+const platform = await attachPlatform((workerData as PoolWorkerData).link);
 const domains = new Map<number, DomainInterface>();
 
 function domain(domid: number): DomainInterface {

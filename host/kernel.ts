@@ -64,7 +64,7 @@ export async function connectXenstore(platform: Platform, start: StartInfo): Pro
 export async function startKernel(ctx: RoleContext<KernelRoleConfig>): Promise<Kernel> {
   const { start } = ctx.config;
   const { link } = ctx.shared as PlatformShared;
-  const platform = attachPlatform(link);
+  const platform = await attachPlatform(link);
   await platform.whenRunning(start.domid);
   const { xs, events, domain } = await connectXenstore(platform, start);
   const name = await xs.readString('name');

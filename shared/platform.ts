@@ -3,7 +3,7 @@
  * its grant table, event channels) and what the toolstack in dom0 gets
  * (creating and destroying domains). One interface, two implementations:
  * the embedded hypervisor (shared/embedded/) that the tests and `npm start`
- * run on, and the native Xen device files.
+ * run on, and Xen itself through its userspace libraries (shared/xen/).
  *
  * Handles travel between workers (domids, grant references, ports), never
  * views of memory: each worker maps and binds what it uses itself, as a
@@ -73,9 +73,25 @@ export interface DomainSpec {
  * A refusal from the platform, with the errno Xen's hypercall would return
  * and, for grant operations, the GNTST status.
  */
+export type PlatformErrno =
+  | 'EINVAL'
+  | 'EPERM'
+  | 'EACCES'
+  | 'ENOENT'
+  | 'EBUSY'
+  | 'ENOSPC'
+  | 'ENOMEM'
+  | 'ESRCH'
+  | 'EEXIST'
+  | 'EFAULT'
+  | 'EAGAIN'
+  | 'EIO'
+  /** What this platform does not do (a toolstack operation where xl is the toolstack). */
+  | 'ENOSYS';
+
 export class PlatformError extends Error {
   constructor(
-    readonly errno: 'EINVAL' | 'EPERM' | 'ENOENT' | 'EBUSY' | 'ENOSPC' | 'ESRCH' | 'EEXIST' | 'EFAULT',
+    readonly errno: PlatformErrno,
     message: string,
     readonly grantStatus?: number,
   ) {
@@ -101,8 +117,14 @@ export interface GrantMapping {
   unmap(): void;
 }
 
-/** One side of a grant copy: a granted page of another domain, or a page of one's own. */
-export type GrantCopyEnd = { domid: number; gref: number; offset: number } | { pfn: number; offset: number };
+/**
+ * One side of a grant copy: a granted page of another domain, a page of
+ * one's own memory (a kernel's), or bytes of one's own buffer (a process's).
+ */
+export type GrantCopyEnd =
+  | { domid: number; gref: number; offset: number }
+  | { pfn: number; offset: number }
+  | { bytes: Uint8Array; offset: number };
 
 export interface GrantCopy {
   source: GrantCopyEnd;
@@ -111,11 +133,32 @@ export interface GrantCopy {
 }
 
 /**
+ * Pages of ours granted to another domain, one reference each, shared
+ * together and ended together: a ring, or the data pages of a request.
+ */
+export interface SharedPages {
+  readonly grefs: readonly number[];
+  readonly pages: readonly Uint8Array[];
+}
+
+/**
  * A domain's grant table (grant_table.h, v1), both as granter (what Linux's
- * gnttab_grant_foreign_access does) and as grantee (what /dev/xen/gntdev
- * does).
+ * gnttab_grant_foreign_access does, and /dev/xen/gntalloc for a process) and
+ * as grantee (what /dev/xen/gntdev does).
  */
 export interface GrantTable {
+  /**
+   * New pages of ours, zeroed, granted to `remoteDomid` (xenbus_grant_ring,
+   * xengntshr_share_pages): what a frontend shares its rings and data in.
+   */
+  share(remoteDomid: number, count: number, readonly: boolean): SharedPages;
+  /**
+   * Ends the grants of shared pages and frees them. Pages the other domain
+   * still has mapped cannot be taken back yet: what remains granted is
+   * returned, to be released again later (Linux defers the same way);
+   * undefined when everything was released.
+   */
+  unshare(shared: SharedPages): SharedPages | undefined;
   /** Grants `remoteDomid` access to one of our pages; returns the grant reference. */
   grantAccess(remoteDomid: number, pfn: number, readonly: boolean): number;
   /** Grants a specific reserved reference (the toolstack seeds GNTTAB_RESERVED_*). */
@@ -168,10 +211,17 @@ export interface DomainInterface {
 /**
  * What a worker needs to reach the platform by itself. It is
  * structured-clonable, so it travels in a worker's start data: each worker
- * maps and binds what it uses itself. On the embedded platform it carries
- * the machine's shared buffers.
+ * maps and binds what it uses itself. It names the module that implements
+ * the platform (which exports `attach(link)`), so that a worker loads the
+ * implementation its link names and no other. On the embedded platform it
+ * carries the machine's shared buffers; on Xen, which domain we are.
  */
-export type PlatformLink = { readonly kind: 'embedded'; readonly descriptor: unknown };
+export interface PlatformLink {
+  readonly kind: 'embedded' | 'xen';
+  /** URL of the implementing module. */
+  readonly module: string;
+  readonly descriptor: unknown;
+}
 
 /** The toolstack's view of the platform, and the way into each domain. */
 export interface Platform {

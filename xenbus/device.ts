@@ -2,7 +2,7 @@ import { constants } from 'node:os';
 import { XsError } from '../shared/errors.js';
 import type { EventDispatcher } from '../shared/event-dispatcher.js';
 import type { Logger } from '../shared/log.js';
-import type { DomainInterface, PlatformLink } from '../shared/platform.js';
+import type { DomainInterface, PlatformLink, SharedPages } from '../shared/platform.js';
 import { isConnectionLoss, type XenStoreClient } from '../xenstore/client/client.js';
 import { readIfVisible, readStateAt } from './read.js';
 import { XenbusState, parseState, stateName } from './state.js';
@@ -23,11 +23,7 @@ export interface BusContext {
 }
 
 /** Pages of our memory granted to the other end as a ring. */
-export interface GrantedRing {
-  readonly pfns: readonly number[];
-  readonly pages: readonly Uint8Array[];
-  readonly grefs: readonly number[];
-}
+export type GrantedRing = SharedPages;
 
 /** errno values for the `error` nodes, which carry numbers as Linux and FreeBSD write them. */
 function errnoNumber(err: string | number): number {
@@ -176,17 +172,7 @@ export class XenbusDevice {
 
   /** Takes `count` pages of our memory and grants them to the other end (xenbus_grant_ring). */
   grantRing(count: number, readonly = false): GrantedRing {
-    const { memory, grants } = this.ctx.domain;
-    const pfns = memory.allocPages(count);
-    const grefs: number[] = [];
-    try {
-      for (const pfn of pfns) grefs.push(grants.grantAccess(this.otherendId, pfn, readonly));
-    } catch (err) {
-      for (const gref of grefs) grants.endAccess(gref);
-      memory.freePages(pfns);
-      throw err;
-    }
-    return { pfns, pages: pfns.map((pfn) => memory.page(pfn)), grefs };
+    return this.ctx.domain.grants.share(this.otherendId, count, readonly);
   }
 
   /**
@@ -195,17 +181,7 @@ export class XenbusDevice {
    * returned, to be released again later (Linux defers the same way).
    */
   releaseRing(ring: GrantedRing): GrantedRing | undefined {
-    const { memory, grants } = this.ctx.domain;
-    const left: GrantedRing = { pfns: [], pages: [], grefs: [] };
-    ring.grefs.forEach((gref, i) => {
-      if (grants.endAccess(gref)) memory.freePages([ring.pfns[i]!]);
-      else {
-        (left.grefs as number[]).push(gref);
-        (left.pfns as number[]).push(ring.pfns[i]!);
-        (left.pages as Uint8Array[]).push(ring.pages[i]!);
-      }
-    });
-    return left.grefs.length > 0 ? left : undefined;
+    return this.ctx.domain.grants.unshare(ring);
   }
 
   /** An unbound event channel for the other end to bind (xenbus_alloc_evtchn), with its handler. */

@@ -15,7 +15,7 @@ import { XENSTORED_RESTART, type XenstoredRoleConfig } from '../xenstored-role.j
 const STATS_INTERVAL_MS = 1000;
 
 runRole<XenstoredRoleConfig>(async (ctx) => {
-  const platform = attachPlatform((ctx.shared as PlatformShared).link);
+  const platform = await attachPlatform((ctx.shared as PlatformShared).link);
   const daemon = new XenStoreDaemon({ backend: new PlatformDomainBackend(platform, ctx.domid), traceFile: ctx.config.traceFile });
   // A state left behind is only ever taken by the successor it was left for.
   const saved = takeSavedState(ctx.config.stateFile);

@@ -7,6 +7,8 @@ import {
   type GrantCopyEnd,
   type GrantMapping,
   type GrantTable,
+  type GuestMemory,
+  type SharedPages,
 } from '../platform.js';
 import { DOMID_LIMIT, DomainSlot, GRANT_ENTRIES, GrantEntry, GrantState, MAX_MAPTRACK, Maptrack, SlotState } from './layout.js';
 import type { Machine } from './machine.js';
@@ -37,7 +39,32 @@ export class EmbeddedGrantTable implements GrantTable {
     private readonly lastPinReleased: (slot: number) => void,
     /** The worker that maps through this table, so that its mappings can be taken back if it dies. */
     private readonly tag: number,
+    /** The domain's memory, which shared pages come from. */
+    private readonly memory: GuestMemory,
   ) {}
+
+  share(remoteDomid: number, count: number, readonly: boolean): SharedPages {
+    const pfns = this.memory.allocPages(count);
+    const grefs: number[] = [];
+    try {
+      for (const pfn of pfns) grefs.push(this.grantAccess(remoteDomid, pfn, readonly));
+    } catch (err) {
+      for (const gref of grefs) this.endAccess(gref);
+      this.memory.freePages(pfns);
+      throw err;
+    }
+    return new EmbeddedSharedPages(grefs, pfns.map((pfn) => this.memory.page(pfn)), pfns);
+  }
+
+  unshare(shared: SharedPages): SharedPages | undefined {
+    if (!(shared instanceof EmbeddedSharedPages)) throw new PlatformError('EINVAL', 'these pages were not shared by this platform');
+    const left = new EmbeddedSharedPages([], [], []);
+    shared.grefs.forEach((gref, i) => {
+      if (this.endAccess(gref)) this.memory.freePages([shared.pfns[i]!]);
+      else left.add(gref, shared.pages[i]!, shared.pfns[i]!);
+    });
+    return left.grefs.length > 0 ? left : undefined;
+  }
 
   private get slot(): number {
     return this.machine.requireSlot(this.domid);
@@ -215,8 +242,14 @@ export class EmbeddedGrantTable implements GrantTable {
 
   /** The bytes of one side of a copy, pinned if they belong to another domain. */
   private resolve(end: GrantCopyEnd, length: number, write: boolean): { bytes: Uint8Array; release(): void } {
-    if (!Number.isInteger(end.offset) || end.offset < 0 || end.offset + length > PAGE_SIZE) {
+    if (!Number.isInteger(end.offset) || end.offset < 0 || (!('bytes' in end) && end.offset + length > PAGE_SIZE)) {
       throw grantError(GrantStatus.bad_copy_arg, `copy of ${length} bytes at offset ${end.offset} crosses a page boundary`);
+    }
+    if ('bytes' in end) {
+      if (end.offset + length > end.bytes.length) {
+        throw grantError(GrantStatus.bad_copy_arg, `copy of ${length} bytes at offset ${end.offset} runs past the local buffer`);
+      }
+      return { bytes: end.bytes.subarray(end.offset, end.offset + length), release: () => {} };
     }
     if ('pfn' in end) {
       const slot = this.slot;
@@ -229,6 +262,21 @@ export class EmbeddedGrantTable implements GrantTable {
     }
     const mapping = this.map(end.domid, [end.gref], write);
     return { bytes: mapping.pages[0]!.subarray(end.offset, end.offset + length), release: () => mapping.unmap() };
+  }
+}
+
+/** Shared pages, with the pages of our memory they are, to free them when they are unshared. */
+class EmbeddedSharedPages implements SharedPages {
+  constructor(
+    readonly grefs: number[],
+    readonly pages: Uint8Array[],
+    readonly pfns: number[],
+  ) {}
+
+  add(gref: number, page: Uint8Array, pfn: number): void {
+    this.grefs.push(gref);
+    this.pages.push(page);
+    this.pfns.push(pfn);
   }
 }
 

@@ -42,7 +42,7 @@ export class EmbeddedPlatform implements Platform {
   readonly machine: Machine;
 
   get link(): PlatformLink {
-    return { kind: 'embedded', descriptor: this.descriptor };
+    return { kind: 'embedded', module: new URL('./attach.js', import.meta.url).href, descriptor: this.descriptor };
   }
 
   private constructor(
@@ -164,7 +164,7 @@ export class EmbeddedPlatform implements Platform {
     return {
       domid,
       memory: new EmbeddedGuestMemory(machine, domid),
-      grants: new EmbeddedGrantTable(machine, domid, (slot) => this.release(slot), this.tag),
+      grants: new EmbeddedGrantTable(machine, domid, (slot) => this.release(slot), this.tag, new EmbeddedGuestMemory(machine, domid)),
       openEventChannels: () => new EmbeddedEventChannels(machine, domid, () => this.whenRunning(domid), this.tag),
     };
   }
