@@ -1,13 +1,31 @@
 {
+  "variables": {
+    # The Xen platform is built only where Xen's development files are
+    # (Debian's libxen-dev); everywhere else the embedded platform runs alone.
+    "have_xen%": "<!(test -f /usr/include/xengnttab.h -a -f /usr/include/xenevtchn.h && echo 1 || echo 0)"
+  },
+  "target_defaults": {
+    "include_dirs": ["<!@(node -p \"require('node-addon-api').include\")"],
+    "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],
+    "cflags!": ["-fno-exceptions"],
+    "cflags_cc!": ["-fno-exceptions"],
+    "cflags_cc": ["-std=c++17"]
+  },
   "targets": [
     {
       "target_name": "xenmesh_native",
-      "sources": ["native/xenmesh_native.cc"],
-      "include_dirs": ["<!@(node -p \"require('node-addon-api').include\")"],
-      "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],
-      "cflags!": ["-fno-exceptions"],
-      "cflags_cc!": ["-fno-exceptions"],
-      "cflags_cc": ["-std=c++17"]
+      "sources": ["native/xenmesh_native.cc"]
+    },
+    {
+      "target_name": "xenmesh_xen",
+      "conditions": [
+        ["have_xen==1", {
+          "sources": ["native/xen/xenmesh_xen.cc"],
+          "libraries": ["-lxengnttab", "-lxenevtchn"]
+        }, {
+          "type": "none"
+        }]
+      ]
     }
   ]
 }
