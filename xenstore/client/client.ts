@@ -8,7 +8,7 @@ import {
   splitNulStrings,
   type XsMessage,
 } from '../../shared/xs-wire.js';
-import { SocketClientTransport, type ClientTransport } from './transport.js';
+import { openTransport, SocketClientTransport, type ClientTransport } from './transport.js';
 import { Watcher } from './watcher.js';
 
 /** A node permission as the client reads and sets it: `r0`, `b5`, ... */
@@ -107,6 +107,16 @@ export class XenStoreClient {
   /** Connects over the Unix socket (XENSTORED_PATH, or the default path). */
   static async connect(path?: string): Promise<XenStoreClient> {
     return new XenStoreClient(await SocketClientTransport.connect(path));
+  }
+
+  /**
+   * Connects the way a process on Xen does (libxenstore's xs_open): to the
+   * path given, a socket or the xenbus device; else to xenstored's socket
+   * if this domain runs it (XENSTORED_PATH, or the default path), else
+   * through the kernel's /dev/xen/xenbus.
+   */
+  static async open(where?: string): Promise<XenStoreClient> {
+    return new XenStoreClient(await openTransport(where));
   }
 
   close(): void {

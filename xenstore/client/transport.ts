@@ -1,3 +1,4 @@
+import { statSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { XsFrameDecoder, type XsMessage } from '../../shared/xs-wire.js';
 
@@ -86,5 +87,34 @@ export class SocketClientTransport implements ClientTransport {
     if (this.closedReported) return;
     this.closedReported = true;
     this.handlers?.closed(error);
+  }
+}
+
+/**
+ * The link to xenstored as libxenstore's xs_open picks it: the path given
+ * (a Unix socket, or a character device such as /dev/xen/xenbus); else the
+ * daemon's socket when it is there (XENSTORED_PATH, or the default); else
+ * the kernel's xenbus device, as in any domain that does not run xenstored.
+ */
+export async function openTransport(where?: string): Promise<ClientTransport> {
+  const { DeviceClientTransport, XENBUS_DEVICE_PATH } = await import('./device-transport.js');
+  const path = where ?? (process.env['XENSTORED_PATH'] || (isSocket(DEFAULT_XENSTORED_PATH) ? DEFAULT_XENSTORED_PATH : XENBUS_DEVICE_PATH));
+  if (isCharacterDevice(path)) return DeviceClientTransport.open(path);
+  return SocketClientTransport.connect(path);
+}
+
+function isSocket(path: string): boolean {
+  try {
+    return statSync(path).isSocket();
+  } catch {
+    return false;
+  }
+}
+
+function isCharacterDevice(path: string): boolean {
+  try {
+    return statSync(path).isCharacterDevice();
+  } catch {
+    return false;
   }
 }
