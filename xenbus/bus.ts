@@ -1,6 +1,7 @@
 import { isConnectionLoss } from '../xenstore/client/client.js';
 import type { WatchEvent, Watcher } from '../xenstore/client/watcher.js';
 import { XenbusDevice, type BusContext } from './device.js';
+import { PeerDomains } from './peer-domains.js';
 import type { DeviceHandler, XenbusDriver } from './driver.js';
 import { SerialQueue } from './serial.js';
 import { readIfVisible, waitForState } from './read.js';
@@ -84,6 +85,8 @@ export abstract class XenbusBus {
   /** Devices whose other-end keys are malformed, with what was reported. */
   private readonly refused = new Map<string, string>();
   private rootWatcher: Watcher | undefined;
+  /** Tells when the domain at a device's other end dies. */
+  private readonly peers: PeerDomains;
   private stopped = false;
   /** Stopped or shut down: the drivers have let go, and neither is done again. */
   private down = false;
@@ -98,6 +101,12 @@ export abstract class XenbusBus {
   ) {
     this.root = `${ctx.home}/${rootName}`;
     this.busQueue = new SerialQueue((err) => this.taskFailed(this.root, err));
+    this.peers = new PeerDomains(
+      ctx.xs,
+      ctx.log,
+      () => this.attachedDevices().map((entry) => entry.device.otherendId),
+      (domid) => this.otherendDomainGone(domid),
+    );
   }
 
   /** `front` or `back`, for logs and reports. */
@@ -143,6 +152,7 @@ export abstract class XenbusBus {
 
   /** Starts watching the bus root; resolves once the devices present have been attached. */
   async start(): Promise<void> {
+    await this.peers.start();
     const watcher = await this.ctx.xs.watch(this.root);
     this.rootWatcher = watcher;
     void this.follow(watcher, (event) => {
@@ -172,6 +182,7 @@ export abstract class XenbusBus {
     this.down = true;
     this.stopped = true;
     await this.rootWatcher?.close().catch(() => {});
+    await this.peers.stop();
     await this.settled();
     await this.detachAll(false);
   }
@@ -230,6 +241,7 @@ export abstract class XenbusBus {
     this.down = true;
     this.stopped = true;
     await this.rootWatcher?.close().catch(() => {});
+    await this.peers.stop();
     await this.settled();
     await Promise.all(
       this.attachedDevices().map((entry) =>
@@ -287,6 +299,7 @@ export abstract class XenbusBus {
         entry.deliveredState = undefined;
         entry.otherendSeen = false;
         await entry.handler!.resume?.();
+        this.peers.track(otherend.id);
         entry.otherendWatch = await this.ctx.xs.watch(`${otherend.path}/state`);
         this.followOtherend(entry, entry.otherendWatch);
       });
@@ -429,6 +442,7 @@ export abstract class XenbusBus {
     }
     await this.ctx.xs.rm(`${this.ctx.home}/error/${device.relativeNode}`).catch(() => {});
     await this.attached(entry);
+    this.peers.track(device.otherendId);
     this.ctx.log.info(`${node} attached to ${driver.name} (other end ${otherend.path})`);
   }
 
@@ -524,6 +538,24 @@ export abstract class XenbusBus {
         return;
       }
       await entry.device.fatal(err, what);
+    }
+  }
+
+  /**
+   * The domain at the other end of some devices died without closing them
+   * (it crashed, or was destroyed before the toolstack tore its devices
+   * down): their drivers are told the other end is Closed, so that they
+   * answer and release what they hold of it now. On Xen, a dead domain's
+   * memory is freed only once nobody maps its pages any more.
+   */
+  private otherendDomainGone(domid: number): void {
+    for (const entry of this.attachedDevices()) {
+      if (entry.device.otherendId !== domid || entry.deliveredState === XenbusState.Closed) continue;
+      void this.queueOf(entry.key).run(async () => {
+        if (entry.phase !== 'attached') return;
+        await this.guard(entry, `releasing the device of dead domain ${domid}`, () => this.otherendChanged(entry, XenbusState.Closed));
+        entry.deliveredState = XenbusState.Closed;
+      });
     }
   }
 
