@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import { runBackend } from '../host/backend-cli.js';
 import { runDomain } from '../host/domain-cli.js';
 import { runUp } from '../host/up.js';
 import { runXenstored } from '../xenstore/daemon/main.js';
@@ -12,6 +13,8 @@ Commands:
               running host, or send it a sysrq (xenmesh domain --help)
   xenstored   run the xenstore daemon alone in the foreground on a Unix socket
               (xenmesh xenstored --help for its options)
+  backend     serve the block devices xl configures for this domain, on a
+              real Xen host (dom0 or a driver domain; xenmesh backend --help)
 `;
 
 async function main(argv: string[]): Promise<number> {
@@ -23,6 +26,8 @@ async function main(argv: string[]): Promise<number> {
       return runDomain(rest);
     case 'xenstored':
       return runXenstored(rest);
+    case 'backend':
+      return runBackend(rest);
     case undefined:
     case '-h':
     case '--help':

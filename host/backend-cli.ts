@@ -1,0 +1,125 @@
+/**
+ * `xenmesh backend`: the block backend for a real Xen host, in dom0 or a
+ * driver domain, in place of the kernel's xen-blkback.
+ */
+import { parseArgs } from 'node:util';
+import { Supervisor, DEFAULT_RESTART } from '../shared/mesh/supervisor.js';
+import type { PlatformShared } from '../shared/attach.js';
+import { XenPlatform } from '../shared/xen/platform.js';
+import { XenStoreClient } from '../xenstore/client/client.js';
+import { DEFAULT_XENSTORED_PATH } from '../xenstore/client/transport.js';
+import { XENBUS_DEVICE_PATH } from '../xenstore/client/device-transport.js';
+import type { BackendRoleConfig } from './backend-role.js';
+
+/** The hotplug script shipped for the disks this backend serves (scripts/ in the package). */
+export const HOTPLUG_SCRIPT = 'block-xenmesh';
+
+export const BACKEND_USAGE = `Usage: xenmesh backend [--xenstore PATH] [--domid N]
+
+Serves the virtual block devices a Xen toolstack (xl, libxl) configures for
+the domain this runs in: every backend/vbd/<frontend-domid>/<devid> under the
+domain's home, as the kernel's xen-blkback would; that module must not be
+loaded (it would claim the same devices). Runs in dom0 or a driver domain, in
+the foreground, until SIGTERM or SIGINT; prints a line with "ready" once it
+serves. A disk it serves is configured for xl as
+
+  disk = [ 'format=raw, vdev=xvda, access=rw, backendtype=phy,
+            script=/etc/xen/scripts/${HOTPLUG_SCRIPT}, target=/path/to/image' ]
+
+with the target an image file or a block device, and the no-op hotplug
+script from scripts/${HOTPLUG_SCRIPT} installed where the script= names it.
+
+  --xenstore PATH   xenstored's socket, or the xenbus device (default:
+                    $XENSTORED_PATH, else ${DEFAULT_XENSTORED_PATH} where this
+                    domain runs xenstored, else ${XENBUS_DEVICE_PATH})
+  --domid N         the domain this runs in (default: its xenstore key domid)`;
+
+/** The drivers the backend serves with (see drivers.ts). */
+const BACKEND_DRIVERS = ['vbd'];
+
+const workerModule = (name: string) => new URL(`./workers/${name}.js`, import.meta.url);
+
+export async function runBackend(argv: string[]): Promise<number> {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      options: { xenstore: { type: 'string' }, domid: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+      strict: true,
+    }));
+  } catch (err) {
+    process.stderr.write(`xenmesh backend: ${(err as Error).message}\n${BACKEND_USAGE}\n`);
+    return 1;
+  }
+  if (values.help) {
+    process.stdout.write(`${BACKEND_USAGE}\n`);
+    return 0;
+  }
+  const fail = (message: string) => {
+    process.stderr.write(`xenmesh backend: ${message}\n`);
+    return 1;
+  };
+  if (values.domid !== undefined && !/^\d+$/.test(values.domid)) return fail(`--domid must be a domain number, not '${values.domid}'`);
+
+  let domid: number;
+  try {
+    domid = values.domid !== undefined ? Number(values.domid) : await ownDomid(values.xenstore);
+  } catch (err) {
+    return fail((err as Error).message);
+  }
+  let platform: XenPlatform;
+  try {
+    platform = XenPlatform.open(domid);
+  } catch (err) {
+    return fail((err as Error).message);
+  }
+
+  const supervisor = new Supervisor();
+  const config: BackendRoleConfig = { domid, xenstore: values.xenstore, drivers: BACKEND_DRIVERS };
+  try {
+    await supervisor.start({
+      name: 'backend',
+      domid,
+      module: workerModule('backend-worker'),
+      config,
+      shared: { link: platform.link } satisfies PlatformShared,
+      restart: DEFAULT_RESTART,
+    });
+  } catch (err) {
+    await supervisor.stopAll('failed to start');
+    return fail((err as Error).message);
+  }
+  const info = supervisor.status()[0]?.info as { root?: string } | undefined;
+  process.stdout.write(`xenmesh backend: ready: serving ${info?.root ?? 'backend'} of domain ${domid} with ${BACKEND_DRIVERS.join(', ')}\n`);
+
+  return new Promise<number>((resolve) => {
+    let stopping = false;
+    const stop = (signal: string) => {
+      if (stopping) return;
+      stopping = true;
+      process.stdout.write(`xenmesh backend: ${signal}: answering what is in flight and closing the images\n`);
+      void supervisor.stopAll(signal).then(() => resolve(0), () => resolve(1));
+    };
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    process.on('SIGINT', () => stop('SIGINT'));
+  });
+}
+
+/** The domain this process runs in, as the toolstack wrote it in the domain's home (`domid`). */
+async function ownDomid(where: string | undefined): Promise<number> {
+  let xs: XenStoreClient;
+  try {
+    xs = await XenStoreClient.open(where);
+  } catch (err) {
+    throw new Error(`cannot reach xenstored${where ? ` at ${where}` : ''}: ${(err as Error).message}`);
+  }
+  try {
+    const text = await xs.readString('domid');
+    if (!/^\d+$/.test(text)) throw new Error(`this domain's xenstore key domid is '${text}', not a number; pass --domid`);
+    return Number(text);
+  } catch (err) {
+    throw new Error(`cannot tell which domain this is (${(err as Error).message}); pass --domid`);
+  } finally {
+    xs.close();
+  }
+}

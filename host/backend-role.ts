@@ -1,0 +1,70 @@
+import { attachPlatform, type PlatformShared } from '../shared/attach.js';
+import { EventDispatcher } from '../shared/event-dispatcher.js';
+import type { RoleContext, RoleInstance } from '../shared/mesh/worker-runtime.js';
+import { XenStoreClient } from '../xenstore/client/client.js';
+import { BackBus } from '../xenbus/back-bus.js';
+import { stateName } from '../xenbus/state.js';
+import { backendDriver } from './drivers.js';
+
+/** What the backend role needs: whose backends it serves, and how it reaches xenstored. */
+export interface BackendRoleConfig {
+  /** The domain this process runs in: it serves `backend/<class>/...` of that domain's home. */
+  readonly domid: number;
+  /** xenstored's socket or the xenbus device; xs_open's choice if absent. */
+  readonly xenstore: string | undefined;
+  /** Backend drivers by name (see drivers.ts). */
+  readonly drivers: readonly string[];
+}
+
+/** How often the role publishes its devices' states. */
+const STATS_INTERVAL_MS = 1000;
+
+/**
+ * The back bus of a domain on real Xen, in a worker: what a driver domain's
+ * kernel does in Linux (xenbus_probe_backend with blkback), done by a
+ * process. It connects to xenstored as any process there does, maps and
+ * binds through the platform its link names, and serves every device the
+ * toolstack writes under the domain's `backend/`.
+ */
+export async function startBackendRole(ctx: RoleContext<BackendRoleConfig>): Promise<RoleInstance> {
+  const { domid, xenstore, drivers } = ctx.config;
+  const { link } = ctx.shared as PlatformShared;
+  const platform = await attachPlatform(link);
+  const xs = await XenStoreClient.open(xenstore);
+  const domain = platform.domain(domid);
+  const events = new EventDispatcher(domain.openEventChannels());
+  const home = await xs.getDomainPath(domid);
+  const bus = new BackBus({ xs, domid, home, domain, events, link, log: ctx.log });
+  for (const name of drivers) bus.register(backendDriver(name));
+  await bus.start();
+  ctx.log.info(`serving ${bus.root} with ${drivers.join(', ')}`);
+
+  const devices = async (): Promise<Record<string, string>> => {
+    const out: Record<string, string> = {};
+    for (const d of await bus.status()) {
+      out[`${d.type}/${d.id}`] = `${stateName(d.state)} (frontend ${d.otherendState === undefined ? '?' : stateName(d.otherendState)})`;
+    }
+    return out;
+  };
+  let last: Record<string, string> = {};
+  const timer = setInterval(() => {
+    void devices().then((d) => {
+      last = d;
+      ctx.stats({ devices: Object.keys(d).length, ...d });
+    }, () => {});
+  }, STATS_INTERVAL_MS);
+  timer.unref();
+
+  return {
+    info: { home, root: bus.root },
+    health: () => ({ xenstore: xs.isClosed ? 'closed' : 'connected', ...last }),
+    async stop() {
+      clearInterval(timer);
+      // Devices answer what is in flight, flush and close their stores;
+      // their xenstore states are left for the toolstack (or a successor).
+      await bus.stop();
+      xs.close();
+      events.channels.close();
+    },
+  };
+}
