@@ -6,7 +6,7 @@ import type { XenbusDevice } from '../xenbus/device.js';
 import type { DeviceHandler, XenbusDriver } from '../xenbus/driver.js';
 import { XenbusState } from '../xenbus/state.js';
 import { readVbdConfig, type VbdConfig } from './config.js';
-import { IoPool } from './io-pool.js';
+import { IO_THREADS, IoPool, type GrantAccess } from './io-pool.js';
 import { RequestQueue } from './queue.js';
 import { BlkbackRing } from './ring.js';
 import { openStore, probeDiscard, type BackingStore } from './store.js';
@@ -32,6 +32,8 @@ export interface BlkbackOptions {
    * note 3), as backends of each generation publish them.
    */
   ringKeys?: 'order' | 'pages' | 'both';
+  /** How the I/O workers reach the frontend's pages (default: map them). */
+  grantAccess?: GrantAccess;
 }
 
 /**
@@ -62,7 +64,7 @@ export class BlkbackDriver implements XenbusDriver {
         throw new XsError('ENOENT', `${config.target.path}: ${(err as NodeJS.ErrnoException).code ?? 'cannot be reached'}`);
       }
     }
-    this.pool ??= new IoPool(device.ctx.link);
+    this.pool ??= new IoPool(device.ctx.link, IO_THREADS, this.options.grantAccess ?? 'map');
     const backend = new VbdBackend(device, config, this.pool, this.offer(), () => {
       if (this.devices.get(device.id) === backend) this.devices.delete(device.id);
     });

@@ -12,13 +12,20 @@ import type { IoOutcome, IoTask } from './io-task.js';
 export const IO_THREADS = 2;
 
 /**
+ * How an I/O worker reaches a frontend's pages: it maps them and reads or
+ * writes them in place, or it copies them through the hypervisor
+ * (GNTTABOP_copy) to and from a buffer of its own, as QEMU's Xen disk does.
+ */
+export type GrantAccess = 'map' | 'copy';
+
+/**
  * The pool of I/O workers every block backend of a driver domain shares, so
  * that a slow store stalls its own requests, never a ring.
  */
 export class IoPool {
   private readonly piscina: Piscina<IoTask, IoOutcome[]>;
 
-  constructor(link: PlatformLink, readonly threads = IO_THREADS) {
+  constructor(link: PlatformLink, readonly threads = IO_THREADS, grantAccess: GrantAccess = 'map') {
     this.piscina = new Piscina({
       filename: new URL('./io-worker.js', import.meta.url).href,
       minThreads: threads,
@@ -26,7 +33,7 @@ export class IoPool {
       concurrentTasksPerWorker: 1,
       // A task is handed over as soon as one is queued; no waiting for more.
       idleTimeout: Number.POSITIVE_INFINITY,
-      workerData: { link },
+      workerData: { link, grantAccess },
     });
   }
 

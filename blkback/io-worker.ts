@@ -3,21 +3,26 @@
  * pages a task names through its own attachment to the platform, reads or
  * writes them straight from or to the store with preadv/pwritev (no copy
  * in between), unmaps them, and only then reports: the queue answers a
- * request after its pages are no longer touched.
+ * request after its pages are no longer touched. In copy mode it moves the
+ * data between the pages and a buffer of its own with grant copies
+ * instead, and does the I/O on that buffer.
  */
 import { fdatasyncSync, readvSync, writevSync } from 'node:fs';
 import { workerData } from 'node:worker_threads';
 import { attachPlatform } from '../shared/attach.js';
 import { nativeCalls } from '../shared/native.js';
 import type { DomainInterface, GrantMapping, PlatformLink } from '../shared/platform.js';
-import type { IoOp, IoOutcome, IoTask } from './io-task.js';
+import type { GrantAccess } from './io-pool.js';
+import type { IoOp, IoOutcome, IoTask, PageChunk } from './io-task.js';
 import type { StoreHandle } from './store.js';
 
 interface PoolWorkerData {
   link: PlatformLink;
+  grantAccess: GrantAccess;
 }
 
-const platform = await attachPlatform((workerData as PoolWorkerData).link);
+const { link, grantAccess } = workerData as PoolWorkerData;
+const platform = await attachPlatform(link);
 const domains = new Map<number, DomainInterface>();
 
 function domain(domid: number): DomainInterface {
@@ -42,6 +47,10 @@ function run(task: IoTask, op: IoOp): void {
   switch (op.op) {
     case 'read':
     case 'write': {
+      if (grantAccess === 'copy') {
+        copyIo(task, op);
+        return;
+      }
       const grants = domain(task.mapper).grants;
       // A read fills the frontend's pages: they must be granted writable.
       let mapping: GrantMapping;
@@ -67,6 +76,55 @@ function run(task: IoTask, op: IoOp): void {
       else if (store.blockDevice) nativeCalls().discardBlocks(store.fd, op.offset, op.length, op.secure);
       else nativeCalls().punchHole(store.fd, op.offset, op.length);
       return;
+  }
+}
+
+/**
+ * Bytes a copy-mode worker stages through: the largest merged operation
+ * (the queue's mergeBytes, 1 MiB), plus a page to align it, since
+ * O_DIRECT wants its buffers on logical block boundaries.
+ */
+const STAGING_BYTES = 1024 * 1024 + 4096;
+let staging: Uint8Array | undefined;
+
+/** The staging buffer, page-aligned, at least `length` bytes. */
+function stagingBuffer(length: number): Uint8Array {
+  if (!staging) {
+    const raw = new Uint8Array(STAGING_BYTES);
+    const misalignment = nativeCalls().addressOf(raw) % 4096;
+    staging = raw.subarray(misalignment === 0 ? 0 : 4096 - misalignment);
+  }
+  if (length > staging.length - 4096) throw Object.assign(new Error(`an operation of ${length} bytes is larger than the staging buffer`), { code: 'EINVAL' });
+  return staging.subarray(0, length);
+}
+
+/** A read or write through the staging buffer, the pages reached by grant copy. */
+function copyIo(task: IoTask, op: IoOp & { op: 'read' | 'write' }): void {
+  const length = op.chunks.reduce((sum, chunk) => sum + chunk.length, 0);
+  const buffer = stagingBuffer(length);
+  const grants = domain(task.mapper).grants;
+  const copies = (toPages: boolean) => {
+    let at = 0;
+    return op.chunks.map((chunk: PageChunk) => {
+      const local = { bytes: buffer, offset: at };
+      const granted = { domid: task.granter, gref: chunk.gref, offset: chunk.start };
+      at += chunk.length;
+      return toPages ? { source: local, dest: granted, length: chunk.length } : { source: granted, dest: local, length: chunk.length };
+    });
+  };
+  const copy = (toPages: boolean) => {
+    try {
+      grants.copy(copies(toPages));
+    } catch (err) {
+      throw Object.assign(new Error((err as Error).message), { code: 'EFAULT' });
+    }
+  };
+  if (op.op === 'read') {
+    readFully(task.store, op.offset, [buffer]);
+    copy(true);
+  } else {
+    copy(false);
+    writeFully(task.store, op.offset, [buffer]);
   }
 }
 

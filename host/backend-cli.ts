@@ -9,12 +9,16 @@ import { XenPlatform } from '../shared/xen/platform.js';
 import { XenStoreClient } from '../xenstore/client/client.js';
 import { DEFAULT_XENSTORED_PATH } from '../xenstore/client/transport.js';
 import { XENBUS_DEVICE_PATH } from '../xenstore/client/device-transport.js';
+import type { GrantAccess } from '../blkback/io-pool.js';
 import type { BackendRoleConfig } from './backend-role.js';
+
+/** How the I/O workers reach a frontend's pages unless told otherwise. */
+const DEFAULT_GRANT_ACCESS: GrantAccess = 'map';
 
 /** The hotplug script shipped for the disks this backend serves (scripts/ in the package). */
 export const HOTPLUG_SCRIPT = 'block-xenmesh';
 
-export const BACKEND_USAGE = `Usage: xenmesh backend [--xenstore PATH] [--domid N]
+export const BACKEND_USAGE = `Usage: xenmesh backend [--xenstore PATH] [--domid N] [--grant-access map|copy]
 
 Serves the virtual block devices a Xen toolstack (xl, libxl) configures for
 the domain this runs in: every backend/vbd/<frontend-domid>/<devid> under the
@@ -32,10 +36,12 @@ script from scripts/${HOTPLUG_SCRIPT} installed where the script= names it.
   --xenstore PATH   xenstored's socket, or the xenbus device (default:
                     $XENSTORED_PATH, else ${DEFAULT_XENSTORED_PATH} where this
                     domain runs xenstored, else ${XENBUS_DEVICE_PATH})
-  --domid N         the domain this runs in (default: its xenstore key domid)`;
+  --domid N         the domain this runs in (default: its xenstore key domid)
+  --grant-access map|copy
+                    how the frontend's pages are reached: mapped and read or
+                    written in place, or copied through the hypervisor to a
+                    buffer of the backend's (default ${DEFAULT_GRANT_ACCESS}; see BENCHMARKS.md)`;
 
-/** The drivers the backend serves with (see drivers.ts). */
-const BACKEND_DRIVERS = ['vbd'];
 
 const workerModule = (name: string) => new URL(`./workers/${name}.js`, import.meta.url);
 
@@ -44,7 +50,12 @@ export async function runBackend(argv: string[]): Promise<number> {
   try {
     ({ values } = parseArgs({
       args: argv,
-      options: { xenstore: { type: 'string' }, domid: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+      options: {
+        xenstore: { type: 'string' },
+        domid: { type: 'string' },
+        'grant-access': { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
       strict: true,
     }));
   } catch (err) {
@@ -60,6 +71,8 @@ export async function runBackend(argv: string[]): Promise<number> {
     return 1;
   };
   if (values.domid !== undefined && !/^\d+$/.test(values.domid)) return fail(`--domid must be a domain number, not '${values.domid}'`);
+  const grantAccess = values['grant-access'] ?? DEFAULT_GRANT_ACCESS;
+  if (grantAccess !== 'map' && grantAccess !== 'copy') return fail(`--grant-access is map or copy, not '${grantAccess}'`);
 
   let domid: number;
   try {
@@ -75,7 +88,7 @@ export async function runBackend(argv: string[]): Promise<number> {
   }
 
   const supervisor = new Supervisor();
-  const config: BackendRoleConfig = { domid, xenstore: values.xenstore, drivers: BACKEND_DRIVERS };
+  const config: BackendRoleConfig = { domid, xenstore: values.xenstore, blkback: { grantAccess } };
   try {
     await supervisor.start({
       name: 'backend',
@@ -90,7 +103,7 @@ export async function runBackend(argv: string[]): Promise<number> {
     return fail((err as Error).message);
   }
   const info = supervisor.status()[0]?.info as { root?: string } | undefined;
-  process.stdout.write(`xenmesh backend: ready: serving ${info?.root ?? 'backend'} of domain ${domid} with ${BACKEND_DRIVERS.join(', ')}\n`);
+  process.stdout.write(`xenmesh backend: ready: serving ${info?.root ?? 'backend'}/vbd of domain ${domid} (grant ${grantAccess})\n`);
 
   return new Promise<number>((resolve) => {
     let stopping = false;

@@ -4,16 +4,16 @@ import type { RoleContext, RoleInstance } from '../shared/mesh/worker-runtime.js
 import { XenStoreClient } from '../xenstore/client/client.js';
 import { BackBus } from '../xenbus/back-bus.js';
 import { stateName } from '../xenbus/state.js';
-import { backendDriver } from './drivers.js';
+import { BlkbackDriver, type BlkbackOptions } from '../blkback/driver.js';
 
-/** What the backend role needs: whose backends it serves, and how it reaches xenstored. */
+/** What the backend role needs: whose backends it serves, how it reaches xenstored, how it serves. */
 export interface BackendRoleConfig {
   /** The domain this process runs in: it serves `backend/<class>/...` of that domain's home. */
   readonly domid: number;
   /** xenstored's socket or the xenbus device; xs_open's choice if absent. */
   readonly xenstore: string | undefined;
-  /** Backend drivers by name (see drivers.ts). */
-  readonly drivers: readonly string[];
+  /** What the block backend offers and how it does its I/O. */
+  readonly blkback: BlkbackOptions;
 }
 
 /** How often the role publishes its devices' states. */
@@ -23,11 +23,11 @@ const STATS_INTERVAL_MS = 1000;
  * The back bus of a domain on real Xen, in a worker: what a driver domain's
  * kernel does in Linux (xenbus_probe_backend with blkback), done by a
  * process. It connects to xenstored as any process there does, maps and
- * binds through the platform its link names, and serves every device the
- * toolstack writes under the domain's `backend/`.
+ * binds through the platform its link names, and serves every block device
+ * the toolstack writes under the domain's `backend/vbd`.
  */
 export async function startBackendRole(ctx: RoleContext<BackendRoleConfig>): Promise<RoleInstance> {
-  const { domid, xenstore, drivers } = ctx.config;
+  const { domid, xenstore, blkback } = ctx.config;
   const { link } = ctx.shared as PlatformShared;
   const platform = await attachPlatform(link);
   const xs = await XenStoreClient.open(xenstore);
@@ -35,9 +35,9 @@ export async function startBackendRole(ctx: RoleContext<BackendRoleConfig>): Pro
   const events = new EventDispatcher(domain.openEventChannels());
   const home = await xs.getDomainPath(domid);
   const bus = new BackBus({ xs, domid, home, domain, events, link, log: ctx.log });
-  for (const name of drivers) bus.register(backendDriver(name));
+  bus.register(new BlkbackDriver(blkback));
   await bus.start();
-  ctx.log.info(`serving ${bus.root} with ${drivers.join(', ')}`);
+  ctx.log.info(`serving ${bus.root} with blkback (grant ${blkback.grantAccess ?? 'map'})`);
 
   const devices = async (): Promise<Record<string, string>> => {
     const out: Record<string, string> = {};

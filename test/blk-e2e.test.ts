@@ -46,10 +46,10 @@ function holdsOpen(path: string): boolean {
   });
 }
 
-t.test('random data through blkfront, read back and found in the image file', async (t) => {
+for (const grantAccess of ['map', 'copy'] as const) t.test(`random data through blkfront, read back and found in the image file (pages reached by grant ${grantAccess})`, async (t) => {
   const bytes = 32 * MiB;
   const path = image(t, bytes);
-  const blk = await startBlkTestbed(t);
+  const blk = await startBlkTestbed(t, { back: { grantAccess } });
   const disk = await blk.connect(blk.disk('xvda', path));
   t.equal(disk.info!.sectors, bytes / SECTOR_SIZE, 'the disk is the size of the image');
   const model = new Uint8Array(bytes);
@@ -80,9 +80,9 @@ t.test('random data through blkfront, read back and found in the image file', as
   t.equal(sha(readFileSync(path)), sha(model), 'the image file holds exactly what was written, and nothing else');
 });
 
-t.test('direct-io-safe: the store is opened with O_DIRECT where the file system allows it', async (t) => {
+for (const grantAccess of ['map', 'copy'] as const) t.test(`direct-io-safe: the store is opened with O_DIRECT where the file system allows it (grant ${grantAccess})`, async (t) => {
   const path = image(t, 8 * MiB);
-  const blk = await startBlkTestbed(t);
+  const blk = await startBlkTestbed(t, { back: { grantAccess } });
   const spec = blk.disk('xvda', path, { directIoSafe: true });
   const disk = await blk.connect(spec);
   const backend = blk.back.devices.get(`${blk.guest.domid}/${spec.devid}`)!;
