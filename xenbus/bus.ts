@@ -418,10 +418,10 @@ export abstract class XenbusBus {
 
     const driver = await this.probe(device);
     if (!driver) {
-      // Nothing here drives this class: hide the device from the other end
-      // rather than leave it waiting for us.
-      this.ctx.log.info(`${node}: no ${this.kind} driver for class '${type}'; closing it`);
-      await device.switchState(XenbusState.Closed);
+      // Another driver may serve this class in this domain (xenconsoled
+      // the console, QEMU a qdisk, the kernel a vif): the device is not
+      // ours to touch. A driver registered later finds it.
+      this.ctx.log.debug(`${node}: no ${this.kind} driver here for class '${type}'; leaving it alone`);
       return;
     }
 
