@@ -41,6 +41,16 @@ const done = (why: string): Refusal => ({ status: BlkifStatus.OKAY, why });
 const unsupported = (why: string): Refusal => ({ status: BlkifStatus.EOPNOTSUPP, why });
 
 /**
+ * The operation a response names: the request's, except that an indirect
+ * request is answered with the operation it carries (its indirect_op), as
+ * Linux's blkback answers and Linux's blkfront insists ("response has wrong
+ * operation"), even when that operation is one it refuses.
+ */
+export function responseOperation(request: BlkifRequest): number {
+  return request.kind === 'indirect' ? request.indirectOp : request.operation;
+}
+
+/**
  * One ring of a block device (one queue): it takes the frontend's requests
  * off the ring, checks every field before it trusts it, hands the I/O to
  * the request queue, and pushes each response as its request completes,
@@ -239,7 +249,7 @@ export class BlkbackRing {
   }
 
   private respond(request: BlkifRequest, status: number): void {
-    encodeResponse(this.policy.abi, { id: request.id, operation: request.operation, status }, this.response);
+    encodeResponse(this.policy.abi, { id: request.id, operation: responseOperation(request), status }, this.response);
     this.back.putResponse(this.response);
     this.outstanding--;
     this.served++;

@@ -38,7 +38,8 @@ export interface Piece {
 /** A request on the ring, with what it holds until the response. */
 interface Shadow<P extends Piece> {
   readonly piece: P;
-  readonly operation: number;
+  /** The operations a response to it may name. */
+  readonly answeredAs: readonly number[];
   readonly data: GrantedPage[];
   readonly indirect: GrantedPage[];
 }
@@ -110,7 +111,10 @@ export class FrontQueue<P extends Piece = Piece> {
       const request = this.request(piece, BigInt(id), segments, (count) => (indirect = this.pages.take(count, false)));
       encodeRequest(this.abi, request, this.entry);
       this.ring.putRequest(this.entry);
-      this.shadows[id] = { piece, operation: request.operation, data, indirect };
+      // Linux's blkback answers an indirect request with the operation it
+      // carries; blkif.h does not say, so BLKIF_OP_INDIRECT is taken too.
+      const answeredAs = request.kind === 'indirect' ? [request.indirectOp, request.operation] : [request.operation];
+      this.shadows[id] = { piece, answeredAs, data, indirect };
     } catch (err) {
       this.pages.give(data);
       this.pages.give(indirect);
@@ -139,8 +143,8 @@ export class FrontQueue<P extends Piece = Piece> {
         const id = Number(response.id);
         const shadow = response.id < BigInt(this.shadows.length) ? this.shadows[id] : undefined;
         if (!shadow) throw new BackendProtocolError(`a response for request ${response.id}, which is not in flight`);
-        if (shadow.operation !== response.operation) {
-          throw new BackendProtocolError(`request ${id} was operation ${shadow.operation}, the response says ${response.operation}`);
+        if (!shadow.answeredAs.includes(response.operation)) {
+          throw new BackendProtocolError(`request ${id} was operation ${shadow.answeredAs.join(' or ')}, the response says ${response.operation}`);
         }
         this.finish(id, shadow, response.status);
       }
