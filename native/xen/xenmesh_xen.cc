@@ -175,9 +175,13 @@ void ReleaseExposed(Napi::Env env, Napi::ArrayBuffer buffer, const char* call) {
 
 // ---- grant tables: mapping and copying (xengnttab) ----------------------------
 
+// An open gntdev: closed when the last of the table and its mappings lets go.
 struct GnttabHandle {
-  xengnttab_handle* xgt;
+  explicit GnttabHandle(xengnttab_handle* handle) : xgt(handle) {}
+  GnttabHandle(const GnttabHandle&) = delete;
+  GnttabHandle& operator=(const GnttabHandle&) = delete;
   ~GnttabHandle() { xengnttab_close(xgt); }
+  xengnttab_handle* const xgt;
 };
 
 class GrantMappingRegion : public Region {
@@ -209,7 +213,7 @@ class GrantTable : public Napi::ObjectWrap<GrantTable> {
   explicit GrantTable(const Napi::CallbackInfo& info) : Napi::ObjectWrap<GrantTable>(info) {
     xengnttab_handle* xgt = xengnttab_open(&quietLogger, 0);
     if (!xgt) throw XenError(info.Env(), "xengnttab_open", "/dev/xen/gntdev", errno);
-    handle_ = std::make_shared<GnttabHandle>(GnttabHandle{xgt});
+    handle_ = std::make_shared<GnttabHandle>(xgt);
   }
 
  private:
@@ -314,9 +318,13 @@ class GrantTable : public Napi::ObjectWrap<GrantTable> {
 
 // ---- sharing our pages (xengntshr) -----------------------------------------
 
+// An open gntalloc: closed when the last of the sharer and its pages lets go.
 struct GntshrHandle {
-  xengntshr_handle* xgs;
+  explicit GntshrHandle(xengntshr_handle* handle) : xgs(handle) {}
+  GntshrHandle(const GntshrHandle&) = delete;
+  GntshrHandle& operator=(const GntshrHandle&) = delete;
   ~GntshrHandle() { xengntshr_close(xgs); }
+  xengntshr_handle* const xgs;
 };
 
 class SharedRegion : public Region {
@@ -347,7 +355,7 @@ class GrantShare : public Napi::ObjectWrap<GrantShare> {
   explicit GrantShare(const Napi::CallbackInfo& info) : Napi::ObjectWrap<GrantShare>(info) {
     xengntshr_handle* xgs = xengntshr_open(&quietLogger, 0);
     if (!xgs) throw XenError(info.Env(), "xengntshr_open", "/dev/xen/gntalloc", errno);
-    handle_ = std::make_shared<GntshrHandle>(GntshrHandle{xgs});
+    handle_ = std::make_shared<GntshrHandle>(xgs);
   }
 
  private:
