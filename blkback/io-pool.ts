@@ -13,10 +13,24 @@ export const IO_THREADS = 2;
 
 /**
  * How an I/O worker reaches a frontend's pages: it maps them and reads or
- * writes them in place, or it copies them through the hypervisor
- * (GNTTABOP_copy) to and from a buffer of its own, as QEMU's Xen disk does.
+ * writes them in place; it copies them through the hypervisor
+ * (GNTTABOP_copy) to and from a buffer of its own, as QEMU's Xen disk does;
+ * or (auto) it copies operations of up to AUTO_COPY_MAX_PAGES pages and
+ * maps larger ones.
  */
-export type GrantAccess = 'map' | 'copy';
+export type GrantAccess = 'map' | 'copy' | 'auto';
+
+/**
+ * Where copying stops paying on Xen: for a process in dom0, a grant copy
+ * cost 0.2-0.5x a map and unmap of 1 to 11 pages, and 1.2-1.5x of 32 to 256
+ * (npm run bench:xen-grants under QEMU; BENCHMARKS.md).
+ */
+export const AUTO_COPY_MAX_PAGES = 16;
+
+/** Whether an operation of `pages` pages goes by grant copy. */
+export function copiesGrants(access: GrantAccess, pages: number): boolean {
+  return access === 'copy' || (access === 'auto' && pages <= AUTO_COPY_MAX_PAGES);
+}
 
 /**
  * The pool of I/O workers every block backend of a driver domain shares, so

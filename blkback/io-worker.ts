@@ -3,16 +3,16 @@
  * pages a task names through its own attachment to the platform, reads or
  * writes them straight from or to the store with preadv/pwritev (no copy
  * in between), unmaps them, and only then reports: the queue answers a
- * request after its pages are no longer touched. In copy mode it moves the
- * data between the pages and a buffer of its own with grant copies
- * instead, and does the I/O on that buffer.
+ * request after its pages are no longer touched. Where the pool copies
+ * (see GrantAccess) it moves the data between the pages and a buffer of its
+ * own with grant copies instead, and does the I/O on that buffer.
  */
 import { fdatasyncSync, readvSync, writevSync } from 'node:fs';
 import { workerData } from 'node:worker_threads';
 import { attachPlatform } from '../shared/attach.js';
 import { nativeCalls } from '../shared/native.js';
 import type { DomainInterface, GrantMapping, PlatformLink } from '../shared/platform.js';
-import type { GrantAccess } from './io-pool.js';
+import { copiesGrants, type GrantAccess } from './io-pool.js';
 import type { IoOp, IoOutcome, IoTask, PageChunk } from './io-task.js';
 import type { StoreHandle } from './store.js';
 
@@ -47,7 +47,7 @@ function run(task: IoTask, op: IoOp): void {
   switch (op.op) {
     case 'read':
     case 'write': {
-      if (grantAccess === 'copy') {
+      if (copiesGrants(grantAccess, op.chunks.length)) {
         copyIo(task, op);
         return;
       }

@@ -9,16 +9,16 @@ import { XenPlatform } from '../shared/xen/platform.js';
 import { XenStoreClient } from '../xenstore/client/client.js';
 import { DEFAULT_XENSTORED_PATH } from '../xenstore/client/transport.js';
 import { XENBUS_DEVICE_PATH } from '../xenstore/client/device-transport.js';
-import type { GrantAccess } from '../blkback/io-pool.js';
+import { AUTO_COPY_MAX_PAGES, type GrantAccess } from '../blkback/io-pool.js';
 import type { BackendRoleConfig } from './backend-role.js';
 
 /** How the I/O workers reach a frontend's pages unless told otherwise. */
-const DEFAULT_GRANT_ACCESS: GrantAccess = 'map';
+const DEFAULT_GRANT_ACCESS: GrantAccess = 'auto';
 
 /** The hotplug script shipped for the disks this backend serves (scripts/ in the package). */
 export const HOTPLUG_SCRIPT = 'block-xenmesh';
 
-export const BACKEND_USAGE = `Usage: xenmesh backend [--xenstore PATH] [--domid N] [--grant-access map|copy]
+export const BACKEND_USAGE = `Usage: xenmesh backend [--xenstore PATH] [--domid N] [--grant-access map|copy|auto]
 
 Serves the virtual block devices a Xen toolstack (xl, libxl) configures for
 the domain this runs in: every backend/vbd/<frontend-domid>/<devid> under the
@@ -37,10 +37,11 @@ script from scripts/${HOTPLUG_SCRIPT} installed where the script= names it.
                     $XENSTORED_PATH, else ${DEFAULT_XENSTORED_PATH} where this
                     domain runs xenstored, else ${XENBUS_DEVICE_PATH})
   --domid N         the domain this runs in (default: its xenstore key domid)
-  --grant-access map|copy
+  --grant-access map|copy|auto
                     how the frontend's pages are reached: mapped and read or
-                    written in place, or copied through the hypervisor to a
-                    buffer of the backend's (default ${DEFAULT_GRANT_ACCESS}; see BENCHMARKS.md)`;
+                    written in place, copied through the hypervisor to a
+                    buffer of the backend's, or copied for requests of up to
+                    ${AUTO_COPY_MAX_PAGES} pages and mapped beyond (default ${DEFAULT_GRANT_ACCESS}; see BENCHMARKS.md)`;
 
 
 const workerModule = (name: string) => new URL(`./workers/${name}.js`, import.meta.url);
@@ -72,7 +73,9 @@ export async function runBackend(argv: string[]): Promise<number> {
   };
   if (values.domid !== undefined && !/^\d+$/.test(values.domid)) return fail(`--domid must be a domain number, not '${values.domid}'`);
   const grantAccess = values['grant-access'] ?? DEFAULT_GRANT_ACCESS;
-  if (grantAccess !== 'map' && grantAccess !== 'copy') return fail(`--grant-access is map or copy, not '${grantAccess}'`);
+  if (grantAccess !== 'map' && grantAccess !== 'copy' && grantAccess !== 'auto') {
+    return fail(`--grant-access is map, copy or auto, not '${grantAccess}'`);
+  }
 
   let domid: number;
   try {

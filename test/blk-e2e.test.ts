@@ -46,7 +46,7 @@ function holdsOpen(path: string): boolean {
   });
 }
 
-for (const grantAccess of ['map', 'copy'] as const) t.test(`random data through blkfront, read back and found in the image file (pages reached by grant ${grantAccess})`, async (t) => {
+for (const grantAccess of ['map', 'copy', 'auto'] as const) t.test(`random data through blkfront, read back and found in the image file (pages reached by grant ${grantAccess})`, async (t) => {
   const bytes = 32 * MiB;
   const path = image(t, bytes);
   const blk = await startBlkTestbed(t, { back: { grantAccess } });
