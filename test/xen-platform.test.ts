@@ -138,9 +138,14 @@ t.test('xenmesh backend without Xen says what is missing, in one line', async (t
  * A stand-in for the kernel's /dev/xen/xenbus: it passes messages to a
  * xenstored over its socket, hands them back a few bytes per read, and
  * answers a WATCH only after the watch's first event, as the kernel may.
+ * It counts the requests a client has in flight at once (the kernel's
+ * device expects one).
  */
 function fakeXenbusDevice(socketPath: string) {
   let socket: Socket;
+  let outgoing = Buffer.alloc(0);
+  let inFlight = 0;
+  let mostInFlight = 0;
   const open = (_path: string, onReadable: () => void): NativeDeviceFile => {
     socket = connect(socketPath);
     let incoming = Buffer.alloc(0);
@@ -159,8 +164,10 @@ function fakeXenbusDevice(socketPath: string) {
           continue;
         }
         readable = Buffer.concat([readable, frame]);
+        if (header.type !== XsType.WATCH_EVENT) inFlight--;
         if (header.type === XsType.WATCH_EVENT) {
           for (const reply of heldWatchReplies.values()) readable = Buffer.concat([readable, reply]);
+          inFlight -= heldWatchReplies.size;
           heldWatchReplies.clear();
         }
       }
@@ -179,6 +186,11 @@ function fakeXenbusDevice(socketPath: string) {
         // The kernel takes part of a message per write.
         const n = Math.min(from.length, 5);
         socket.write(Buffer.from(from.subarray(0, n)));
+        outgoing = Buffer.concat([outgoing, from.subarray(0, n)]);
+        while (outgoing.length >= XS_HEADER_SIZE && outgoing.length >= XS_HEADER_SIZE + decodeHeader(outgoing).len) {
+          outgoing = outgoing.subarray(XS_HEADER_SIZE + decodeHeader(outgoing).len);
+          mostInFlight = Math.max(mostInFlight, ++inFlight);
+        }
         return n;
       },
       close() {
@@ -186,7 +198,7 @@ function fakeXenbusDevice(socketPath: string) {
       },
     };
   };
-  return { open };
+  return { open, mostInFlight: () => mostInFlight };
 }
 
 t.test('the client over the xenbus device: pieces, and a watch event before its reply', async (t) => {
@@ -205,6 +217,9 @@ t.test('the client over the xenbus device: pieces, and a watch event before its 
   t.equal(second.value?.path, '/dev-test/b', 'and later events follow');
   const values = await Promise.all(Array.from({ length: 50 }, (_, i) => client.write(`/dev-test/n${i}`, String(i)).then(() => client.readString(`/dev-test/n${i}`))));
   t.same(values, Array.from({ length: 50 }, (_, i) => String(i)), 'concurrent requests matched to their replies');
+  const transactions = await Promise.all(Array.from({ length: 5 }, (_, i) => client.transaction(async (tx) => client.write(`/dev-test/t${i}`, 'x', { tx }))));
+  t.equal(transactions.length, 5, 'concurrent transactions commit');
+  t.equal(device.mostInFlight(), 1, 'and the device never had more than one request at a time, as libxenstore sends them');
 });
 
 t.test('a device that fails a write closes the client with its error', async (t) => {

@@ -1,5 +1,5 @@
 import { xenAddon, type NativeDeviceFile } from '../../shared/xen/addon.js';
-import { XsFrameDecoder } from '../../shared/xs-wire.js';
+import { XsFrameDecoder, XsType } from '../../shared/xs-wire.js';
 import type { ClientTransport, ClientTransportHandlers } from './transport.js';
 
 /**
@@ -23,6 +23,12 @@ const READ_CHUNK = 4096 + 16;
  * worker's event loop as the device becomes readable. The kernel answers a
  * WATCH itself and fires the watch's first event from its own thread, so
  * the reply and that event arrive in either order; the client accepts both.
+ *
+ * Requests go one at a time, each after the reply to the one before, as
+ * libxenstore sends them (xs_talkv holds its request lock until the reply
+ * is in). The device was written for that client: it keeps one message
+ * buffer per open file, and older kernels answered a request within the
+ * write() that completed it.
  */
 export class DeviceClientTransport implements ClientTransport {
   private handlers: ClientTransportHandlers | undefined;
@@ -30,6 +36,9 @@ export class DeviceClientTransport implements ClientTransport {
   private readonly chunk = Buffer.alloc(READ_CHUNK);
   private closedReported = false;
   private readonly device: NativeDeviceFile;
+  /** Requests waiting for the reply to the one in flight. */
+  private readonly queued: Buffer[] = [];
+  private awaitingReply = false;
 
   private constructor(
     readonly path: string,
@@ -49,7 +58,11 @@ export class DeviceClientTransport implements ClientTransport {
   start(handlers: ClientTransportHandlers): void {
     this.handlers = handlers;
     this.decoder = new XsFrameDecoder(
-      (msg) => handlers.message(msg),
+      (msg) => {
+        // Every request gets exactly one reply; watch events come besides.
+        if (msg.type !== XsType.WATCH_EVENT) this.replied();
+        handlers.message(msg);
+      },
       (header) => {
         this.device.close();
         this.reportClosed(new Error(`xenstored sent an oversized payload (${header.len} bytes) through ${this.path}`));
@@ -59,6 +72,22 @@ export class DeviceClientTransport implements ClientTransport {
   }
 
   send(frame: Buffer): void {
+    if (this.awaitingReply) {
+      this.queued.push(frame);
+      return;
+    }
+    this.write(frame);
+  }
+
+  private replied(): void {
+    this.awaitingReply = false;
+    const next = this.queued.shift();
+    if (next) this.write(next);
+  }
+
+  private write(frame: Buffer): void {
+    if (this.closedReported) return;
+    this.awaitingReply = true;
     let sent = 0;
     try {
       // The kernel takes a message in pieces and acts on it once it is whole.
