@@ -8,8 +8,9 @@
  * length limits; unknown and reserved message types; unknown transaction ids;
  * nested TRANSACTION_START; TRANSACTION_END with a bad argument or none;
  * SET_PERMS with no entries, bad letters, bad domain ids; WATCH and UNWATCH
- * with the wrong number of arguments; INTRODUCE, RELEASE with bad domain ids
- * and ports; DIRECTORY_PART without an offset.
+ * with the wrong number of arguments; WATCH with a depth that is not a
+ * number; INTRODUCE, RELEASE with bad domain ids and ports; DIRECTORY_PART
+ * without an offset.
  */
 import t, { type Test } from 'tap';
 import { XsType, nulStrings, xsTypeName } from '../shared/xs-wire.js';
@@ -231,11 +232,18 @@ t.test('watches', async (t) => {
       [XsType.UNWATCH, S('relative/path', 'rel')],
       [XsType.RESET_WATCHES, S('')],
       [XsType.UNWATCH, S('/w', 'other')],
+      [XsType.WATCH, S('/w', 'depth', 'abc')],
+      [XsType.WATCH, S('/w', 'depth', '')],
+      [XsType.WATCH, S('/w', 'depth', '2x')],
+      [XsType.WATCH, S('/w', 'depth', '-1')],
+      [XsType.WATCH, S('/w', 'depth', '1', 'extra')],
+      [XsType.WATCH, S('/w', 'depth', '1'), 0, { ours: 'WATCH "OK\\u0000"', why: 'we offer the watch depth (XENSTORE_SERVER_FEATURE_WATCHDEPTH), which 4.17 lacks' }],
     ],
     'watch',
   );
   t.equal(replies[1], 'ERROR "EEXIST\\u0000"', 'a duplicate watch is EEXIST');
   t.equal(replies[8], 'WATCH "OK\\u0000"', "WATCH ignores the transaction id");
+  t.equal(replies[16], 'ERROR "EINVAL\\u0000"', 'a watch depth that is not a number is EINVAL');
 });
 
 t.test('transactions', async (t) => {

@@ -72,6 +72,18 @@ function guestDomidArg(ctx: RequestContext): number {
   return domid;
 }
 
+/**
+ * The depth WATCH may carry where XENSTORE_SERVER_FEATURE_WATCHDEPTH is on: a
+ * decimal number of levels. Xen 4.17's xenstored refuses any third argument
+ * with EINVAL; newer ones read it with atoi(), so that a word would quietly
+ * mean depth 0, a watch the client did not ask for. A depth that is not a
+ * number is EINVAL, as 4.17 answers it.
+ */
+function watchDepthArg(text: string): number {
+  if (!/^[0-9]+$/.test(text)) throw new XsError('EINVAL', `watch depth '${text}' is not a number`);
+  return Number(text);
+}
+
 function unsignedArg(text: string): number {
   const value = cAtoi(text);
   if (value < 0 || value >= 0xffffffff) throw new XsError('EINVAL', `bad value '${text}'`);
@@ -185,8 +197,7 @@ export const HANDLERS = new Map<number, Handler>([
         const args = strings(ctx.msg.payload);
         let depth: number | undefined;
         if (args.length === 3 && (conn.domain.features & XsServerFeature.WATCHDEPTH) !== 0) {
-          depth = cAtoi(args[2]!);
-          if (depth < 0) throw new XsError('EINVAL', `bad watch depth '${args[2]}'`);
+          depth = watchDepthArg(args[2]!);
         } else if (args.length !== 2) {
           throw new XsError('EINVAL', `WATCH takes a path and a token`);
         }
