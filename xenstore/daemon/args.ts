@@ -8,11 +8,30 @@ import { parseDomid } from '../../shared/domid.js';
  * needs is EINVAL.
  */
 
+/** xenstored's onearg(): the payload's one string, ending in its only NUL; undefined for any other shape. */
+function singleString(payload: Buffer): string | undefined {
+  const nul = payload.indexOf(0);
+  if (payload.length === 0 || nul !== payload.length - 1) return undefined;
+  return payload.toString('latin1', 0, nul);
+}
+
 /** The single argument of a request: the payload must be one string ending in its only NUL. */
 export function oneArg(payload: Buffer): string {
-  const nul = payload.indexOf(0);
-  if (payload.length === 0 || nul !== payload.length - 1) throw new XsError('EINVAL', 'expected exactly one argument');
-  return payload.toString('latin1', 0, nul);
+  const arg = singleString(payload);
+  if (arg === undefined) throw new XsError('EINVAL', 'expected exactly one argument');
+  return arg;
+}
+
+/**
+ * The one path of a request that only looks a node up (READ, DIRECTORY,
+ * GET_PERMS). Xen 4.17's xenstored passes onearg()'s answer straight to its
+ * node lookup, which finds nothing for a malformed payload: the client gets
+ * ENOENT, and the tools of 4.17 are written against that, so we answer it too.
+ */
+export function lookupArg(payload: Buffer): string {
+  const arg = singleString(payload);
+  if (arg === undefined) throw new XsError('ENOENT', 'expected exactly one path');
+  return arg;
 }
 
 /** All NUL-terminated strings of a payload (bytes after the last NUL are ignored). */

@@ -5,7 +5,7 @@ import { canonicalize, domainHome, type StorePath } from '../store/path.js';
 import { formatPerm, parsePermStrings } from '../store/permissions.js';
 import { quotaNames, resolveQuotaName } from '../store/quota.js';
 import { directoryPart, type ChangeEvent, type StoreView } from '../store/store.js';
-import { atLeastStrings, cAtoi, domidArg, exactStrings, gfnArg, oneArg, strings } from './args.js';
+import { atLeastStrings, cAtoi, domidArg, exactStrings, gfnArg, lookupArg, oneArg, strings } from './args.js';
 import type { Connection, RequestTicket } from './connection.js';
 import { runControl } from './control.js';
 import { PRIVILEGED_DOMID, SUPPORTED_FEATURES } from './domains.js';
@@ -97,7 +97,7 @@ export const HANDLERS = new Map<number, Handler>([
     XsType.READ,
     {
       run: (ctx) => {
-        const path = pathArg(ctx, oneArg(ctx.msg.payload));
+        const path = pathArg(ctx, lookupArg(ctx.msg.payload));
         return inView(ctx, (view) => ctx.daemon.store.read(view, caller(ctx), path));
       },
     },
@@ -144,7 +144,7 @@ export const HANDLERS = new Map<number, Handler>([
     XsType.DIRECTORY,
     {
       run: (ctx) => {
-        const path = pathArg(ctx, oneArg(ctx.msg.payload));
+        const path = pathArg(ctx, lookupArg(ctx.msg.payload));
         return inView(ctx, (view) => ctx.daemon.store.directory(view, caller(ctx), path).childList());
       },
     },
@@ -168,7 +168,7 @@ export const HANDLERS = new Map<number, Handler>([
     XsType.GET_PERMS,
     {
       run: (ctx) => {
-        const path = pathArg(ctx, oneArg(ctx.msg.payload), true);
+        const path = pathArg(ctx, lookupArg(ctx.msg.payload), true);
         const perms = inView(ctx, (view) => ctx.daemon.store.getPerms(view, caller(ctx), path));
         return nulStrings(...perms.map(formatPerm));
       },
