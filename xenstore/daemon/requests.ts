@@ -1,7 +1,7 @@
 import { XsError } from '../../shared/errors.js';
 import { XsServerFeature, XsType, nulStrings, type XsMessage } from '../../shared/xs-wire.js';
 import { DOMID_FIRST_RESERVED, DOMID_SELF } from '../../shared/domid.js';
-import { canonicalize, domainHome, type StorePath } from '../store/path.js';
+import { canonicalize, domainHome, isSpecialNode, type StorePath } from '../store/path.js';
 import { formatPerm, parsePermStrings } from '../store/permissions.js';
 import { quotaNames, resolveQuotaName } from '../store/quota.js';
 import { directoryPart, type ChangeEvent, type StoreView } from '../store/store.js';
@@ -38,6 +38,17 @@ function pathArg(ctx: RequestContext, text: string, allowSpecial = false): Store
     allowSpecial,
     pathMax: ctx.conn.domain.quotas.hard['path-max'],
   });
+}
+
+/**
+ * The path of GET_PERMS and SET_PERMS: a node under `/` or one of the special
+ * nodes. Any other `@` name is not a node that could exist, so it is EINVAL,
+ * as Xen 4.17's xenstored answers it, rather than ENOENT.
+ */
+function permsPathArg(ctx: RequestContext, text: string): StorePath {
+  const path = pathArg(ctx, text, true);
+  if (path.root !== '/' && !isSpecialNode(path)) throw new XsError('EINVAL', `${path.full} is not a special node`);
+  return path;
 }
 
 /**
@@ -168,7 +179,7 @@ export const HANDLERS = new Map<number, Handler>([
     XsType.GET_PERMS,
     {
       run: (ctx) => {
-        const path = pathArg(ctx, lookupArg(ctx.msg.payload), true);
+        const path = permsPathArg(ctx, lookupArg(ctx.msg.payload));
         const perms = inView(ctx, (view) => ctx.daemon.store.getPerms(view, caller(ctx), path));
         return nulStrings(...perms.map(formatPerm));
       },
@@ -181,7 +192,7 @@ export const HANDLERS = new Map<number, Handler>([
       run: (ctx) => {
         const [pathText, ...entries] = atLeastStrings(ctx.msg.payload, 2) as [string, ...string[]];
         const perms = parsePermStrings(entries);
-        const path = pathArg(ctx, pathText, true);
+        const path = permsPathArg(ctx, pathText);
         inView(ctx, (view) => ctx.daemon.store.setPerms(view, caller(ctx), path, perms));
         return OK;
       },

@@ -55,6 +55,11 @@ export function canonicalize(input: string, options: CanonicalizeOptions): Store
   return parseAbsolute(full);
 }
 
+/** Whether a path names one of the special nodes, the only `@` paths that hold permissions. */
+export function isSpecialNode(path: StorePath): boolean {
+  return path.parts.length === 0 && (SPECIAL_ROOTS as readonly string[]).includes(path.root);
+}
+
 /** Splits an already validated absolute path. */
 export function parseAbsolute(full: string): StorePath {
   if (full.startsWith('@')) {
