@@ -3,7 +3,13 @@
  * names, the GET_QUOTA/SET_QUOTA requests, and dom0's exemption.
  */
 import t from 'tap';
+import { setLogSink } from '../shared/log.js';
+import { XENSTORE_REL_PATH_MAX } from '../shared/xs-wire.js';
+import { OptionError, parseXenstoredOptions } from '../xenstore/daemon/options.js';
 import { errno, startDaemon, type RunningDaemon } from './helpers/daemon.js';
+
+/** The shortest path-max a domain can live with: the home path of the largest domid. */
+const SHORTEST_USABLE_PATH_MAX = '/local/domain/32751'.length;
 
 
 /** A guest with a data directory it owns, and a dom0 client. */
@@ -167,4 +173,82 @@ t.test('outstanding requests: a domain that does not read its replies', async (t
   await Promise.all(requests);
   t.pass('every request completes once the domain reads again');
   t.equal(domain.counts.outstanding, 0);
+});
+
+t.test('a quota that would lock domains out is refused, and dom0 keeps working', async (t) => {
+  const warnings: string[] = [];
+  setLogSink((level, component, message) => {
+    if (level === 'warn' && component === 'xenstored') warnings.push(message);
+  });
+  t.teardown(() => setLogSink((level, component, message) => process.stderr.write(`${level} [${component}] ${message}\n`)));
+  const env = await startDaemon();
+  t.teardown(() => env.close());
+  const { dom0, guest } = await guestWithHome(env, 5);
+
+  t.equal(await errno(dom0.setQuota('path-max', 1)), 'EINVAL', 'SET_QUOTA path-max 1, global');
+  t.match(warnings.at(-1), /^SET_QUOTA path-max 1 \(global\) refused: path-max 1 is below 19/, 'the reason is logged');
+  t.equal(await errno(dom0.setQuota('path-max', SHORTEST_USABLE_PATH_MAX - 1, 5)), 'EINVAL', 'SET_QUOTA path-max 18 for a guest');
+  t.equal(await errno(dom0.setQuota('path-max', 1, 0)), 'EINVAL', "SET_QUOTA path-max 1 for dom0's own record");
+  t.equal(await errno(dom0.setQuota('path-max', -1)), 'EINVAL', 'a negative path-max');
+  t.equal(await errno(dom0.control('quota', 'set', 'path-max', '5')), 'EINVAL', 'xenstore-control quota set path-max 5');
+  t.match(warnings.at(-1), /^control quota set path-max 5 refused: path-max 5 is below 19/, 'logged too');
+  t.equal(await errno(dom0.control('quota', 'set', 'path-max', '0')), 'EINVAL', 'xenstore-control quota set path-max 0, as xenstored refuses 0');
+  t.equal(await dom0.getQuota('path-max'), '2048', 'a refused value leaves the global quota alone');
+  t.equal(await dom0.getQuota('path-max', 5), '2048', "and the guest's");
+  t.equal(await dom0.getQuota('path-max', 0), '2048', "and dom0's");
+
+  const fresh = await env.client();
+  await fresh.write('/tool/after-refusal', 'x');
+  t.equal(await fresh.readString('/tool/after-refusal'), 'x', 'a new socket client still reads and writes');
+  await guest.write('data/after-refusal', 'x');
+  t.equal(await guest.readString('/local/domain/5/data/after-refusal'), 'x', 'so does the guest');
+
+  await dom0.setQuota('path-max', SHORTEST_USABLE_PATH_MAX, 5);
+  await guest.watch('/local/domain/5', { token: 'home' });
+  await guest.watch('@introduceDomain', { token: 'special' });
+  t.pass('at the floor a guest still names its home and the special paths');
+});
+
+t.test('no path-max quota locks dom0 out, and 0 lifts the limit', async (t) => {
+  const env = await startDaemon();
+  t.teardown(() => env.close());
+  const { dom0, guest } = await guestWithHome(env, 5);
+  const long = 'p'.repeat(100);
+  await dom0.setQuota('path-max', SHORTEST_USABLE_PATH_MAX, 0);
+  await dom0.setQuota('path-max', SHORTEST_USABLE_PATH_MAX);
+  await dom0.write(`/tool/${long}`, 'x');
+  t.pass("dom0's own path-max does not bind it");
+  const fresh = await env.client();
+  await fresh.write(`/tool/${long}/fresh`, 'x');
+  const ring = await env.dom0Ring();
+  await ring.write(`/tool/${long}/ring`, 'x');
+  t.pass('nor new socket clients, nor dom0 on its ring');
+  t.equal(await errno(dom0.write(`/${'q'.repeat(XENSTORE_REL_PATH_MAX)}`, 'x')), 'EINVAL', 'dom0 stays within XENSTORE_REL_PATH_MAX, as with Xen 4.17 defaults');
+
+  await dom0.setQuota('path-max', 0, 0);
+  await dom0.write(`/tool/${long}/zero`, 'x');
+  t.pass('path-max 0 for dom0 changes nothing');
+  await dom0.setQuota('path-max', 0, 5);
+  // A node's size counts its path: lift that limit too, to see path-max alone.
+  await dom0.setQuota('node-size', 0, 5);
+  const beyond = `data/${'r'.repeat(XENSTORE_REL_PATH_MAX)}`;
+  await guest.write(beyond, 'x');
+  t.equal(await guest.readString(beyond), 'x', 'path-max 0 lifts the limit for a guest, as 0 does for every quota, rather than refusing every path');
+});
+
+t.test('the command line refuses a path-max that would lock domains out', async (t) => {
+  const refusal = (args: string[]) => {
+    try {
+      parseXenstoredOptions(args);
+      return 'accepted';
+    } catch (err) {
+      return err instanceof OptionError ? err.message : `not an OptionError: ${err}`;
+    }
+  };
+  for (const args of [['-M', '5'], ['--path-max', '18'], ['-Q', 'path-max=1']]) {
+    t.match(refusal(args), /^path-max \d+ is below 19, the length of the longest path xenstore gives a domain/, args.join(' '));
+  }
+  t.equal(parseXenstoredOptions(['-M', '19']).quotas.hard['path-max'], 19, 'the floor itself is fine');
+  t.equal(parseXenstoredOptions(['-M', '0']).quotas.hard['path-max'], 0, '0 disables the limit');
+  t.equal(parseXenstoredOptions(['-M', '4000']).quotas.hard['path-max'], XENSTORE_REL_PATH_MAX, 'still capped as xenstored caps it');
 });

@@ -102,6 +102,11 @@ t.test('bad flags are refused with a message', async (t) => {
     t.equal(result.code, 1, `${args.join(' ')} exits 1`);
     t.match(result.stderr, /xenmesh xenstored: .+\nUsage:/, 'with the problem and the usage');
   }
+  const dir = mkdtempSync(join(tmpdir(), 'xenmesh-cli-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const lockout = await run(process.execPath, [XENMESH, 'xenstored', '--socket', join(dir, 'socket'), '-M', '5'], {}, 10_000);
+  t.equal(lockout.code, 1, 'a path-max that would lock domains out exits 1');
+  t.match(lockout.stderr, /^xenmesh xenstored: path-max 5 is below 19, the length of the longest path xenstore gives a domain/, 'and says why');
   const help = await run(process.execPath, [XENMESH, 'xenstored', '--help']);
   t.equal(help.code, 0);
   t.match(help.stdout, /--socket <path>/);

@@ -3,9 +3,10 @@ import { resolve } from 'node:path';
 import { XsError } from '../../shared/errors.js';
 import { createLogger } from '../../shared/log.js';
 import { nulStrings, splitNulStrings } from '../../shared/xs-wire.js';
-import { QUOTA_DESCRIPTIONS, QUOTA_ITEMS, SOFT_QUOTA_DESCRIPTIONS, SOFT_QUOTA_ITEMS, isQuotaItem, isSoftQuotaItem } from '../store/quota.js';
+import { QUOTA_DESCRIPTIONS, QUOTA_ITEMS, SOFT_QUOTA_DESCRIPTIONS, SOFT_QUOTA_ITEMS, isQuotaItem, isSoftQuotaItem, type QuotaName } from '../store/quota.js';
 import { cAtoi } from './args.js';
 import type { Connection } from './connection.js';
+import { setQuota } from './quota-setting.js';
 import type { XenStoreDaemon } from './xenstored.js';
 
 const log = createLogger('xenstored');
@@ -41,11 +42,13 @@ function quotaSet(daemon: XenStoreDaemon, args: string[], kind: 'hard' | 'soft')
   if (args.length !== 2) throw new XsError('EINVAL', 'usage: set <name> <value>');
   const [name, valueText] = args as [string, string];
   const value = cAtoi(valueText);
+  // xenstored's quota_set(): 0 would disable the quota, which this command never does.
   if (value < 1) throw new XsError('EINVAL', `quota value must be at least 1`);
-  const quotas = daemon.domains.globalQuotas;
-  if (kind === 'hard' && isQuotaItem(name)) quotas.hard[name] = value;
-  else if (kind === 'soft' && isSoftQuotaItem(name)) quotas.soft[name] = value;
+  let quota: QuotaName;
+  if (kind === 'hard' && isQuotaItem(name)) quota = { kind, item: name };
+  else if (kind === 'soft' && isSoftQuotaItem(name)) quota = { kind, item: name };
   else throw new XsError('EINVAL', `unknown quota '${name}'`);
+  setQuota(daemon.domains.globalQuotas, quota, value, `control ${kind === 'hard' ? 'quota' : 'quota-soft'} set ${name} ${value}`);
   return OK;
 }
 

@@ -1,4 +1,4 @@
-import { XsServerFeature } from '../../shared/xs-wire.js';
+import { XENSTORE_REL_PATH_MAX, XsServerFeature } from '../../shared/xs-wire.js';
 import { copyQuotas, exceeds, type QuotaItem, type QuotaSet } from '../store/quota.js';
 import type { DomainPolicy, Store } from '../store/store.js';
 import type { DomainBackend } from './domain-backend.js';
@@ -62,6 +62,17 @@ export class DomainRecord {
 
   get privileged(): boolean {
     return this.domid === PRIVILEGED_DOMID;
+  }
+
+  /**
+   * The longest path the domain may use, counted after its home prefix. The
+   * privileged domain, exempt from every quota, is held to the protocol's
+   * XENSTORE_REL_PATH_MAX (xs_wire.h) instead, which is what Xen 4.17's
+   * default path-max gives it: a path-max quota, however low, cannot lock the
+   * toolstack out of the store.
+   */
+  get pathMax(): number {
+    return this.privileged ? XENSTORE_REL_PATH_MAX : this.quotas.hard['path-max'];
   }
 
   /** Whether adding `extra` to `item` would go over the domain's hard quota. */

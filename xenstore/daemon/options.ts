@@ -1,5 +1,6 @@
 import { XENSTORE_REL_PATH_MAX } from '../../shared/xs-wire.js';
-import { defaultQuotas, isQuotaItem, isSoftQuotaItem, type QuotaSet } from '../store/quota.js';
+import { SHORTEST_USABLE_PATH_MAX } from '../store/path.js';
+import { defaultQuotas, isQuotaItem, isSoftQuotaItem, quotaValueProblem, type QuotaItem, type QuotaSet } from '../store/quota.js';
 import { DEFAULT_SOCKET_PATH } from './socket-server.js';
 import { DEFAULT_WATCH_EVENT_TIMEOUT_MS } from './xenstored.js';
 
@@ -25,7 +26,7 @@ export const XENSTORED_USAGE = `Usage: xenmesh xenstored [options]
   -W, --watch-nb <nb>      limit the number of watches per domain (default 128)
   -t, --transaction <nb>   limit the number of transactions per domain (default 10)
   -A, --perm-nb <nb>       limit the number of permissions per node (default 5)
-  -M, --path-max <chars>   limit the length of a node path (at most ${XENSTORE_REL_PATH_MAX})
+  -M, --path-max <chars>   limit the length of a node path (${SHORTEST_USABLE_PATH_MAX} to ${XENSTORE_REL_PATH_MAX})
   -Q, --quota <what>=<nb>  set the quota <what>: nodes, watches, outstanding, memory,
                            transactions, transaction-nodes, permissions,
                            path-max, node-size
@@ -70,6 +71,18 @@ const VALUE_FLAGS: Record<string, string> = {
 function unsignedValue(text: string): number {
   if (!/^[0-9]+$/.test(text) || Number(text) > 0x7fffffff) throw new OptionError(`invalid parameter value "${text}"`);
   return Number(text);
+}
+
+/**
+ * Sets a hard quota from the command line: path-max no longer than
+ * XENSTORE_REL_PATH_MAX, as xenstored clamps it, and no value that would
+ * leave domains unable to use the store.
+ */
+function setHardQuota(quotas: QuotaSet, item: QuotaItem, value: number): void {
+  const clamped = item === 'path-max' ? Math.min(value, XENSTORE_REL_PATH_MAX) : value;
+  const problem = quotaValueProblem(item, clamped);
+  if (problem) throw new OptionError(problem);
+  quotas.hard[item] = clamped;
 }
 
 function assignment(text: string, what: string): [string, number] {
@@ -119,7 +132,7 @@ export function parseXenstoredOptions(argv: readonly string[]): XenstoredOptions
       case 'quota': {
         const [what, nb] = assignment(value, 'quotas');
         if (!isQuotaItem(what)) throw new OptionError(`unknown quota "${what}"`);
-        options.quotas.hard[what] = what === 'path-max' ? Math.min(nb, XENSTORE_REL_PATH_MAX) : nb;
+        setHardQuota(options.quotas, what, nb);
         break;
       }
       case 'quota-soft': {
@@ -136,8 +149,7 @@ export function parseXenstoredOptions(argv: readonly string[]): XenstoredOptions
       }
       default: {
         if (!isQuotaItem(name)) throw new OptionError(`unknown option '${arg}'`);
-        const nb = unsignedValue(value);
-        options.quotas.hard[name] = name === 'path-max' ? Math.min(nb, XENSTORE_REL_PATH_MAX) : nb;
+        setHardQuota(options.quotas, name, unsignedValue(value));
       }
     }
   }

@@ -8,6 +8,7 @@ import { directoryPart, type ChangeEvent, type StoreView } from '../store/store.
 import { atLeastStrings, cAtoi, domidArg, exactStrings, gfnArg, lookupArg, oneArg, strings } from './args.js';
 import type { Connection, RequestTicket } from './connection.js';
 import { runControl } from './control.js';
+import { setQuota } from './quota-setting.js';
 import { PRIVILEGED_DOMID, SUPPORTED_FEATURES } from './domains.js';
 import type { XenStoreDaemon } from './xenstored.js';
 
@@ -36,7 +37,7 @@ function pathArg(ctx: RequestContext, text: string, allowSpecial = false): Store
   return canonicalize(text, {
     home: domainHome(ctx.conn.domid),
     allowSpecial,
-    pathMax: ctx.conn.domain.quotas.hard['path-max'],
+    pathMax: ctx.conn.domain.pathMax,
   });
 }
 
@@ -432,8 +433,8 @@ export const HANDLERS = new Map<number, Handler>([
         const name = resolveQuotaName(args.at(-2)!);
         if (!name) throw new XsError('EINVAL', `unknown quota '${args.at(-2)}'`);
         const value = unsignedArg(args.at(-1)!);
-        if (name.kind === 'hard') quotas.hard[name.item] = value;
-        else quotas.soft[name.item] = value;
+        const scope = args.length === 2 ? 'global' : `domain ${args[0]}`;
+        setQuota(quotas, name, value, `SET_QUOTA ${args.at(-2)} ${value} (${scope})`);
         return OK;
       },
     },

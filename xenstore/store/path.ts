@@ -1,3 +1,4 @@
+import { DOMID_FIRST_RESERVED } from '../../shared/domid.js';
 import { XsError } from '../../shared/errors.js';
 import { XENSTORE_ABS_PATH_MAX } from '../../shared/xs-wire.js';
 
@@ -26,12 +27,20 @@ export function domainHome(domid: number): string {
   return `/local/domain/${domid}`;
 }
 
+/**
+ * The longest path xenstore itself gives every domain to use: its home
+ * `/local/domain/<domid>` (GET_DOMAIN_PATH) for the largest domid, counted
+ * whole by path-max since nothing follows the home prefix, or a special watch
+ * path. A path-max below this leaves a domain unable to name its own home.
+ */
+export const SHORTEST_USABLE_PATH_MAX = Math.max(domainHome(DOMID_FIRST_RESERVED - 1).length, ...SPECIAL_ROOTS.map((root) => root.length));
+
 export interface CanonicalizeOptions {
   /** The base of relative paths: the connection's `/local/domain/<domid>`. */
   home: string;
   /** Whether `@...` paths are acceptable (watches and permissions only). */
   allowSpecial: boolean;
-  /** The path-length limit (quota `path-max`), counted after the domain home prefix. */
+  /** The path-length limit (quota `path-max`), counted after the domain home prefix; 0 for none, as with every quota. */
   pathMax: number;
 }
 
@@ -51,7 +60,7 @@ export function canonicalize(input: string, options: CanonicalizeOptions): Store
   if (full.length > XENSTORE_ABS_PATH_MAX) throw new XsError('EINVAL', `path longer than ${XENSTORE_ABS_PATH_MAX}`);
   const homePrefix = DOMAIN_HOME_PREFIX.exec(full);
   const counted = full.length - (homePrefix ? homePrefix[0].length : 0);
-  if (counted > options.pathMax) throw new XsError('EINVAL', `path longer than path-max ${options.pathMax}`);
+  if (options.pathMax > 0 && counted > options.pathMax) throw new XsError('EINVAL', `path longer than path-max ${options.pathMax}`);
   return parseAbsolute(full);
 }
 

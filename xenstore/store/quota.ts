@@ -4,6 +4,7 @@
  * tools/xenstore/xenstored_control.c). A value of 0 disables the check; a
  * quota of N allows N. The privileged domain is exempt from every quota.
  */
+import { SHORTEST_USABLE_PATH_MAX } from './path.js';
 
 export const QUOTA_ITEMS = [
   'nodes',
@@ -79,16 +80,31 @@ export function copyQuotas(quotas: QuotaSet): QuotaSet {
   return { hard: { ...quotas.hard }, soft: { ...quotas.soft } };
 }
 
+/**
+ * Why a hard quota may not take `value`, or undefined if it may. Values that
+ * would leave a domain unable to use the store at all are refused; 0, which
+ * disables a check, is not one of them.
+ */
+export function quotaValueProblem(item: QuotaItem, value: number): string | undefined {
+  if (item === 'path-max' && value !== 0 && value < SHORTEST_USABLE_PATH_MAX) {
+    return `path-max ${value} is below ${SHORTEST_USABLE_PATH_MAX}, the length of the longest path xenstore gives a domain (its home /local/domain/<domid>)`;
+  }
+  return undefined;
+}
+
 /** Whether `value` is beyond `limit`; a limit of 0 means no limit. */
 export function exceeds(value: number, limit: number): boolean {
   return limit > 0 && value > limit;
 }
 
+/** A quota as GET_QUOTA/SET_QUOTA name it: a hard one or a soft one. */
+export type QuotaName = { kind: 'hard'; item: QuotaItem } | { kind: 'soft'; item: SoftQuotaItem };
+
 /**
  * Resolves a quota name as GET_QUOTA/SET_QUOTA accept it: `<item>` for a hard
  * quota or `soft-<item>` for a soft one.
  */
-export function resolveQuotaName(name: string): { kind: 'hard'; item: QuotaItem } | { kind: 'soft'; item: SoftQuotaItem } | undefined {
+export function resolveQuotaName(name: string): QuotaName | undefined {
   if (name.startsWith(SOFT_PREFIX)) {
     const item = name.slice(SOFT_PREFIX.length);
     return isSoftQuotaItem(item) ? { kind: 'soft', item } : undefined;
