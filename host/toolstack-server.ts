@@ -5,20 +5,17 @@
  * asks libxl. Like xenstored's socket, it acts for dom0, so only its owner
  * may connect.
  */
-import { chmodSync, mkdirSync, rmSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
-import { dirname } from 'node:path';
 import { DomainActionError, type DomainAction, type DomainActionOptions } from '../control/actions.js';
 import { createLogger } from '../shared/log.js';
+import { listenPrivately } from '../shared/private-listen.js';
 import { LineBuffer, RequestError, formatLine, parseRequest, type DomainReply } from './toolstack-protocol.js';
 
 const log = createLogger('toolstack');
 
 /** The toolstack call the socket serves: `Host.control`. */
 export type DomainController = (action: DomainAction, domain: string, options: DomainActionOptions) => Promise<string>;
-
-/** Only dom0's owner may drive the toolstack, as with xenstored's socket. */
-const SOCKET_MODE = 0o600;
 
 export class ToolstackServer {
   private server: Server | undefined;
@@ -29,21 +26,16 @@ export class ToolstackServer {
     readonly path: string,
   ) {}
 
-  /** Starts listening, replacing a socket file left by a host that did not stop cleanly. */
+  /**
+   * Starts listening, replacing a socket file left by a host that did not
+   * stop cleanly. Only dom0's owner may drive the toolstack, as with
+   * xenstored's socket: nobody else may connect, from the first moment on.
+   */
   async listen(): Promise<void> {
-    mkdirSync(dirname(this.path), { recursive: true });
-    rmSync(this.path, { force: true });
     // Half-open connections stay writable, so that a client that sends its
     // request and then closes its end (`nc -U -N`) still gets the answer.
     const server = createServer({ allowHalfOpen: true }, (socket) => this.serve(socket));
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(this.path, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
-    chmodSync(this.path, SOCKET_MODE);
+    await listenPrivately(server, this.path);
     this.server = server;
   }
 

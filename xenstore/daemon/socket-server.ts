@@ -1,6 +1,6 @@
-import { chmodSync, mkdirSync, rmSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
-import { dirname } from 'node:path';
+import { listenPrivately } from '../../shared/private-listen.js';
 import type { XenStoreDaemon } from './xenstored.js';
 import type { ServerTransport, TransportHandlers } from './transport.js';
 
@@ -66,21 +66,16 @@ export class XenStoreSocketServer {
     readonly path: string,
   ) {}
 
-  /** Starts listening, replacing a stale socket file as xenstored does. */
+  /**
+   * Starts listening, replacing a stale socket file as xenstored does. Every
+   * client acts as dom0, so only our user may connect, from the first moment
+   * on.
+   */
   async listen(): Promise<void> {
-    mkdirSync(dirname(this.path), { recursive: true });
-    rmSync(this.path, { force: true });
     const server = createServer({ pauseOnConnect: false }, (socket) => {
       this.daemon.connect(new SocketTransport(socket, ++this.accepted));
     });
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(this.path, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
-    chmodSync(this.path, 0o600);
+    await listenPrivately(server, this.path);
     this.server = server;
   }
 
