@@ -29,7 +29,8 @@ export class ToolstackServer {
   /**
    * Starts listening, replacing a socket file left by a host that did not
    * stop cleanly. Only dom0's owner may drive the toolstack, as with
-   * xenstored's socket: nobody else may connect, from the first moment on.
+   * xenstored's socket: nobody else may connect, from the first moment on,
+   * and a directory others could write to is refused.
    */
   async listen(): Promise<void> {
     // Half-open connections stay writable, so that a client that sends its

@@ -16,6 +16,7 @@
 import { chmodSync, mkdirSync, mkdtempSync, renameSync, rmSync } from 'node:fs';
 import type { Server } from 'node:net';
 import { basename, dirname, join } from 'node:path';
+import { checkSocketDirectory } from './socket-directory.js';
 
 /** Only the owner may connect: the socket acts for dom0. */
 const SOCKET_MODE = 0o600;
@@ -26,11 +27,13 @@ const PRIVATE_DIR_PREFIX = '.sock-';
 
 /**
  * Makes `server` listen on `path` with mode 0600 and no window in between.
- * The socket's directory is created if missing.
+ * The socket's directory is created if missing; one that others could write
+ * to is refused (see checkSocketDirectory).
  */
 export async function listenPrivately(server: Server, path: string): Promise<void> {
   const dir = dirname(path);
   mkdirSync(dir, { recursive: true, mode: DIRECTORY_MODE });
+  checkSocketDirectory(dir);
   // The private directory must be on the socket's filesystem for rename() to work.
   const privateDir = mkdtempSync(join(dir, PRIVATE_DIR_PREFIX));
   try {

@@ -1,10 +1,10 @@
 /**
  * The sockets that act for dom0 (xenstored's and the host's toolstack's):
  * nobody but their owner can ever connect, not even for the moment between
- * listen() and a chmod.
+ * listen() and a chmod, and a directory others could write to is refused.
  */
 import t, { type Test } from 'tap';
-import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, chownSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { Server } from 'node:net';
 import { join } from 'node:path';
@@ -81,3 +81,56 @@ for (const [name, make] of Object.entries(servers)) {
     t.same(readdirSync(dir), [], 'nothing is left behind');
   });
 }
+
+t.test('a directory others could write to is refused with one line', async (t) => {
+  const base = scratch(t);
+  const refusal = async (make: (path: string) => Listener, dir: string) => {
+    try {
+      const server = make(join(dir, 'socket'));
+      await server.listen();
+      await server.close();
+      return 'accepted';
+    } catch (err) {
+      return (err as Error).message;
+    }
+  };
+  const cases: [string, number, RegExp][] = [
+    ['world-writable', 0o777, /is writable by group or others \(mode 0777\) and not sticky/],
+    ['group-writable', 0o775, /is writable by group or others \(mode 0775\) and not sticky/],
+    ['other-writable', 0o757, /is writable by group or others \(mode 0757\) and not sticky/],
+  ];
+  for (const [what, mode, reason] of cases) {
+    const dir = join(base, what);
+    mkdirSync(dir);
+    chmodSync(dir, mode);
+    for (const [name, make] of Object.entries(servers)) {
+      const message = await refusal(make, dir);
+      t.match(message, /^refusing to serve a socket in \S+: /, `${name} in the ${what} directory`);
+      t.match(message, reason, 'says why');
+      t.notMatch(message, /\n/, 'on one line');
+      t.same(readdirSync(dir), [], 'and creates nothing there');
+    }
+  }
+
+  const parent = join(base, 'open-parent');
+  mkdirSync(join(parent, 'run'), { recursive: true });
+  chmodSync(parent, 0o777);
+  chmodSync(join(parent, 'run'), 0o755);
+  t.match(await refusal(servers['xenstored']!, join(parent, 'run')), `${parent} is writable by group or others`, 'so is one below a world-writable directory');
+
+  const sticky = join(base, 'sticky');
+  mkdirSync(sticky);
+  chmodSync(sticky, 0o1777);
+  t.equal(await refusal(servers['xenstored']!, sticky), 'accepted', 'a sticky directory of ours is fine, as /tmp is');
+  t.equal(await refusal(servers['toolstack']!, sticky), 'accepted');
+
+  if (process.getuid?.() === 0) {
+    const foreign = join(base, 'foreign');
+    mkdirSync(foreign);
+    chownSync(foreign, 12345, 12345);
+    t.match(await refusal(servers['xenstored']!, foreign), `${foreign} belongs to uid 12345, who could replace the socket`, "another user's directory is refused");
+    chmodSync(sticky, 0o1777);
+    chownSync(sticky, 12345, 12345);
+    t.match(await refusal(servers['xenstored']!, sticky), `${sticky} belongs to uid 12345`, "so is another user's sticky one");
+  }
+});

@@ -4,7 +4,7 @@
  */
 import t, { type Test } from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -122,4 +122,16 @@ t.test('a socket path it cannot use is reported', async (t) => {
   const result = await run(process.execPath, [XENMESH, 'xenstored', '--socket', join(dir, 'file', 'socket')]);
   t.equal(result.code, 1);
   t.match(result.stderr, /cannot listen on/);
+});
+
+t.test('a socket directory others could write to is refused, on one line', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'xenmesh-cli-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  chmodSync(dir, 0o777);
+  const result = await run(process.execPath, [XENMESH, 'xenstored', '--socket', join(dir, 'socket')], {}, 10_000);
+  t.equal(result.code, 1, 'exits 1');
+  const lines = result.stderr.trimEnd().split('\n');
+  t.equal(lines.length, 1, 'with one line');
+  t.match(lines[0], `cannot listen on ${join(dir, 'socket')}: refusing to serve a socket in ${dir}: ${dir} is writable by group or others (mode 0777) and not sticky`);
+  t.notOk(existsSync(join(dir, 'socket')), 'and no socket');
 });

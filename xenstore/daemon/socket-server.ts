@@ -69,7 +69,7 @@ export class XenStoreSocketServer {
   /**
    * Starts listening, replacing a stale socket file as xenstored does. Every
    * client acts as dom0, so only our user may connect, from the first moment
-   * on.
+   * on, and a directory others could write to is refused.
    */
   async listen(): Promise<void> {
     const server = createServer({ pauseOnConnect: false }, (socket) => {
