@@ -1,4 +1,3 @@
-import { stat } from 'node:fs/promises';
 import { XsError } from '../shared/errors.js';
 import { abiForProtocol, BlkifStatus, VDisk, SECTOR_SIZE, type BlkifAbi } from '../shared/blkif.js';
 import { PlatformError, type GrantMapping } from '../shared/platform.js';
@@ -6,6 +5,7 @@ import type { XenbusDevice } from '../xenbus/device.js';
 import type { DeviceHandler, XenbusDriver } from '../xenbus/driver.js';
 import { XenbusState } from '../xenbus/state.js';
 import { readVbdConfig, type VbdConfig } from './config.js';
+import { requireImage } from './image.js';
 import { IO_THREADS, IoPool, type GrantAccess } from './io-pool.js';
 import { RequestQueue } from './queue.js';
 import { BlkbackRing } from './ring.js';
@@ -56,14 +56,11 @@ export class BlkbackDriver implements XenbusDriver {
 
   async attach(device: XenbusDevice): Promise<DeviceHandler> {
     const config = await readVbdConfig(device);
-    if (config.target.kind === 'path') {
-      // Opened at connect; a store that is not there is reported now.
-      try {
-        await stat(config.target.path);
-      } catch (err) {
-        throw new XsError('ENOENT', `${config.target.path}: ${(err as NodeJS.ErrnoException).code ?? 'cannot be reached'}`);
-      }
-    }
+    // Opened at connect; a store that could not be served is refused now
+    // (Linux blkback opens its device here), so that the toolstack learns
+    // of it from the error node and the device's Closed instead of a
+    // frontend waiting for a connection that cannot come.
+    if (config.target.kind === 'path') await requireImage(config.target.path, config.readOnly);
     this.pool ??= new IoPool(device.ctx.link, IO_THREADS, this.options.grantAccess ?? 'map');
     const backend = new VbdBackend(device, config, this.pool, this.offer(), () => {
       if (this.devices.get(device.id) === backend) this.devices.delete(device.id);
@@ -232,7 +229,17 @@ export class VbdBackend implements DeviceHandler {
     const { device } = this;
     if (this.connection) await this.disconnect();
     const params = await this.readFrontend();
-    const store = await openStore(this.config);
+    let store: BackingStore;
+    try {
+      store = await openStore(this.config);
+    } catch (err) {
+      // The store went (removed, emptied, made read-only) since the device
+      // attached: the protocol's way out, as Linux blkback's
+      // xenbus_dev_fatal, is the error node and Closing; the frontend
+      // closes in turn and the backend follows it to Closed.
+      await device.fatal(err, 'opening the backing store');
+      return;
+    }
     const rings: BlkbackRing[] = [];
     try {
       const queue = new RequestQueue(this.pool, store.handle, device.otherendId, device.ctx.domid);

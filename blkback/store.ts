@@ -1,8 +1,8 @@
 import { constants, promises as fsp, readFileSync, type Stats } from 'node:fs';
 import { nativeCalls, optionalNativeCalls } from '../shared/native.js';
-import { XsError } from '../shared/errors.js';
 import { SECTOR_SIZE } from '../shared/blkif.js';
 import type { VbdConfig } from './config.js';
+import { explainOpenFailure, ImageError, tooShort } from './image.js';
 
 /**
  * How an I/O worker reaches a store; it travels in the pool's tasks. A file
@@ -42,7 +42,8 @@ export interface BackingStore {
  * Opens the store a device names. An image file or a block device is
  * opened read-write unless the device is read-only, with O_DIRECT when the
  * toolstack said it is safe and the file system allows it (tmpfs does
- * not; then buffered I/O, and flushes make it durable).
+ * not; then buffered I/O, and flushes make it durable). A store that
+ * cannot be served is an ImageError that says why in one line.
  */
 export async function openStore(config: VbdConfig): Promise<BackingStore> {
   if (config.target.kind === 'memory') return memoryStore(config.target.bytes, config);
@@ -64,13 +65,13 @@ export async function openStore(config: VbdConfig): Promise<BackingStore> {
       handle = await fsp.open(path, access);
     }
   } catch (err) {
-    throw new XsError(errnoOf(err), `cannot open ${path}: ${(err as Error).message}`);
+    throw await explainOpenFailure(path, err, config.readOnly);
   }
   try {
     const stats = await handle.stat();
     if (stats.isBlockDevice()) return deviceStore(path, handle, stats, direct, config);
     if (stats.isFile()) return fileStore(path, handle, stats, direct, config);
-    throw new XsError('EINVAL', `${path} is neither a file nor a block device`);
+    throw new ImageError('EINVAL', path, 'is not a regular file or a block device');
   } catch (err) {
     await handle.close().catch(() => {});
     throw err;
@@ -78,13 +79,13 @@ export async function openStore(config: VbdConfig): Promise<BackingStore> {
 }
 
 function fileStore(path: string, handle: fsp.FileHandle, stats: Stats, direct: boolean, config: VbdConfig): BackingStore {
-  const sectors = Math.floor(stats.size / SECTOR_SIZE);
-  if (sectors === 0) throw new XsError('EINVAL', `${path} is smaller than one sector`);
+  const short = tooShort(path, stats.size);
+  if (short) throw short;
   const discard = discardSupport(config, stats);
   return {
     description: path,
     handle: { kind: 'fd', fd: handle.fd, blockDevice: false },
-    sectors,
+    sectors: Math.floor(stats.size / SECTOR_SIZE),
     sectorSize: SECTOR_SIZE,
     physicalSectorSize: Math.max(SECTOR_SIZE, stats.blksize),
     readOnly: config.readOnly,
@@ -96,6 +97,8 @@ function fileStore(path: string, handle: fsp.FileHandle, stats: Stats, direct: b
 
 function deviceStore(path: string, handle: fsp.FileHandle, stats: Stats, direct: boolean, config: VbdConfig): BackingStore {
   const info = nativeCalls().blockDeviceInfo(handle.fd);
+  const short = tooShort(path, info.size);
+  if (short) throw short;
   const discard = discardSupport(config, stats);
   return {
     description: path,
@@ -162,9 +165,4 @@ function blockQueueLimits(rdev: number): { discardGranularity: number; discardMa
     }
   };
   return { discardGranularity: read('discard_granularity'), discardMaxBytes: read('discard_max_bytes') };
-}
-
-function errnoOf(err: unknown): 'ENOENT' | 'EACCES' | 'EINVAL' | 'EIO' {
-  const code = (err as NodeJS.ErrnoException).code;
-  return code === 'ENOENT' || code === 'EACCES' ? code : code === 'EROFS' ? 'EACCES' : 'EIO';
 }

@@ -20,16 +20,19 @@ export interface BlkTestbed {
   disk(vdev: string, target?: string, options?: Partial<DiskSpec>): DeviceSpec;
   /** Plugs a disk and waits until both ends are Connected; its BlockDevice. */
   connect(spec: DeviceSpec): Promise<BlockDevice>;
+  /** Starts the guest's front bus, when the testbed was asked to leave it for later. */
+  startFrontBus(): Promise<void>;
 }
 
 /**
  * A driver domain serving disks to a guest, both kernels in this process,
  * with block drivers of the given limits; closed (I/O workers included)
- * when the test ends.
+ * when the test ends. With `frontBusLater` the guest's front bus waits for
+ * startFrontBus(), so that a backend can be found in InitWait.
  */
 export async function startBlkTestbed(
   t: { teardown(fn: () => unknown): void },
-  options: { front?: Partial<FrontendLimits>; back?: BlkbackOptions; frames?: number } = {},
+  options: { front?: Partial<FrontendLimits>; back?: BlkbackOptions; frames?: number; frontBusLater?: boolean } = {},
 ): Promise<BlkTestbed> {
   const bed = await startBusTestbed({ frames: options.frames ?? 16384 });
   const front = new BlkfrontDriver(options.front);
@@ -40,7 +43,8 @@ export async function startBlkTestbed(
   });
   const driver = await bed.domain('driver');
   const guest = await bed.domain('guest');
-  await Promise.all([guest.frontBus(front), driver.backBus(back)]);
+  const startFrontBus = async () => void (await guest.frontBus(front));
+  await Promise.all([options.frontBusLater ? undefined : startFrontBus(), driver.backBus(back)]);
   return {
     bed,
     driver,
@@ -55,6 +59,7 @@ export async function startBlkTestbed(
       await disk.whenConnected();
       return disk;
     },
+    startFrontBus,
   };
 }
 
