@@ -47,7 +47,8 @@ export async function readVbdConfig(device: XenbusDevice): Promise<VbdConfig> {
   };
 }
 
-function parseTarget(params: string): StoreTarget {
+/** The store `params` names (libxl's `target=`, perhaps behind a raw prefix), or an XsError EINVAL saying why it names none. */
+export function parseTarget(params: string): StoreTarget {
   const memory = /^memory:(\d+)$/.exec(params);
   if (memory) {
     const bytes = Number(memory[1]);

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { PAGE_SIZE, type Platform } from '../shared/platform.js';
 import type { PermissionEntry, XenStoreClient } from '../xenstore/client/client.js';
+import { checkDiskImages } from './disk-check.js';
 import { devicesOf, plugDevice, unplugDevice, type DevicePaths, type DeviceSpec, type UnplugOptions, type UnplugResult } from './devices.js';
 import { buildDomain, type StartInfo } from './domain-builder.js';
 
@@ -32,8 +33,13 @@ export class Toolstack {
     return this.client();
   }
 
-  /** Plugs a split device (see plugDevice). */
-  plugDevice(spec: DeviceSpec): Promise<DevicePaths> {
+  /**
+   * Plugs a split device (see plugDevice); a disk whose image cannot be
+   * served is refused first, with a DiskRefused that says why, and nothing
+   * is written.
+   */
+  async plugDevice(spec: DeviceSpec): Promise<DevicePaths> {
+    await checkDiskImages([spec]);
     return plugDevice(this.xs, spec);
   }
 

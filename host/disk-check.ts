@@ -1,0 +1,68 @@
+/**
+ * The toolstack's look at a disk's image before it attaches the disk, as
+ * libxl's disk_try_backend stats the target first: an image blkback would
+ * refuse (blkback/image.ts says which, and why) is refused here, in one
+ * line that names the path, before a domain is created for it or any of
+ * its devices is written to xenstore.
+ */
+import { parseTarget } from '../blkback/config.js';
+import { inspectImage, requireImage, type ImageOpener } from '../blkback/image.js';
+import { XsError } from '../shared/errors.js';
+import type { DeviceSpec } from './devices.js';
+
+/**
+ * How a disk is to be opened: xl's `access=ro` or `access=rw`, or `auto`:
+ * read-write when the image can be written, read-only (and said so) when
+ * it cannot.
+ */
+export type DiskAccess = 'ro' | 'rw' | 'auto';
+
+/** A disk the toolstack will not attach; the message is the one line to show. */
+export class DiskRefused extends Error {
+  override readonly name = 'DiskRefused';
+}
+
+export interface DiskChoice {
+  readonly readOnly: boolean;
+  /** Why the disk is read-only though read-write was not refused: to be told to the user. */
+  readonly notice?: string;
+}
+
+/** Whether the image at `path` is served read-only or read-write, or a DiskRefused saying why it cannot be served. */
+export async function chooseDiskAccess(path: string, access: DiskAccess, open?: ImageOpener): Promise<DiskChoice> {
+  try {
+    if (access !== 'auto') {
+      await requireImage(path, access === 'ro', open);
+      return { readOnly: access === 'ro' };
+    }
+    const image = await inspectImage(path, { write: true, open });
+    if (image.notWritable === undefined) return { readOnly: false };
+    return { readOnly: true, notice: `${path} is not writable (${image.notWritable}); serving it read-only` };
+  } catch (err) {
+    throw new DiskRefused(messageOf(err));
+  }
+}
+
+/**
+ * Refuses, with a DiskRefused naming the disk, the first of these devices
+ * that is a disk whose image cannot be served as its `mode` says (the
+ * keys diskDevice writes). Other devices, and RAM disks, pass.
+ */
+export async function checkDiskImages(specs: readonly DeviceSpec[], open?: ImageOpener): Promise<void> {
+  for (const spec of specs) {
+    const params = spec.backend?.['params'];
+    if (spec.kind !== 'vbd' || params === undefined) continue;
+    try {
+      const target = parseTarget(params);
+      if (target.kind === 'path') await requireImage(target.path, spec.backend?.['mode']?.startsWith('r') ?? false, open);
+    } catch (err) {
+      throw new DiskRefused(`disk ${spec.backend?.['dev'] ?? spec.devid}: ${messageOf(err)}`);
+    }
+  }
+}
+
+/** An error's message as a sentence, without the errno an XsError puts in front. */
+function messageOf(err: unknown): string {
+  const message = (err as Error).message ?? String(err);
+  return err instanceof XsError ? message.replace(`${err.errno}: `, '') : message;
+}
