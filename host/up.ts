@@ -1,4 +1,4 @@
-import { mkdir, open, stat } from 'node:fs/promises';
+import { lstat, mkdir, open } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -7,6 +7,7 @@ import { DEFAULT_SOCKET_PATH } from '../xenstore/daemon/socket-server.js';
 import { waitForState } from '../xenbus/read.js';
 import { XenbusState } from '../xenbus/state.js';
 import { devicePaths, diskDevice, type DeviceSpec } from './devices.js';
+import { chooseDiskAccess, DiskRefused, type DiskAccess } from './disk-check.js';
 import { Host } from './host.js';
 import { HostPrompt, PROMPT_HINT } from './prompt.js';
 import { formatDevices, formatStatus, formatTree } from './report.js';
@@ -15,12 +16,12 @@ import { ToolstackServer } from './toolstack-server.js';
 
 const log = createLogger('host');
 
-/** Where the guest's disk lives unless --image says otherwise. */
-export const DEFAULT_IMAGE = join(process.env['XDG_DATA_HOME'] ?? join(homedir(), '.local', 'share'), 'xenmesh', 'guest.img');
+/** Where the guest's disk lives unless --image says otherwise; the one image `xenmesh up` creates. */
+export const DEFAULT_IMAGE = resolve(process.env['XDG_DATA_HOME'] ?? join(homedir(), '.local', 'share'), 'xenmesh', 'guest.img');
 /** The size of a disk image created because none was there: 1 GiB, sparse. */
 export const DEFAULT_IMAGE_BYTES = 2 ** 30;
 
-export const UP_USAGE = `Usage: xenmesh up [--image FILE] [--socket PATH] [--frames N] [--trace FILE]
+export const UP_USAGE = `Usage: xenmesh up [--image FILE] [--access ro|rw] [--socket PATH] [--frames N] [--trace FILE]
 
 Boots an embedded Xen host: dom0 with xenstored, a driver domain and a guest
 domain, each domain's kernel in a worker of its own. The driver domain serves
@@ -32,8 +33,12 @@ act as dom0. The toolstack listens next to it (PATH.toolstack) for
 shut down, reboot, suspend, resume or destroy a domain or send it a sysrq.
 Stays up until Ctrl-C, SIGTERM or quit.
 
-  --image FILE    the guest's disk (default ${DEFAULT_IMAGE}); created sparse,
-                  ${DEFAULT_IMAGE_BYTES / 2 ** 30} GiB, if it does not exist
+  --image FILE    the guest's disk, a raw image or a block device; it must
+                  exist. Without --image: ${DEFAULT_IMAGE},
+                  created sparse, ${DEFAULT_IMAGE_BYTES / 2 ** 30} GiB, if it does not exist
+  --access ro|rw  serve the disk read-only, or read-write and refuse an image
+                  that cannot be written; by default read-write, or read-only
+                  (and said so) when the image cannot be written
   --socket PATH   where xenstored listens for dom0's tools
   --frames N      machine memory in 4 KiB pages (default 16384)
   --trace FILE    trace every xenstore request and reply to FILE`;
@@ -55,6 +60,7 @@ export async function runUp(argv: string[]): Promise<number> {
       args: argv,
       options: {
         image: { type: 'string' },
+        access: { type: 'string' },
         socket: { type: 'string' },
         frames: { type: 'string' },
         trace: { type: 'string' },
@@ -75,12 +81,24 @@ export async function runUp(argv: string[]): Promise<number> {
     process.stderr.write('xenmesh up: --frames must be a whole number of pages, at least 4096\n');
     return 1;
   }
+  if (values.access !== undefined && !isAccess(values.access)) {
+    process.stderr.write(`xenmesh up: --access is ro or rw, not '${values.access}'\n${UP_USAGE}\n`);
+    return 1;
+  }
+  const access: DiskAccess = values.access ?? 'auto';
   const socket = values.socket ?? DEFAULT_SOCKET_PATH;
-  const image = resolve(values.image ?? DEFAULT_IMAGE);
+  const image = values.image === undefined ? DEFAULT_IMAGE : resolve(values.image);
+  // The disk is looked at before any domain is created: a host whose
+  // guest's disk could never connect does not start.
+  let readOnly: boolean;
   try {
-    if (await ensureImage(image)) log.info(`created ${image}, sparse, ${DEFAULT_IMAGE_BYTES} bytes`);
+    if (values.image === undefined && (await createDefaultImage(image))) log.info(`created ${image}, sparse, ${DEFAULT_IMAGE_BYTES} bytes`);
+    const choice = await chooseDiskAccess(image, access);
+    if (choice.notice) log.warn(`the guest's disk: ${choice.notice} (--access rw refuses such an image instead)`);
+    readOnly = choice.readOnly;
   } catch (err) {
-    process.stderr.write(`xenmesh up: cannot use ${image} as the guest's disk: ${(err as Error).message}\n`);
+    const why = err instanceof DiskRefused ? err.message : `${image}: ${(err as Error).message}`;
+    process.stderr.write(`xenmesh up: cannot serve the guest's disk: ${why}\n`);
     return 1;
   }
   const host = new Host({ socket, frames, traceFile: values.trace });
@@ -90,7 +108,7 @@ export async function runUp(argv: string[]): Promise<number> {
     const started = [];
     for (const { config, drivers } of DOMAINS) started.push(await host.startDomain(config, drivers));
     const [driver, guest] = [started[0]!.domid, started[1]!.domid];
-    const disk = diskDevice({ frontendDomid: guest, backendDomid: driver, vdev: 'xvda', target: image });
+    const disk = diskDevice({ frontendDomid: guest, backendDomid: driver, vdev: 'xvda', target: image, readOnly });
     const echo: DeviceSpec = { kind: 'echo', frontendDomid: guest, backendDomid: driver, devid: 0 };
     for (const device of [disk, echo]) await host.plugDevice(device);
     await Promise.all([disk, echo].map((device) => waitConnected(host, device)));
@@ -155,14 +173,24 @@ export async function runUp(argv: string[]): Promise<number> {
   });
 }
 
-/** Creates the image, sparse, if there is none; true if it did. */
-async function ensureImage(path: string): Promise<boolean> {
+/** What --access takes: xl's spellings of a disk's access. Without it, `auto`. */
+function isAccess(word: string): word is DiskAccess {
+  return word === 'ro' || word === 'rw';
+}
+
+/**
+ * Creates the default image, sparse, and the directory it goes in, if
+ * nothing is at its path; true if it did. Something that is there (a
+ * dangling symlink too) is left for the disk check to judge. Only the
+ * default image is created: a path the user names must exist, so that a
+ * typo is reported instead of becoming a new, empty disk.
+ */
+async function createDefaultImage(path: string): Promise<boolean> {
   try {
-    const stats = await stat(path);
-    if (!stats.isFile() && !stats.isBlockDevice()) throw new Error('it is neither a file nor a block device');
+    await lstat(path);
     return false;
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') return false;
   }
   await mkdir(dirname(path), { recursive: true });
   const handle = await open(path, 'wx', 0o600);

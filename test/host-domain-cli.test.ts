@@ -6,7 +6,7 @@
  */
 import t, { type Test } from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, ftruncateSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
 import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -24,10 +24,21 @@ const BOOT_TIMEOUT_MS = 30_000;
 const SETTLE_TIMEOUT_MS = 20_000;
 /** The guest's disk, xvda. */
 const GUEST_VBD = 51712;
+/** The size of the guest's disk image: 64 MiB, sparse. */
+const GUEST_IMAGE_BYTES = 64 * 1024 * 1024;
+
+/** Creates (or empties and sizes again) the guest's image, sparse. */
+function makeImage(path: string): void {
+  const fd = openSync(path, 'w');
+  ftruncateSync(fd, GUEST_IMAGE_BYTES);
+  closeSync(fd);
+}
 
 interface RunningHost {
   child: ChildProcess;
   socket: string;
+  /** The guest's disk image. */
+  image: string;
   toolstack: string;
   stdout(): string;
   stderr(): string;
@@ -42,7 +53,9 @@ interface RunningHost {
 async function startHost(t: Test, stdin: 'ignore' | 'pipe'): Promise<RunningHost> {
   const dir = mkdtempSync(join(tmpdir(), 'xenmesh-domain-'));
   const socket = join(dir, 'socket');
-  const child = spawn(process.execPath, [XENMESH, 'up', '--socket', socket, '--image', join(dir, 'guest.img')], { stdio: [stdin, 'pipe', 'pipe'] });
+  const image = join(dir, 'guest.img');
+  makeImage(image);
+  const child = spawn(process.execPath, [XENMESH, 'up', '--socket', socket, '--image', image], { stdio: [stdin, 'pipe', 'pipe'] });
   const exit = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
   t.teardown(async () => {
     if (child.exitCode === null && child.signalCode === null) {
@@ -61,6 +74,7 @@ async function startHost(t: Test, stdin: 'ignore' | 'pipe'): Promise<RunningHost
   return {
     child,
     socket,
+    image,
     toolstack: toolstackSocketPath(socket),
     stdout: () => stdout,
     stderr: () => stderr,
