@@ -4,9 +4,8 @@ import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { createLogger } from '../shared/log.js';
 import { DEFAULT_SOCKET_PATH } from '../xenstore/daemon/socket-server.js';
-import { waitForState } from '../xenbus/read.js';
-import { XenbusState } from '../xenbus/state.js';
-import { devicePaths, diskDevice, type DeviceSpec } from './devices.js';
+import { diskDevice, type DeviceSpec } from './devices.js';
+import { waitForDevice } from './device-wait.js';
 import { chooseDiskAccess, DiskRefused, type DiskAccess } from './disk-check.js';
 import { Host } from './host.js';
 import { HostPrompt, PROMPT_HINT } from './prompt.js';
@@ -202,13 +201,14 @@ async function createDefaultImage(path: string): Promise<boolean> {
   return true;
 }
 
-/** Waits for both ends of a device to be Connected; a device that does not connect is reported, not fatal. */
+/**
+ * Waits for both ends of a device to be Connected. One that gives up
+ * (its backend or frontend went Closing or Closed, leaving an error node)
+ * fails the boot with that node's reason; one that is only slow is
+ * reported, and the host runs on.
+ */
 async function waitConnected(host: Host, spec: DeviceSpec): Promise<void> {
-  const paths = devicePaths(spec);
-  const connected = [XenbusState.Connected];
-  const [front, back] = await Promise.all([
-    waitForState(host.xenstore, `${paths.frontend}/state`, connected, CONNECT_WAIT_MS),
-    waitForState(host.xenstore, `${paths.backend}/state`, connected, CONNECT_WAIT_MS),
-  ]);
-  if (front === undefined || back === undefined) log.warn(`${spec.kind} ${spec.devid} did not connect within ${CONNECT_WAIT_MS} ms`);
+  const result = await waitForDevice(host.xenstore, spec, CONNECT_WAIT_MS);
+  if (result.outcome === 'failed') throw new Error(`${spec.kind} ${spec.devid} did not connect: ${result.reason}`);
+  if (result.outcome === 'timeout') log.warn(`${spec.kind} ${spec.devid} did not connect within ${CONNECT_WAIT_MS} ms`);
 }

@@ -3,8 +3,9 @@
  * gets (read-write, read-only and said so when the image cannot be
  * written, refused when read-write was insisted on), with the image
  * refused by a stand-in opener as a mode of 0444 refuses a user who is not
- * root; and the refusal of a disk whose image cannot be served before
- * anything is written to xenstore.
+ * root; the refusal of a disk whose image cannot be served before anything
+ * is written to xenstore; and waiting for a disk that blkback gave up on,
+ * which ends with the error node's reason instead of a timeout.
  */
 import t from 'tap';
 import { closeSync, constants, ftruncateSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
@@ -12,7 +13,8 @@ import { open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ImageOpener } from '../blkback/image.js';
-import { devicePaths, type DeviceSpec } from '../host/devices.js';
+import { waitForDevice } from '../host/device-wait.js';
+import { devicePaths, plugDevice, type DeviceSpec } from '../host/devices.js';
 import { checkDiskImages, chooseDiskAccess, DiskRefused } from '../host/disk-check.js';
 import { startBlkTestbed } from './helpers/blk.js';
 
@@ -76,4 +78,20 @@ t.test('disks whose image cannot be served are refused by the toolstack, and not
   t.pass('a good image, a RAM disk and a device that is no disk pass');
   const disk = await blk.connect(good);
   t.ok(disk.info, 'and the good one connects');
+});
+
+t.test('waiting for a disk blkback gave up on ends with its reason, not a timeout', async (t) => {
+  const blk = await startBlkTestbed(t);
+  writeFileSync(join(dir, 'short.img'), Buffer.alloc(100));
+  // Plugged by hand, as by a toolstack that does not look at the image first.
+  const bad = blk.disk('xvdb', join(dir, 'short.img'));
+  await plugDevice(blk.bed.dom0, bad);
+  const started = Date.now();
+  const outcome = await waitForDevice(blk.bed.dom0, bad, 10_000);
+  t.match(outcome, { outcome: 'failed', reason: new RegExp(`^\\d+ attaching blkback: ${join(dir, 'short.img')} is 100 bytes, shorter than one 512-byte sector$`) }, 'failed, with the error node\'s reason');
+  t.ok(Date.now() - started < 5000, `at once (${Date.now() - started} ms), not after the wait`);
+
+  const good = blk.disk('xvda', image('fine.img', 4 * MiB));
+  await plugDevice(blk.bed.dom0, good);
+  t.same(await waitForDevice(blk.bed.dom0, good, 10_000), { outcome: 'connected' }, 'a good disk connects');
 });
