@@ -6,6 +6,7 @@ import { VIRQ_DOM_EXC, type EventChannels, type ShutdownReasonName } from '../sh
 import { waitForState } from '../xenbus/read.js';
 import { XenbusState } from '../xenbus/state.js';
 import { attachBackend, detachBackend, devicePaths } from './devices.js';
+import { checkDiskImages, DiskRefused } from './disk-check.js';
 import { EmbeddedPlatform, DEFAULT_MACHINE_FRAMES } from '../shared/embedded/platform.js';
 import { createLogger } from '../shared/log.js';
 import { DEFAULT_RESTART, Supervisor, type WorkerStatus } from '../shared/mesh/supervisor.js';
@@ -51,7 +52,8 @@ export class Host {
    * What becomes of domains, as xl's domain-death handling sees it:
    * `shutdown` (domid, reason), `saved` (domid: suspended, its backends
    * released), `destroyed` (domid, reason if it shut down), `rebooted`
-   * (old domid, new domid).
+   * (old domid, new domid), `rebootFailed` (old domid, why it was not
+   * created again).
    */
   readonly lifecycle = new EventEmitter();
   /** Domains that shut down and are being dealt with (or, suspended, are held). */
@@ -229,6 +231,7 @@ export class Host {
         ['destroyed', (gone: number, reason?: ShutdownReasonName) => gone === domid && reason !== 'reboot' && done(`${label} ${request === 'halt' && reason === 'poweroff' ? 'halted' : describeEnd(reason)}`)],
         ['rebooted', (old: number, now: number) => old === domid && done(`${label} rebooted; it runs again as domain ${now}`)],
         ['saved', (held: number, devices: number) => held === domid && done(`${label} suspended; ${devices} device(s) released by their backends; resume brings it back`)],
+        ['rebootFailed', (old: number, why: string) => old === domid && failed(`${label} shut down to reboot, but was not started again: ${why}`)],
       ];
       const timer = setTimeout(() => {
         finish();
@@ -241,6 +244,10 @@ export class Host {
       const done = (message: string) => {
         finish();
         resolve(message);
+      };
+      const failed = (message: string) => {
+        finish();
+        reject(new DomainActionError(message));
       };
       for (const [event, listener] of listeners) this.lifecycle.on(event, listener);
     });
@@ -265,10 +272,25 @@ export class Host {
     const record = this.records.get(domid);
     await this.destroyDomain(domid);
     if (reason !== 'reboot' || !record) return;
-    const { domid: _old, ...config } = record.config;
-    const start = await this.startDomain(config, record.drivers);
-    for (const spec of record.devices) await this.plugDevice({ ...spec, frontendDomid: start.domid });
-    this.lifecycle.emit('rebooted', domid, start.domid);
+    let start: StartInfo | undefined;
+    try {
+      // As libxl does for a domain it creates: its disks are looked at
+      // before the domain is built, so that one that went bad (its image
+      // removed or emptied) stops the reboot with a reason instead of
+      // leaving a domain whose disk never connects.
+      await checkDiskImages(record.devices);
+      const { domid: _old, ...config } = record.config;
+      start = await this.startDomain(config, record.drivers);
+      for (const spec of record.devices) await this.plugDevice({ ...spec, frontendDomid: start.domid });
+      this.lifecycle.emit('rebooted', domid, start.domid);
+    } catch (err) {
+      // A domain built but not given all its devices goes too, as libxl
+      // destroys a domain whose creation failed part way.
+      const built = start;
+      if (built) await this.destroyDomain(built.domid).catch((destroyErr: Error) => log.warn(`destroying domain ${built.domid}: ${destroyErr.message}`));
+      log.error(`domain ${record.config.name} (${domid}) shut down to reboot, but was not started again: ${(err as Error).message}`);
+      this.lifecycle.emit('rebootFailed', domid, (err as Error).message);
+    }
   }
 
   /**
@@ -295,6 +317,14 @@ export class Host {
     if (!saved) throw new DomainActionError(`${label} is still being saved; try again`);
     const target = backend === undefined ? undefined : this.findDomain(backend);
     const devices = saved.map((spec) => (target ? { ...spec, backendDomid: target.domid } : spec));
+    // Every disk is looked at before any is given a backend: a domain that
+    // cannot have all of them stays suspended, to be resumed once the image is back.
+    try {
+      await checkDiskImages(devices);
+    } catch (err) {
+      if (err instanceof DiskRefused) throw new DomainActionError(`${label} stays suspended: ${err.message}`);
+      throw err;
+    }
     for (const spec of devices) await attachBackend(this.xenstore, spec);
     const record = this.records.get(domid);
     if (record) record.devices = devices;

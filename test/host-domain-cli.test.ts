@@ -318,6 +318,36 @@ t.test('xenmesh domain against a running host', async (t) => {
   });
 });
 
+t.test('a disk whose image went away: resume and reboot refuse, saying so, before a domain runs without it', async (t) => {
+  const host = await startHost(t, 'ignore');
+  const suspended = await host.domain('suspend', 'guest');
+  t.equal(suspended.code, 0, 'the guest suspends', { stderr: suspended.stderr });
+  rmSync(host.image);
+
+  const refused = await host.domain('resume', 'guest');
+  t.equal(refused.code, 1, 'resume: exit status 1');
+  t.equal(refused.stderr, `xenmesh domain: domain guest (2) stays suspended: disk xvda: ${host.image} does not exist\n`, 'resume: one line naming the disk, its image and what is wrong');
+  t.equal((await host.xenstore('xenstore-exists', `/local/domain/1/backend/vbd/2/${GUEST_VBD}`)).code, 1, 'resume: no backend was given to the disk');
+
+  makeImage(host.image);
+  const resumed = await host.domain('resume', 'guest');
+  t.equal(resumed.code, 0, 'with the image back, resume works', { stderr: resumed.stderr });
+  t.match(resumed.stdout, /resumed; 2 device\(s\) reconnected/);
+
+  rmSync(host.image);
+  writeFileSync(host.image, '');
+  const rebooted = await host.domain('reboot', 'guest');
+  t.equal(rebooted.code, 1, 'reboot: exit status 1');
+  t.equal(
+    rebooted.stderr,
+    `xenmesh domain: domain guest (2) shut down to reboot, but was not started again: disk xvda: ${host.image} is empty (a disk needs at least one 512-byte sector)\n`,
+    'reboot: one line naming the disk, its image and what is wrong',
+  );
+  t.equal(await domidNamed(host, 'guest'), undefined, 'reboot: no guest was created without its disk');
+  t.equal(host.child.exitCode, null, 'the host runs on');
+  t.equal((await host.xenstore('xenstore-read', '/local/domain/1/name')).stdout, 'driver\n', 'with the driver domain');
+});
+
 t.test('the prompt of xenmesh up', async (t) => {
   const host = await startHost(t, 'pipe');
   const hint = new RegExp(`${RUNNING}\\.\\n.*\\bhelp\\b`);
