@@ -3,6 +3,7 @@ import { XsFrameDecoder, type XsHeader, type XsMessage } from '../../shared/xs-w
 import type { Transaction } from '../store/transaction.js';
 import type { DomainRecord } from './domains.js';
 import type { ServerTransport, TransportError } from './transport.js';
+import { OutputQueue, type Outgoing } from './output-queue.js';
 import type { Watch } from './watches.js';
 
 const log = createLogger('xenstored');
@@ -26,17 +27,6 @@ export class RequestTicket {
   drop(): void {
     if (--this.refs === 0) this.release();
   }
-}
-
-/** A message waiting for the transport. */
-interface Outgoing {
-  readonly frame: Buffer;
-  readonly isEvent: boolean;
-  readonly ticket: RequestTicket | undefined;
-  /** When an event was queued, for the watch-event timeout. */
-  readonly queuedAt: number;
-  /** For an ordinary watch event: what identifies its duplicates while it waits. */
-  readonly dedupeKey?: string;
 }
 
 export interface ConnectionHooks {
@@ -68,9 +58,7 @@ export class Connection {
   readonly transactions = new Map<number, Transaction>();
   private nextTransactionId = 1;
   private inbox: XsMessage[] = [];
-  private outbox: Outgoing[] = [];
-  private outboxBytes = 0;
-  private readonly waitingEvents = new Set<string>();
+  private readonly output = new OutputQueue();
   private writable = true;
   private readingPaused = false;
   private pumping = false;
@@ -115,7 +103,7 @@ export class Connection {
 
   /** Bytes queued for the peer and not yet accepted by the transport. */
   get queuedBytes(): number {
-    return this.outboxBytes;
+    return this.output.queuedBytes;
   }
 
   /** When the message being received started arriving, if one is only partly here. */
@@ -134,42 +122,44 @@ export class Connection {
 
   /** Queues a reply (or error) to a request. */
   reply(frame: Buffer, ticket: RequestTicket | undefined): void {
-    this.enqueue({ frame, isEvent: false, ticket, queuedAt: 0 });
+    if (this.closedFlag || this.ignoredFlag) return;
+    this.queued(this.output.addReply(frame, ticket));
   }
 
   /**
    * Queues a watch event, unless an identical one is still waiting to be
    * sent (xenstored drops such duplicates; special events are exempt).
-   * Returns whether it was queued.
+   * `now` is read from a monotonic clock. Returns whether it was queued.
    */
   event(frame: Buffer, ticket: RequestTicket | undefined, special: boolean, now: number): boolean {
-    if (special) {
-      this.enqueue({ frame, isEvent: true, ticket, queuedAt: now });
-      return true;
-    }
-    const dedupeKey = frame.toString('latin1');
-    if (this.waitingEvents.has(dedupeKey)) return false;
-    this.waitingEvents.add(dedupeKey);
-    this.enqueue({ frame, isEvent: true, ticket, queuedAt: now, dedupeKey });
+    if (this.closedFlag || this.ignoredFlag) return true;
+    const item = this.output.addEvent(frame, ticket, special, now);
+    if (!item) return false;
+    this.queued(item);
     return true;
   }
 
-  private enqueue(item: Outgoing): void {
-    if (this.closedFlag || this.ignoredFlag) return;
+  private queued(item: Outgoing): void {
     item.ticket?.hold();
-    this.outbox.push(item);
-    this.outboxBytes += item.frame.length;
     this.hooks.memory(this, item.frame.length);
     this.flush();
   }
 
-  /** Drops watch events that waited longer than `timeoutMs` (xenstored's watch-event timeout). */
+  /**
+   * Drops watch events that waited longer than `timeoutMs` (xenstored's
+   * watch-event timeout); `now` is read from the clock events were queued by.
+   */
   expireEvents(now: number, timeoutMs: number): number {
-    const expired = this.outbox.filter((item) => item.isEvent && now - item.queuedAt >= timeoutMs);
-    if (expired.length === 0) return 0;
-    this.outbox = this.outbox.filter((item) => !expired.includes(item));
-    for (const item of expired) this.release(item);
-    return expired.length;
+    let bytes = 0;
+    const tickets: RequestTicket[] = [];
+    const count = this.output.expire(now - timeoutMs, (item) => {
+      bytes += item.frame.length;
+      if (item.ticket) tickets.push(item.ticket);
+    });
+    // One accounting update for the lot: a sweep may drop a great many.
+    if (bytes > 0) this.hooks.memory(this, -bytes);
+    for (const ticket of tickets) ticket.drop();
+    return count;
   }
 
   private flush(): void {
@@ -178,8 +168,9 @@ export class Connection {
     if (this.flushing) return;
     this.flushing = true;
     try {
-      while (this.writable && this.outbox.length > 0 && !this.closedFlag && !this.ignoredFlag) {
-        const item = this.outbox.shift()!;
+      while (this.writable && !this.closedFlag && !this.ignoredFlag) {
+        const item = this.output.shift();
+        if (!item) break;
         this.writable = this.transport.write(item.frame);
         this.release(item);
       }
@@ -189,9 +180,8 @@ export class Connection {
     this.pump();
   }
 
+  /** What an item held goes, once it is sent or dropped (it has left the queue already). */
   private release(item: Outgoing): void {
-    if (item.dedupeKey !== undefined) this.waitingEvents.delete(item.dedupeKey);
-    this.outboxBytes -= item.frame.length;
     this.hooks.memory(this, -item.frame.length);
     item.ticket?.drop();
   }
@@ -278,7 +268,7 @@ export class Connection {
     this.decoder = this.newDecoder();
     this.partialSince = undefined;
     this.inbox = [];
-    for (const item of this.outbox.splice(0)) this.release(item);
+    for (const item of this.output.takeAll()) this.release(item);
     this.hooks.dropped(this);
   }
 

@@ -1,3 +1,4 @@
+import { performance } from 'node:perf_hooks';
 import { XsError } from '../../shared/errors.js';
 import { createLogger } from '../../shared/log.js';
 import {
@@ -369,7 +370,7 @@ export class XenStoreDaemon {
       conn.close('comm');
       return;
     }
-    if (!conn.event(frame, ticket, special, Date.now())) {
+    if (!conn.event(frame, ticket, special, performance.now())) {
       this.tracer.event('obj', `dropping duplicate watch ${path} ${watch.token} for domain ${domain.domid}`);
     }
   }
@@ -377,9 +378,10 @@ export class XenStoreDaemon {
   /** Once a second: watch events waiting too long, messages left half sent. */
   private sweep(): void {
     const now = Date.now();
+    const queueClock = performance.now();
     for (const conn of [...this.connections]) {
       if (this.watchEventTimeoutMs > 0 && !conn.domain.privileged && conn.queuedBytes > 0) {
-        const dropped = conn.expireEvents(now, this.watchEventTimeoutMs);
+        const dropped = conn.expireEvents(queueClock, this.watchEventTimeoutMs);
         if (dropped > 0) this.tracer.event('obj', `${dropped} watch events for domain ${conn.domid} timed out`);
       }
       const since = conn.partialMessageSince;
