@@ -30,7 +30,6 @@ export interface Handler {
 }
 
 const OK = nulStrings('OK');
-const EMPTY_VALUE = Buffer.alloc(0);
 
 /** A path argument, validated and made absolute for this connection. */
 function pathArg(ctx: RequestContext, text: string, allowSpecial = false): StorePath {
@@ -123,7 +122,8 @@ export const HANDLERS = new Map<number, Handler>([
         const nul = payload.indexOf(0);
         if (nul < 0) throw new XsError('EINVAL', 'WRITE needs a NUL-terminated path');
         const path = pathArg(ctx, payload.toString('latin1', 0, nul));
-        const value = nul + 1 < payload.length ? Buffer.from(payload.subarray(nul + 1)) : EMPTY_VALUE;
+        // The store keeps a copy of its own: this is a view of the request's buffer.
+        const value = payload.subarray(nul + 1);
         inView(ctx, (view) => ctx.daemon.store.write(view, caller(ctx), path, value));
         return OK;
       },

@@ -1,5 +1,6 @@
 import { XsError } from '../../shared/errors.js';
 import { XENSTORE_PAYLOAD_MAX } from '../../shared/xs-wire.js';
+import { ownedCopy } from '../../shared/owned-copy.js';
 import { DOMID_ANY } from '../../shared/domid.js';
 import { EMPTY_VALUE, Node, nodeMemory, plannedNodeSize } from './node.js';
 import { INTRODUCE_DOMAIN, RELEASE_DOMAIN, parentOf, parseAbsolute, type StorePath } from './path.js';
@@ -122,7 +123,7 @@ export class Store {
   /** Replaces the tree with a saved one and recounts every domain's usage from it. */
   importTree(saved: SavedTree): void {
     const load = (savedNode: SavedNode): Node => {
-      const node = this.tree.newNode(Buffer.from(savedNode.value), savedNode.perms, savedNode.generation);
+      const node = this.tree.newNode(ownedCopy(savedNode.value), savedNode.perms, savedNode.generation);
       for (const [name, child] of savedNode.children) node.addChild(name, load(child));
       return node;
     };
@@ -210,7 +211,13 @@ export class Store {
     return this.lookupChecked(view, caller, path, Access.READ).perms;
   }
 
-  write(view: StoreView, caller: Caller, path: StorePath, value: Buffer): void {
+  /**
+   * WRITE. The node keeps a copy of `value` in an allocation of its own, not
+   * the caller's buffer, which is a slice of a request's and would keep all
+   * of that alive (see ownedCopy).
+   */
+  write(view: StoreView, caller: Caller, path: StorePath, bytes: Buffer): void {
+    const value = ownedCopy(bytes);
     const existing = this.lookupForWrite(view, caller, path);
     if (!existing) {
       this.create(view, caller, path, value);
