@@ -1,9 +1,9 @@
 import { createLogger } from '../../shared/log.js';
-import { XsFrameDecoder, type XsHeader, type XsMessage } from '../../shared/xs-wire.js';
+import { XsFrameDecoder, XsType, encodeMessage, type XsHeader, type XsMessage } from '../../shared/xs-wire.js';
 import type { Transaction } from '../store/transaction.js';
 import type { DomainRecord } from './domains.js';
 import type { ServerTransport, TransportError } from './transport.js';
-import { OutputQueue, type Outgoing } from './output-queue.js';
+import { OutputQueue, frameOf, type Outgoing } from './output-queue.js';
 import type { Watch } from './watches.js';
 
 const log = createLogger('xenstored');
@@ -101,7 +101,10 @@ export class Connection {
     return this.ignoredFlag;
   }
 
-  /** Bytes queued for the peer and not yet accepted by the transport. */
+  /**
+   * What the output queued for the peer and not yet accepted by the
+   * transport costs the daemon, by queuedCost: its frames and their upkeep.
+   */
   get queuedBytes(): number {
     return this.output.queuedBytes;
   }
@@ -120,28 +123,45 @@ export class Connection {
     }
   }
 
-  /** Queues a reply (or error) to a request. */
+  /** Sends a reply (or error) to a request, or queues it until the transport takes it. */
   reply(frame: Buffer, ticket: RequestTicket | undefined): void {
     if (this.closedFlag || this.ignoredFlag) return;
+    if (this.sendsAtOnce()) {
+      this.writable = this.transport.write(frame);
+      return;
+    }
     this.queued(this.output.addReply(frame, ticket));
   }
 
   /**
-   * Queues a watch event, unless an identical one is still waiting to be
-   * sent (xenstored drops such duplicates; special events are exempt).
-   * `now` is read from a monotonic clock. Returns whether it was queued.
+   * Sends a watch event with this payload, or queues it unless an identical
+   * one is still waiting to be sent (xenstored drops such duplicates; special
+   * events are exempt). `now` is read from a monotonic clock. Returns
+   * whether it was sent or queued.
    */
-  event(frame: Buffer, ticket: RequestTicket | undefined, special: boolean, now: number): boolean {
+  event(payload: Buffer, ticket: RequestTicket | undefined, special: boolean, now: number): boolean {
     if (this.closedFlag || this.ignoredFlag) return true;
-    const item = this.output.addEvent(frame, ticket, special, now);
+    if (this.sendsAtOnce()) {
+      this.writable = this.transport.write(encodeMessage(XsType.WATCH_EVENT, 0, 0, payload));
+      return true;
+    }
+    const item = this.output.addEvent(payload, ticket, special, now);
     if (!item) return false;
     this.queued(item);
     return true;
   }
 
+  /**
+   * Whether a message may go straight to the transport: nothing waits before
+   * it. It is then never queued, and costs neither a copy nor accounting.
+   */
+  private sendsAtOnce(): boolean {
+    return this.writable && !this.flushing && this.output.length === 0;
+  }
+
   private queued(item: Outgoing): void {
     item.ticket?.hold();
-    this.hooks.memory(this, item.frame.length);
+    this.hooks.memory(this, item.cost);
     this.flush();
   }
 
@@ -153,7 +173,7 @@ export class Connection {
     let bytes = 0;
     const tickets: RequestTicket[] = [];
     const count = this.output.expire(now - timeoutMs, (item) => {
-      bytes += item.frame.length;
+      bytes += item.cost;
       if (item.ticket) tickets.push(item.ticket);
     });
     // One accounting update for the lot: a sweep may drop a great many.
@@ -171,7 +191,7 @@ export class Connection {
       while (this.writable && !this.closedFlag && !this.ignoredFlag) {
         const item = this.output.shift();
         if (!item) break;
-        this.writable = this.transport.write(item.frame);
+        this.writable = this.transport.write(frameOf(item));
         this.release(item);
       }
     } finally {
@@ -182,7 +202,7 @@ export class Connection {
 
   /** What an item held goes, once it is sent or dropped (it has left the queue already). */
   private release(item: Outgoing): void {
-    this.hooks.memory(this, -item.frame.length);
+    this.hooks.memory(this, -item.cost);
     item.ticket?.drop();
   }
 

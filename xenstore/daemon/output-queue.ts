@@ -1,16 +1,52 @@
+import { XS_HEADER_SIZE, XsType, encodeMessage } from '../../shared/xs-wire.js';
 import type { RequestTicket } from './connection.js';
 import { Fifo } from './fifo.js';
 
-/** A message waiting for the transport. */
+/**
+ * What a waiting message costs beyond its frame's bytes: its record, the
+ * header of the string holding it, its slots in the FIFO and the dedupe set,
+ * and the slack the heap keeps around them. Measured on Node 20 (x64) by
+ * queuing 200,000 replies or events with frames of 30 to 1,000 bytes: the
+ * live heap grows by 110 to 120 bytes a message beyond its frame, the
+ * process (RSS) by 320 to 400. The RSS figure for the small messages a
+ * flood is made of is what is charged.
+ */
+export const QUEUED_ITEM_OVERHEAD = 320;
+
+/** What a message of `frameBytes` costs while it waits. */
+export function queuedCost(frameBytes: number): number {
+  return frameBytes + QUEUED_ITEM_OVERHEAD;
+}
+
+/**
+ * A message waiting for the transport. It is held as a latin1 string, which
+ * keeps each byte as one character: a string costs less than half what a
+ * buffer of its own does to hold (no ArrayBuffer, no backing store), and
+ * cannot be a slice of a larger allocation.
+ */
 export interface Outgoing {
   /** Its place in the connection's output: messages leave in the order they were queued. */
   readonly seq: number;
-  readonly frame: Buffer;
+  /**
+   * A reply's whole frame; or a watch event's payload (path and token, each
+   * NUL-terminated), framed when it is sent, which is also the key its
+   * duplicates are recognised by.
+   */
+  readonly text: string;
+  readonly isEvent: boolean;
+  /** Whether the event takes part in dedupe (special events do not). */
+  readonly deduped: boolean;
   readonly ticket: RequestTicket | undefined;
   /** When an event was queued (a monotonic clock), for the watch-event timeout. */
   readonly queuedAt: number;
-  /** For an ordinary watch event: what identifies its duplicates while it waits. */
-  readonly dedupeKey: string | undefined;
+  /** What it is charged while it waits (queuedCost of its frame). */
+  readonly cost: number;
+}
+
+/** The frame to hand the transport for a waiting message. */
+export function frameOf(item: Outgoing): Buffer {
+  const bytes = Buffer.from(item.text, 'latin1');
+  return item.isEvent ? encodeMessage(XsType.WATCH_EVENT, 0, 0, bytes) : bytes;
 }
 
 /**
@@ -27,7 +63,7 @@ export interface Outgoing {
 export class OutputQueue {
   private readonly replies = new Fifo<Outgoing>();
   private readonly events = new Fifo<Outgoing>();
-  /** Dedupe keys of the ordinary events waiting (xenstored sends only one of identical events). */
+  /** Payloads of the ordinary events waiting (xenstored sends only one of identical events). */
   private readonly waitingEvents = new Set<string>();
   private nextSeq = 0;
   private bytes = 0;
@@ -36,33 +72,35 @@ export class OutputQueue {
     return this.replies.length + this.events.length;
   }
 
-  /** Bytes of the frames waiting. */
+  /** What the waiting messages cost, by queuedCost. */
   get queuedBytes(): number {
     return this.bytes;
   }
 
   addReply(frame: Buffer, ticket: RequestTicket | undefined): Outgoing {
-    const item: Outgoing = { seq: this.nextSeq++, frame, ticket, queuedAt: 0, dedupeKey: undefined };
+    const cost = queuedCost(frame.length);
+    const text = frame.toString('latin1');
+    const item: Outgoing = { seq: this.nextSeq++, text, isEvent: false, deduped: false, ticket, queuedAt: 0, cost };
     this.replies.push(item);
-    this.bytes += frame.length;
+    this.bytes += cost;
     return item;
   }
 
   /**
-   * Queues a watch event queued at `now`; an ordinary one only if no
-   * identical one is waiting (special events are exempt). Returns the item,
-   * or undefined for a duplicate.
+   * Queues a watch event's payload, queued at `now`; an ordinary one only if
+   * no identical one is waiting (special events are exempt). Returns the
+   * item, or undefined for a duplicate.
    */
-  addEvent(frame: Buffer, ticket: RequestTicket | undefined, special: boolean, now: number): Outgoing | undefined {
-    let dedupeKey: string | undefined;
+  addEvent(payload: Buffer, ticket: RequestTicket | undefined, special: boolean, now: number): Outgoing | undefined {
+    const text = payload.toString('latin1');
     if (!special) {
-      dedupeKey = frame.toString('latin1');
-      if (this.waitingEvents.has(dedupeKey)) return undefined;
-      this.waitingEvents.add(dedupeKey);
+      if (this.waitingEvents.has(text)) return undefined;
+      this.waitingEvents.add(text);
     }
-    const item: Outgoing = { seq: this.nextSeq++, frame, ticket, queuedAt: now, dedupeKey };
+    const cost = queuedCost(XS_HEADER_SIZE + payload.length);
+    const item: Outgoing = { seq: this.nextSeq++, text, isEvent: true, deduped: !special, ticket, queuedAt: now, cost };
     this.events.push(item);
-    this.bytes += frame.length;
+    this.bytes += cost;
     return item;
   }
 
@@ -97,7 +135,7 @@ export class OutputQueue {
   }
 
   private forget(item: Outgoing): void {
-    if (item.dedupeKey !== undefined) this.waitingEvents.delete(item.dedupeKey);
-    this.bytes -= item.frame.length;
+    if (item.deduped) this.waitingEvents.delete(item.text);
+    this.bytes -= item.cost;
   }
 }

@@ -3,6 +3,7 @@ import { XsError } from '../../shared/errors.js';
 import { createLogger } from '../../shared/log.js';
 import {
   XENSTORE_PAYLOAD_MAX,
+  XS_HEADER_SIZE,
   XsServerFeature,
   XsType,
   encodeMessage,
@@ -18,6 +19,7 @@ import { Store, type Caller, type ChangeEvent, type SavedTree } from '../store/s
 import { Transaction } from '../store/transaction.js';
 import { nodeMemory, type Node } from '../store/node.js';
 import { Connection, RequestTicket } from './connection.js';
+import { queuedCost } from './output-queue.js';
 import { DetachedBackend, type DomainBackend } from './domain-backend.js';
 import { DomainRegistry, PRIVILEGED_DOMID, type DomainRecord, type SavedDomain } from './domains.js';
 import { HANDLERS, type RequestContext } from './requests.js';
@@ -41,18 +43,18 @@ export interface SavedDaemonState {
 export const DEFAULT_WATCH_EVENT_TIMEOUT_MS = 20_000;
 
 /**
- * A client that does not read its replies stops being served once this much
- * output is waiting for it, until it catches up: a flood of requests costs
- * the daemon bounded memory and slows only that client. Unprivileged domains
- * meet their memory quota long before this.
+ * A client that does not read its replies stops being served once output
+ * costing this much (by queuedCost) is waiting for it, until it catches up:
+ * a flood of requests costs the daemon bounded memory and slows only that
+ * client. Unprivileged domains meet their memory quota long before this.
  */
 export const OUTPUT_BACKLOG_LIMIT = 1024 * 1024;
 
 /**
- * A privileged client that lets this much output pile up (watch events keep
- * coming while it does not read) is disconnected: it is not reading, and the
- * daemon's memory must stay bounded. Unprivileged domains are held to their
- * memory quota instead.
+ * A privileged client that lets output costing this much pile up (watch
+ * events keep coming while it does not read) is disconnected: it is not
+ * reading, and the daemon's memory must stay bounded. Unprivileged domains
+ * are held to their memory quota instead.
  */
 export const OUTPUT_HARD_LIMIT = 32 * 1024 * 1024;
 
@@ -359,18 +361,18 @@ export class XenStoreDaemon {
     const conn = watch.owner;
     const payload = nulStrings(path, watch.token);
     if (payload.length > XENSTORE_PAYLOAD_MAX) return;
-    const frame = encodeMessage(XsType.WATCH_EVENT, 0, 0, payload);
+    const cost = queuedCost(XS_HEADER_SIZE + payload.length);
     const domain = conn.domain;
-    if (!domain.privileged && exceeds(this.domains.memoryOf(domain) + frame.length, domain.quotas.hard.memory)) {
+    if (!domain.privileged && exceeds(this.domains.memoryOf(domain) + cost, domain.quotas.hard.memory)) {
       this.tracer.event('acc', `watch event ${path} for domain ${domain.domid} dropped: memory quota`);
       return;
     }
-    if (conn.queuedBytes + frame.length > OUTPUT_HARD_LIMIT) {
+    if (conn.queuedBytes + cost > OUTPUT_HARD_LIMIT) {
       log.warn(`connection ${conn.id} (d${domain.domid}) has ${conn.queuedBytes} bytes of output it does not read: disconnected`);
       conn.close('comm');
       return;
     }
-    if (!conn.event(frame, ticket, special, performance.now())) {
+    if (!conn.event(payload, ticket, special, performance.now())) {
       this.tracer.event('obj', `dropping duplicate watch ${path} ${watch.token} for domain ${domain.domid}`);
     }
   }
