@@ -7,8 +7,13 @@
 import t from 'tap';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
+import { parseXenstoredOptions } from '../xenstore/daemon/options.js';
+import { DEFAULT_QUEUED_OUTPUT_LIMIT } from '../xenstore/daemon/output-limit.js';
+import { XenStoreDaemon } from '../xenstore/daemon/xenstored.js';
 import { parseAbsolute } from '../xenstore/store/path.js';
-import { startDaemon, type RunningDaemon } from './helpers/daemon.js';
+import { XsType, encodeMessage, nulStrings } from '../shared/xs-wire.js';
+import { startDaemon, waitFor, type RunningDaemon } from './helpers/daemon.js';
+import { RawConnection } from './helpers/raw.js';
 
 /** A full garbage collection, for measuring what is really held. */
 const collectGarbage = (() => {
@@ -74,4 +79,64 @@ t.test('a stored value holds an allocation of its own size, not a slab of the bu
   t.same(valueAllocation(env, '/local/domain/5/data/in-tx'), { length: 2, allocation: 2 }, 'one written in a transaction');
   await env.restart();
   t.same(valueAllocation(env, '/small'), { length: 3, allocation: 3 }, 'a value taken over by a restarted daemon');
+});
+
+t.test('watchers that never read are cut at the global bound; clients that read are served throughout', async (t) => {
+  const limit = 2 * 1024 * 1024;
+  const env = await startDaemon({ queuedOutputLimit: limit });
+  t.teardown(() => env.close());
+  const newConnection = async () => {
+    const before = new Set(env.daemon.connections);
+    const raw = await RawConnection.connect(env.socketPath);
+    await waitFor(() => env.daemon.connections.size > before.size, 'the daemon to accept it');
+    return { raw, conn: [...env.daemon.connections].find((c) => !before.has(c))! };
+  };
+  // Long tokens, so that each event is about 1 KiB: each watcher alone stays
+  // far below its own limit (OUTPUT_HARD_LIMIT), all of them together do not.
+  const stalled = [];
+  for (let i = 0; i < 20; i++) {
+    const watcher = await newConnection();
+    await watcher.raw.call(XsType.WATCH, nulStrings('/flood', `${'t'.repeat(1000)}${i}`));
+    await watcher.raw.next();
+    watcher.raw.socket.pause();
+    stalled.push(watcher);
+  }
+  const reader = await env.client();
+  const readerWatch = await reader.watch('/flood');
+  const writer = await newConnection();
+
+  const batches = 10;
+  const perBatch = 200;
+  let overLimit = 0;
+  for (let batch = 0; batch < batches; batch++) {
+    const frames: Buffer[] = [];
+    for (let i = 0; i < perBatch; i++) frames.push(encodeMessage(XsType.WRITE, i + 1, 0, Buffer.from(`/flood/n${batch * perBatch + i}\0x`)));
+    writer.raw.sendBytes(Buffer.concat(frames));
+    let replies = 0;
+    while (replies < perBatch) if ((await writer.raw.next(20_000)).type === XsType.WRITE) replies++;
+    let queued = 0;
+    for (const conn of env.daemon.connections) queued += conn.queuedBytes;
+    if (queued > limit) overLimit++;
+    t.equal(await reader.readString(`/flood/n${batch * perBatch}`), 'x', `batch ${batch}: a client that reads gets its answers`);
+  }
+  t.equal(overLimit, 0, 'the output queued for all clients never stayed over the bound');
+  t.same(
+    stalled.filter((w) => !w.conn.closed).map((w) => w.conn.id),
+    [],
+    'every watcher that does not read was cut off',
+  );
+  t.notOk(writer.conn.closed, 'the writer was served throughout');
+  const last = `/flood/n${batches * perBatch - 1}`;
+  for (let event = await readerWatch.next(); event.value!.path !== last; event = await readerWatch.next());
+  t.pass('the watcher that reads heard of every write, up to the last');
+});
+
+t.test('xenstored --queued-output-max sets the bound', async (t) => {
+  t.equal(parseXenstoredOptions([]).queuedOutputLimit, DEFAULT_QUEUED_OUTPUT_LIMIT, `${DEFAULT_QUEUED_OUTPUT_LIMIT} bytes by default`);
+  t.equal(parseXenstoredOptions(['--queued-output-max', '1048576']).queuedOutputLimit, 1048576, 'in bytes');
+  t.equal(parseXenstoredOptions(['--queued-output-max=0']).queuedOutputLimit, 0, '0 for none');
+  t.throws(() => parseXenstoredOptions(['--queued-output-max', '1M']), { message: 'invalid parameter value "1M"' }, 'bytes, as a whole number');
+  const daemon = new XenStoreDaemon({ queuedOutputLimit: 4096 });
+  t.teardown(() => daemon.shutdown());
+  t.equal(daemon.outputLimit.limit, 4096, 'the daemon takes it');
 });

@@ -97,7 +97,7 @@ t.test('quota flags set what xenstore-control reports', async (t) => {
 });
 
 t.test('bad flags are refused with a message', async (t) => {
-  for (const args of [['-E', 'lots'], ['-Q', 'bogus=1'], ['-Q', 'nodes'], ['--frobnicate'], ['-w', 'other=3'], ['-E']]) {
+  for (const args of [['-E', 'lots'], ['-Q', 'bogus=1'], ['-Q', 'nodes'], ['--frobnicate'], ['-w', 'other=3'], ['-E'], ['--queued-output-max', '1M']]) {
     const result = await run(process.execPath, [XENMESH, 'xenstored', ...args]);
     t.equal(result.code, 1, `${args.join(' ')} exits 1`);
     t.match(result.stderr, /xenmesh xenstored: .+\nUsage:/, 'with the problem and the usage');

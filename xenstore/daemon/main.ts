@@ -52,6 +52,7 @@ export async function runXenstored(argv: readonly string[]): Promise<number> {
   const daemon = new XenStoreDaemon({
     quotas: options.quotas,
     watchEventTimeoutMs: options.watchEventTimeoutMs,
+    queuedOutputLimit: options.queuedOutputLimit,
     traceFile: options.traceFile,
   });
   const server = new XenStoreSocketServer(daemon, options.socket);

@@ -2,6 +2,7 @@ import { XENSTORE_REL_PATH_MAX } from '../../shared/xs-wire.js';
 import { SHORTEST_USABLE_PATH_MAX } from '../store/path.js';
 import { defaultQuotas, isQuotaItem, isSoftQuotaItem, quotaValueProblem, type QuotaItem, type QuotaSet } from '../store/quota.js';
 import { DEFAULT_SOCKET_PATH } from './socket-server.js';
+import { DEFAULT_QUEUED_OUTPUT_LIMIT } from './output-limit.js';
 import { DEFAULT_WATCH_EVENT_TIMEOUT_MS } from './xenstored.js';
 
 /** The command line of `xenmesh xenstored`, with the flags of Xen's C xenstored. */
@@ -11,6 +12,7 @@ export interface XenstoredOptions {
   pidFile: string | undefined;
   quotas: QuotaSet;
   watchEventTimeoutMs: number;
+  queuedOutputLimit: number;
   help: boolean;
 }
 
@@ -33,6 +35,9 @@ export const XENSTORED_USAGE = `Usage: xenmesh xenstored [options]
   -q, --quota-soft <what>=<nb>  set a soft quota (memory), which only warns
   -w, --timeout <what>=<seconds>  watch-event: how long a watch event may wait
                            for an unprivileged domain (default 20)
+  --queued-output-max <bytes>  bound the memory held by output waiting for all
+                           clients together (default ${DEFAULT_QUEUED_OUTPUT_LIMIT}, 128 MiB; 0: none);
+                           over it, the client holding the most is cut off
   -N, --no-fork            accepted for compatibility: the daemon always runs in the foreground
   -H, --help               show this help
 
@@ -65,6 +70,7 @@ const VALUE_FLAGS: Record<string, string> = {
   '--quota-soft': 'quota-soft',
   '-w': 'timeout',
   '--timeout': 'timeout',
+  '--queued-output-max': 'queued-output-max',
 };
 
 /** xenstored's get_optval_uint(): a whole decimal number no larger than INT_MAX. */
@@ -98,6 +104,7 @@ export function parseXenstoredOptions(argv: readonly string[]): XenstoredOptions
     pidFile: undefined,
     quotas: defaultQuotas(),
     watchEventTimeoutMs: DEFAULT_WATCH_EVENT_TIMEOUT_MS,
+    queuedOutputLimit: DEFAULT_QUEUED_OUTPUT_LIMIT,
     help: false,
   };
   for (let i = 0; i < argv.length; i++) {
@@ -147,6 +154,9 @@ export function parseXenstoredOptions(argv: readonly string[]): XenstoredOptions
         options.watchEventTimeoutMs = seconds * 1000;
         break;
       }
+      case 'queued-output-max':
+        options.queuedOutputLimit = unsignedValue(value);
+        break;
       default: {
         if (!isQuotaItem(name)) throw new OptionError(`unknown option '${arg}'`);
         setHardQuota(options.quotas, name, unsignedValue(value));

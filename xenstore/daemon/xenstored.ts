@@ -19,6 +19,7 @@ import { Store, type Caller, type ChangeEvent, type SavedTree } from '../store/s
 import { Transaction } from '../store/transaction.js';
 import { nodeMemory, type Node } from '../store/node.js';
 import { Connection, RequestTicket } from './connection.js';
+import { DEFAULT_QUEUED_OUTPUT_LIMIT, QueuedOutputLimit } from './output-limit.js';
 import { queuedCost } from './output-queue.js';
 import { DetachedBackend, type DomainBackend } from './domain-backend.js';
 import { DomainRegistry, PRIVILEGED_DOMID, type DomainRecord, type SavedDomain } from './domains.js';
@@ -74,6 +75,12 @@ export interface DaemonOptions {
   watchEventTimeoutMs?: number;
   /** Time a domain may leave a message half sent before it is dropped. */
   incompleteMessageTimeoutMs?: number;
+  /**
+   * Bound on the output queued for all clients together, by queuedCost
+   * (default DEFAULT_QUEUED_OUTPUT_LIMIT); 0 for none. Over it, the client
+   * holding the most is cut off.
+   */
+  queuedOutputLimit?: number;
   traceFile?: string | undefined;
   backend?: DomainBackend;
 }
@@ -93,6 +100,7 @@ export class XenStoreDaemon {
   readonly backend: DomainBackend;
   watchEventTimeoutMs: number;
   incompleteMessageTimeoutMs: number;
+  readonly outputLimit: QueuedOutputLimit<Connection>;
   private nextConnectionId = 1;
   private readonly waking = new Set<DomainRecord>();
   private sweepTimer: NodeJS.Timeout | undefined;
@@ -106,6 +114,7 @@ export class XenStoreDaemon {
     this.tracer = new Tracer(options.traceFile);
     this.watchEventTimeoutMs = options.watchEventTimeoutMs ?? DEFAULT_WATCH_EVENT_TIMEOUT_MS;
     this.incompleteMessageTimeoutMs = options.incompleteMessageTimeoutMs ?? DEFAULT_INCOMPLETE_MESSAGE_TIMEOUT_MS;
+    this.outputLimit = new QueuedOutputLimit(options.queuedOutputLimit ?? DEFAULT_QUEUED_OUTPUT_LIMIT);
     this.sweepTimer = setInterval(() => this.sweep(), EVENT_SWEEP_INTERVAL_MS);
     this.sweepTimer.unref();
     this.backend.onDomainChange?.(() => this.checkDomains());
@@ -119,7 +128,7 @@ export class XenStoreDaemon {
       process: (c, msg) => this.process(c, msg),
       mayProcess: (c) => this.mayProcess(c),
       oversize: (c, header) => this.oversize(c, header),
-      memory: (c, delta) => this.connectionMemory(c, delta),
+      memory: (c, delta) => this.outputMemory(c, delta),
       dropped: (c) => {
         this.removeAllWatches(c);
         this.endAllTransactions(c);
@@ -256,6 +265,33 @@ export class XenStoreDaemon {
   private oversize(conn: Connection, header: XsHeader): void {
     log.warn(`connection ${conn.id} (d${conn.domid}) sent a ${header.len}-byte payload, over ${XENSTORE_PAYLOAD_MAX}: disconnected`);
     conn.close('proto');
+  }
+
+  /** A connection's queued output changed by `delta` (by queuedCost). */
+  private outputMemory(conn: Connection, delta: number): void {
+    this.outputLimit.add(delta);
+    this.connectionMemory(conn, delta);
+    if (delta > 0) this.enforceOutputLimit();
+  }
+
+  /**
+   * Cuts off the clients holding the most queued output until all of it is
+   * within the bound again. A domain's connection is cut as a misbehaving
+   * one is (ignored, told through its ring, free to reconnect).
+   */
+  private enforceOutputLimit(): void {
+    const cut = new Set<Connection>();
+    while (this.outputLimit.over) {
+      const victim = this.outputLimit.victim(this.connections);
+      // A connection cut already frees what it held: seeing it again means the accounting went wrong.
+      if (!victim || cut.has(victim)) break;
+      cut.add(victim);
+      log.warn(
+        `output queued for all clients is over ${this.outputLimit.limit} bytes: connection ${victim.id} (d${victim.domid}), ` +
+          `holding the most (${victim.queuedBytes} bytes), is cut off`,
+      );
+      victim.close('comm');
+    }
   }
 
   private connectionMemory(conn: Connection, delta: number): void {
