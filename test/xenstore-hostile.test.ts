@@ -207,7 +207,7 @@ t.test('XSA-416: nothing a request allocates outlives it', async (t) => {
   t.equal(domain.connectionMemory, 0, 'no memory is charged to the connection any more');
   t.same(domain.counts, { watches: 0, outstanding: 0, transactions: 0 }, 'no watch, request or transaction is left accounted');
   t.equal(connection.transactions.size, 0);
-  t.equal(connection.watches.length, 0);
+  t.equal(connection.watches.size, 0);
   t.same(env.daemon.checkStore(), [], 'node accounting matches the tree');
 });
 

@@ -4,7 +4,7 @@ import type { Transaction } from '../store/transaction.js';
 import type { DomainRecord } from './domains.js';
 import type { ServerTransport, TransportError } from './transport.js';
 import { OutputQueue, frameOf, type Outgoing } from './output-queue.js';
-import type { Watch } from './watches.js';
+import { ConnectionWatches } from './watches.js';
 
 const log = createLogger('xenstored');
 
@@ -54,7 +54,7 @@ export interface ConnectionHooks {
  * through the ring's error field, and may start over with a ring reconnection.
  */
 export class Connection {
-  readonly watches: Watch<Connection>[] = [];
+  readonly watches = new ConnectionWatches<Connection>();
   readonly transactions = new Map<number, Transaction>();
   private nextTransactionId = 1;
   private inbox: XsMessage[] = [];

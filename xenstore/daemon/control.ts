@@ -77,7 +77,7 @@ function memoryReport(daemon: XenStoreDaemon): string {
   for (const [domid, u] of daemon.store.allUsage()) lines.push(`domain ${domid}: ${u.nodes} nodes, ${u.memory} bytes of nodes`);
   for (const conn of daemon.connections) {
     lines.push(
-      `connection ${conn.id} ${conn.transport.label} (d${conn.domid}): ${conn.watches.length} watches, ` +
+      `connection ${conn.id} ${conn.transport.label} (d${conn.domid}): ${conn.watches.size} watches, ` +
         `${conn.transactions.size} transactions, ${conn.queuedBytes} bytes queued`,
     );
   }

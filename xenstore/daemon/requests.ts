@@ -216,7 +216,7 @@ export const HANDLERS = new Map<number, Handler>([
         const [pathText, token] = args as [string, string];
         const relative = !pathText.startsWith('/') && !pathText.startsWith('@');
         const path = pathArg(ctx, pathText, true);
-        if (conn.watches.some((w) => w.path === path.full && w.token === token)) {
+        if (conn.watches.find(path.full, token)) {
           throw new XsError('EEXIST', `watch on ${path.full} with that token exists`);
         }
         const domain = conn.domain;
@@ -242,7 +242,7 @@ export const HANDLERS = new Map<number, Handler>([
       run: (ctx) => {
         const [pathText, token] = exactStrings(ctx.msg.payload, 2) as [string, string];
         const path = pathArg(ctx, pathText, true);
-        const watch = ctx.conn.watches.find((w) => w.path === path.full && w.token === token);
+        const watch = ctx.conn.watches.find(path.full, token);
         if (!watch) throw new XsError('ENOENT', `no watch on ${path.full} with that token`);
         ctx.daemon.removeWatch(ctx.conn, watch);
         return OK;

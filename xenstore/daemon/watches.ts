@@ -12,6 +12,52 @@ export interface Watch<C> {
   readonly prefixLength: number;
 }
 
+/**
+ * One connection's watches, by path and token: a connection may set one
+ * watch for each pair (a second is EEXIST), so finding, adding and removing
+ * one never looks at the others. A daemon with tens of thousands of watches
+ * on a connection kept them in a list and scanned it for each WATCH,
+ * UNWATCH and removal.
+ */
+export class ConnectionWatches<C> {
+  private readonly byKey = new Map<string, Watch<C>>();
+
+  get size(): number {
+    return this.byKey.size;
+  }
+
+  find(path: string, token: string): Watch<C> | undefined {
+    return this.byKey.get(watchKey(path, token));
+  }
+
+  add(watch: Watch<C>): void {
+    this.byKey.set(watchKey(watch.path, watch.token), watch);
+  }
+
+  /** Removes the watch; false if it is not one of these. */
+  delete(watch: Watch<C>): boolean {
+    const key = watchKey(watch.path, watch.token);
+    if (this.byKey.get(key) !== watch) return false;
+    return this.byKey.delete(key);
+  }
+
+  /** Removes them all, returning them. */
+  takeAll(): Watch<C>[] {
+    const all = [...this.byKey.values()];
+    this.byKey.clear();
+    return all;
+  }
+
+  [Symbol.iterator](): IterableIterator<Watch<C>> {
+    return this.byKey.values();
+  }
+}
+
+/** Neither a path nor a token can hold a NUL: the protocol ends both with one. */
+function watchKey(path: string, token: string): string {
+  return `${path}\0${token}`;
+}
+
 /** How a special event is matched (xenstored's MATCH_NODEPTH / MATCH_DEPTH). */
 export type SpecialMatch = 'nodepth' | 'depth';
 

@@ -339,23 +339,30 @@ export class XenStoreDaemon {
   // ---- watches --------------------------------------------------------------
 
   addWatch(conn: Connection, watch: Watch<Connection>): void {
-    conn.watches.push(watch);
+    conn.watches.add(watch);
     this.watches.add(watch);
     this.domains.adjust(conn.domain, 'watches', 1);
     this.connectionMemory(conn, watchMemory(watch));
   }
 
   removeWatch(conn: Connection, watch: Watch<Connection>): void {
-    const index = conn.watches.indexOf(watch);
-    if (index < 0) return;
-    conn.watches.splice(index, 1);
+    if (!conn.watches.delete(watch)) return;
     this.watches.remove(watch);
     this.domains.adjust(conn.domain, 'watches', -1);
     this.connectionMemory(conn, -watchMemory(watch));
   }
 
+  /** RESET_WATCHES, or the connection is dropped: every watch goes, accounted for at once. */
   removeAllWatches(conn: Connection): void {
-    for (const watch of [...conn.watches]) this.removeWatch(conn, watch);
+    const all = conn.watches.takeAll();
+    if (all.length === 0) return;
+    let memory = 0;
+    for (const watch of all) {
+      this.watches.remove(watch);
+      memory += watchMemory(watch);
+    }
+    this.domains.adjust(conn.domain, 'watches', -all.length);
+    this.connectionMemory(conn, -memory);
   }
 
   /**
