@@ -2,7 +2,8 @@
  * `npm run bench:xenstore`: throughput and latency of xenstored over its
  * Unix socket, each figure next to a baseline measured in the same run (a
  * bare Node socket server that frames and answers the same requests; see
- * echo-server.ts), reported as a ratio.
+ * echo-server.ts), reported as a ratio. And WRITE latency with 10,000
+ * watches set elsewhere against 10, the daemon against itself.
  *
  * Servers run in their own processes, the load generator in this one, so
  * that on a two-core machine each side has a core.
@@ -21,6 +22,11 @@ const MEASURE_MS = Number(process.env['BENCH_MS'] ?? 2000);
 const WARMUP_MS = 500;
 const LATENCY_SAMPLES = 2000;
 const DIRECTORY_CHILDREN = 10;
+/** The watch-count row: WRITE latency with few and with many watches set, none on the written path. */
+const FEW_WATCHES = 10;
+const MANY_WATCHES = 10_000;
+/** Alternating rounds of the watch-count row; each figure is the median of per-round medians. */
+const WATCH_ROUNDS = 5;
 const VALUE = 'v'.repeat(16);
 
 /** A closed-loop client: one request in flight, the next sent when the reply arrives. */
@@ -59,6 +65,19 @@ class LoopClient {
     return new Promise((resolve) => {
       this.waiting = resolve;
       this.socket.write(encodeMessage(type, ++this.reqId, txId, payload));
+    });
+  }
+
+  /** Sends every request at once; resolves once all are answered. */
+  callMany(type: number, payloads: Buffer[]): Promise<void> {
+    return new Promise((resolve) => {
+      let left = payloads.length;
+      const answered = () => {
+        if (--left === 0) resolve();
+        else this.waiting = answered;
+      };
+      this.waiting = answered;
+      for (const payload of payloads) this.socket.write(encodeMessage(type, ++this.reqId, 0, payload));
     });
   }
 
@@ -184,6 +203,52 @@ async function roundTripLatency(path: string): Promise<number[]> {
   return samples.sort((a, b) => a - b);
 }
 
+/**
+ * Median microseconds from sending a WRITE to its reply while another client
+ * holds `count` watches, all on paths the write does not touch: what the
+ * watches cost a change they have nothing to do with.
+ */
+async function writeLatencyWithWatches(path: string, count: number): Promise<number> {
+  const watcher = await LoopClient.open(path);
+  watcher.onEvent = () => {};
+  await watcher.callMany(
+    XsType.WATCH,
+    Array.from({ length: count }, (_, i) => nulStrings(`/bench/unrelated/w${i}`, 'token')),
+  );
+  const writer = await LoopClient.open(path);
+  const samples: number[] = [];
+  for (let i = 0; i < LATENCY_SAMPLES; i++) {
+    const start = process.hrtime.bigint();
+    await writer.call(XsType.WRITE, nulStrings('/bench/watched-elsewhere', String(i)).subarray(0, -1));
+    samples.push(Number(process.hrtime.bigint() - start) / 1000);
+  }
+  writer.close();
+  watcher.close();
+  return median(samples);
+}
+
+/** The watch-count row: rounds alternate which of the two goes first, so that drift in the machine's load falls on both. */
+async function watchCountLatency(path: string): Promise<{ few: number[]; many: number[]; ratios: number[] }> {
+  const few: number[] = [];
+  const many: number[] = [];
+  const ratios: number[] = [];
+  for (let round = 0; round < WATCH_ROUNDS; round++) {
+    let f: number;
+    let m: number;
+    if (round % 2 === 0) {
+      f = await writeLatencyWithWatches(path, FEW_WATCHES);
+      m = await writeLatencyWithWatches(path, MANY_WATCHES);
+    } else {
+      m = await writeLatencyWithWatches(path, MANY_WATCHES);
+      f = await writeLatencyWithWatches(path, FEW_WATCHES);
+    }
+    few.push(f);
+    many.push(m);
+    ratios.push(m / f);
+  }
+  return { few, many, ratios };
+}
+
 async function prepare(path: string): Promise<void> {
   const client = await LoopClient.open(path);
   await client.call(XsType.WRITE, nulStrings('/bench/value', VALUE).subarray(0, -1));
@@ -226,6 +291,7 @@ async function main(): Promise<void> {
         rows.push(`| ${name} | ${clients} | ${fmt(ours)} | ${fmt(base)} | ${ratio.toFixed(2)} |`);
       }
     }
+    const watchCount = await watchCountLatency(daemonPath);
     const watch = await watchLatency(daemonPath);
     const rtt = await roundTripLatency(echoPath);
     console.log(`xenstored over its Unix socket, ${cpus().length} cores, Node ${process.version}; each figure the median of ${ROUNDS} runs of ${MEASURE_MS} ms`);
@@ -240,7 +306,16 @@ async function main(): Promise<void> {
     console.log(`| echo baseline: request to reply | ${percentile(rtt, 50).toFixed(0)} | ${percentile(rtt, 99).toFixed(0)} |`);
     console.log(`| ratio (baseline / watch) | ${(percentile(rtt, 50) / percentile(watch, 50)).toFixed(2)} | ${(percentile(rtt, 99) / percentile(watch, 99)).toFixed(2)} |`);
     console.log('');
+    const range = (values: number[], digits: number) => `${Math.min(...values).toFixed(digits)}–${Math.max(...values).toFixed(digits)}`;
+    console.log(`| WRITE latency (µs), watches set on unrelated paths | ${fmt(FEW_WATCHES)} watches | ${fmt(MANY_WATCHES)} watches | ratio |`);
+    console.log('| --- | ---: | ---: | ---: |');
+    console.log(
+      `| median of ${WATCH_ROUNDS} alternating rounds (range) | ${median(watchCount.few).toFixed(0)} (${range(watchCount.few, 0)}) | ` +
+        `${median(watchCount.many).toFixed(0)} (${range(watchCount.many, 0)}) | ${median(watchCount.ratios).toFixed(2)} (${range(watchCount.ratios, 2)}) |`,
+    );
+    console.log('');
     console.log(`lowest throughput ratio: ${Math.min(...ratios).toFixed(2)} (aim: at least 0.50)`);
+    console.log(`WRITE latency with ${fmt(MANY_WATCHES)} watches against ${fmt(FEW_WATCHES)}: ${median(watchCount.ratios).toFixed(2)} (aim: at most 1.50)`);
   } finally {
     await stopServer(daemon);
     await stopServer(echo);
