@@ -7,7 +7,7 @@
 # builds the project is tested with; busybox and the modules come from the packages fetch.sh extracted.
 #
 # Output: $OUT/dom0-initrd.cpio, the concatenation of two uncompressed archives (each rebuilt only when one
-# of its inputs is newer; FORCE=1 rebuilds both):
+# of its inputs changed; FORCE=1 rebuilds both):
 #   $OUT/dom0-base.cpio     everything but node and the project
 #   $OUT/dom0-node.cpio     node, its libraries, /opt/xenmesh (package.json, dist/, build/Release/*.node and
 #                           the production node_modules). Run `npm run build` (and build:native) first.
@@ -124,11 +124,20 @@ BASE_INPUTS=("$XEN_TEST_DIR/dom0" "$XEN_TEST_DIR/guest/pattern.c" "$XEN_VM_DIR/b
              "$BLOCK_SCRIPT" "$DOMU_INITRD" "$VMLINUX" "$X/.extracted-busybox-static")
 NODE_INPUTS=(/usr/bin/node "$REPO_DIR/package.json" "$REPO_DIR/dist" "$REPO_DIR/build/Release"
              "$REPO_DIR/node_modules" "$XEN_VM_DIR/build-dom0.sh")
-if up_to_date "$BASE" "${BASE_INPUTS[@]}"; then echo "build-dom0: $BASE is up to date"; else build_base; fi
-if up_to_date "$NODE" "${NODE_INPUTS[@]}"; then echo "build-dom0: $NODE is up to date"; else build_node; fi
+if up_to_date "$BASE" "${BASE_INPUTS[@]}"; then
+  echo "build-dom0: $BASE is up to date"
+else
+  build_base; built_from "$BASE" "${BASE_INPUTS[@]}"
+fi
+if up_to_date "$NODE" "${NODE_INPUTS[@]}"; then
+  echo "build-dom0: $NODE is up to date"
+else
+  build_node; built_from "$NODE" "${NODE_INPUTS[@]}"
+fi
 if ! up_to_date "$IMAGE" "$BASE" "$NODE"; then
   # the kernel unpacks concatenated newc archives in turn (each ends 4-byte aligned, as it requires)
   cat "$BASE" "$NODE" > "$IMAGE.tmp"
   mv "$IMAGE.tmp" "$IMAGE"
+  built_from "$IMAGE" "$BASE" "$NODE"
 fi
 echo "build-dom0: $IMAGE $(du -h "$IMAGE" | cut -f1)"

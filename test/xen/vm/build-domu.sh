@@ -2,7 +2,7 @@
 # Build the guest (domU) initramfs: busybox, xen-blkfront and the ext4 module stack of the fetched kernel,
 # mkfs.ext4/e2fsck from this host's e2fsprogs, our pattern program, and the guest's /init (test/xen/guest/),
 # which picks its job from the kernel command line. The guest kernel is the same as dom0's.
-# Output: $OUT/domU-initrd.cpio (skipped when newer than its inputs; FORCE=1 rebuilds).
+# Output: $OUT/domU-initrd.cpio (skipped when built from the same inputs; FORCE=1 rebuilds).
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
 . "$XEN_VM_DIR/lib.sh"
@@ -10,7 +10,8 @@ R=$XENMESH_XEN_DIR/rootfs-domU
 IMAGE=$OUT/domU-initrd.cpio
 GUEST=$XEN_TEST_DIR/guest
 [ -x "$X/bin/busybox" ] || { echo "build-domu: run fetch.sh first"; exit 1; }
-if up_to_date "$IMAGE" "$GUEST" "$XEN_VM_DIR/build-domu.sh" "$XEN_VM_DIR/lib.sh" "$X/.extracted-linux-image-$KV"; then
+INPUTS=("$GUEST" "$XEN_VM_DIR/build-domu.sh" "$XEN_VM_DIR/lib.sh" "$X/.extracted-linux-image-$KV")
+if up_to_date "$IMAGE" "${INPUTS[@]}"; then
   echo "build-domu: $IMAGE is up to date (kernel $KV)"; exit 0
 fi
 echo "build-domu: kernel $KV"
@@ -40,4 +41,5 @@ ln -s poweroff "$R/usr/sbin/reboot"    # one script: it looks at its name
 chmod +x "$R/init" "$R/usr/sbin/poweroff"
 
 cpio_tree "$R" "$IMAGE"
+built_from "$IMAGE" "${INPUTS[@]}"
 echo "build-domu: $IMAGE $(du -h "$IMAGE" | cut -f1), modules: $(tr '\n' ' ' < "$R/lib/modules/order")"

@@ -87,12 +87,24 @@ module_order() {
   echo $out
 }
 
-# up_to_date OUTPUT INPUT...: true when OUTPUT exists and no file under the INPUTs is newer (FORCE=1: never).
-# The builds are cheap to skip and a few seconds to redo, so timestamps are good enough.
+# inputs_signature INPUT...: a digest of the path, size and modification time of every file under the INPUTs
+inputs_signature() {
+  find -L "$@" -type f -printf '%p %s %T@\n' 2>/dev/null | LC_ALL=C sort | sha256sum | cut -d' ' -f1
+}
+
+# up_to_date OUTPUT INPUT...: true when OUTPUT was built (built_from) from these very inputs: the same files
+# with the same sizes and times. Comparing times with OUTPUT's alone would take an archive built from another
+# checkout, or after the tree was rebuilt from older sources, for current. FORCE=1: never.
 up_to_date() {
   local out=$1; shift
-  [ "${FORCE:-0}" != 1 ] && [ -e "$out" ] || return 1
-  [ -z "$(find -L "$@" -newer "$out" -print -quit 2>/dev/null)" ]
+  [ "${FORCE:-0}" != 1 ] && [ -e "$out" ] && [ -e "$out.inputs" ] || return 1
+  [ "$(cat "$out.inputs")" = "$(inputs_signature "$@")" ]
+}
+
+# built_from OUTPUT INPUT...: records the inputs OUTPUT was just built from, for up_to_date
+built_from() {
+  local out=$1; shift
+  inputs_signature "$@" > "$out.inputs"
 }
 
 # cpio_tree DIR OUTPUT: an uncompressed newc archive of DIR, owned by root. Uncompressed on purpose: under
