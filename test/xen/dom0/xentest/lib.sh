@@ -131,13 +131,11 @@ new_image() {
   truncate -s "$2M" "$1"
 }
 
-# create_guest NAME JOB IMAGE: write /etc/xen/NAME.cfg and xl create it; the guest runs JOB (guest/init).
+# guest_cfg NAME JOB IMAGE: write /etc/xen/NAME.cfg, a guest that runs JOB (guest/init) on IMAGE as xvda.
 # GUEST_VCPUS (default 1) and GUEST_BLKFRONT (xen-blkfront's module parameters, colon-separated, e.g.
-# max_ring_page_order=4:max_queues=4) shape what the guest's blkfront negotiates.
-create_guest() {
-  local name=$1 job=$2 image=$3 t0=$SECONDS
-  # where this scenario's part of the guest's console starts, for show_guest_conclusions
-  grep -q "^$name " "$XT_RUN/guests" 2>/dev/null || echo "$name $(console_offset "$name")" >> "$XT_RUN/guests"
+# max_ring_page_order=2:max_queues=4) shape what the guest's blkfront negotiates; GUEST_MEMORY_MB its size.
+guest_cfg() {
+  local name=$1 job=$2 image=$3
   cat > /etc/xen/$name.cfg <<EOF
 name = "$name"
 type = "pv"
@@ -151,6 +149,14 @@ on_poweroff = "destroy"
 on_reboot = "restart"
 on_crash = "preserve"
 EOF
+}
+
+# create_guest NAME JOB IMAGE: guest_cfg, and xl create it
+create_guest() {
+  local name=$1 job=$2 image=$3 t0=$SECONDS
+  # where this scenario's part of the guest's console starts, for show_guest_conclusions
+  grep -q "^$name " "$XT_RUN/guests" 2>/dev/null || echo "$name $(console_offset "$name")" >> "$XT_RUN/guests"
+  guest_cfg "$name" "$job" "$image"
   info "xl create $name (job $job, disk $(disk_spec xvda "$image"))"
   xl_run $XL_CREATE_SECONDS -v create /etc/xen/$name.cfg || fail "xl create $name failed"
   data "$name.create-seconds" "$(elapsed_since $t0)"
@@ -271,6 +277,20 @@ shutdown_guest() {
   data "$name.shutdown.backend-states" "${bes#,}"
   data "$name.shutdown.frontend-states" "${fes#,}"
   data "$name.shutdown-seconds" "$(elapsed_since $t0)"
+}
+
+# check_image_closed IMAGE...: once the guests using them are gone, nothing in dom0 holds the images: the
+# userspace backend has no descriptor open on them, the kernel backend no loop device
+check_image_closed() {
+  local image
+  for image in "$@"; do
+    if [ "$BACKEND" = xenmesh ]; then
+      ls -l /proc/"$BACKEND_PID"/fd 2>/dev/null | grep -q -- "$image" && fail "the backend still has $image open"
+    else
+      losetup -a | grep -q -- "$image" && fail "a loop device still holds $image"
+    fi
+  done
+  info "no backend holds $* open"
 }
 
 # destroy_all: every domain but dom0 destroyed (between scenarios, and after a failed one)

@@ -29,12 +29,16 @@ BACKEND_LOG_LINES=100          # how much of its log goes to the console at the 
 BACKEND=kernel
 BACKEND_ARGS=
 BACKEND_TRACE=
+# The backend reaches xenstored through the kernel's xenbus device, as in a driver domain (in dom0 it
+# would take the socket by itself); xenmesh_xenstore=<path> on the boot line names another way.
+BACKEND_XENSTORE=/dev/xen/xenbus
 for a in $(cat /proc/cmdline); do
   case $a in
     backend=*) BACKEND=${a#backend=} ;;
     xenmesh_log=*) export XENMESH_LOG=${a#xenmesh_log=} ;;   # the backend's log level
     xenmesh_args=*) BACKEND_ARGS=${a#xenmesh_args=}; BACKEND_ARGS=${BACKEND_ARGS//,/ } ;;  # its options
     xenmesh_strace=1) BACKEND_TRACE="strace -f -tt -o $BACKEND_LOG.strace" ;;     # its system calls
+    xenmesh_xenstore=*) BACKEND_XENSTORE=${a#xenmesh_xenstore=} ;;
   esac
 done
 LIST=${1:-all}
@@ -48,7 +52,7 @@ start_xenmesh_backend() {
   fi
   # a process group of its own (set -m), which a scenario's timeout does not touch
   # shellcheck disable=SC2086 # BACKEND_ARGS: options, one per word
-  (cd /opt/xenmesh && exec $BACKEND_TRACE node dist/bin/xenmesh.js backend $BACKEND_ARGS) </dev/null >$BACKEND_LOG 2>&1 &
+  (cd /opt/xenmesh && exec $BACKEND_TRACE node dist/bin/xenmesh.js backend --xenstore=$BACKEND_XENSTORE $BACKEND_ARGS) </dev/null >$BACKEND_LOG 2>&1 &
   BACKEND_PID=$!
   local t0=$SECONDS
   until grep -q ready $BACKEND_LOG; do

@@ -30,6 +30,7 @@ scenario_basic() {
   line=$(console_since $BASIC_GUEST "$offset" | grep -m1 'DOMU: pattern-written') || fail "no pattern record"
   gen=$(field "$line" gen)
   shutdown_guest $BASIC_GUEST
+  check_image_closed $BASIC_IMAGE
   rm -f $XT_RUN/basic.offset
   dom0_pattern verify $BASIC_IMAGE "$gen" $PATTERN_FIRST $PATTERN_COUNT ||
     fail "the image does not hold the pattern the guest wrote (generation $gen)"

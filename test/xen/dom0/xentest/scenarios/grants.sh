@@ -1,5 +1,5 @@
-# grants: grant mapping against grant copy, the two ways `xenmesh backend --grant-access` reaches a
-# guest's pages. Not part of "all"; run it alone (XENMESH_XEN_SCENARIOS=grants), since it runs backends
+# grants: grant mapping against grant copy (and auto, copy for small requests and map for large ones), the
+# ways `xenmesh backend --grant-access` reaches a guest's pages. Not part of "all"; run it alone (XENMESH_XEN_SCENARIOS=grants), since it runs backends
 # of its own:
 # 1. npm run bench:xen-grants in dom0 (bench/xen-grants-bench.ts): map+unmap against copy of 1 to 256
 #    pages of dom0's own, shared with itself; its lines become DATA grants.<n>.
@@ -7,7 +7,7 @@
 #    that times the pattern written and read back at queue depth 1 (job throughput); each round becomes
 #    DATA grants.e2e.<round>.<mode>.<pages>p=<write-seconds>/<read-seconds>, and the medians with their
 #    range DATA grants.e2e.median.<mode>.<pages>p.
-GRANT_ROUNDS="map copy copy map map copy"
+GRANT_ROUNDS="map copy auto copy auto map auto map copy"   # each mode thrice, the order rotated
 GRANT_JOB_SECONDS=600    # the guest's throughput job, once it has its disk
 BACKEND_STOP_SECONDS=20  # SIGTERM -> the backend has answered, flushed, closed and exited
 
@@ -62,7 +62,7 @@ scenario_grants() {
   done
   # medians (and ranges) of each mode and request size, write and read seconds
   local pages
-  for mode in map copy; do
+  for mode in map copy auto; do
     for pages in $(awk '{print $2}' "$results" | sort -un); do
       data "grants.e2e.median.$mode.${pages}p" \
         "write $(median_of "$results" "$mode" "$pages" 3) read $(median_of "$results" "$mode" "$pages" 4)"

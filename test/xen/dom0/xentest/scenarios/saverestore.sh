@@ -30,6 +30,7 @@ scenario_saverestore() {
   wait_load_progress $name "$mark"   # writes acknowledged after the restore
 
   shutdown_guest $name
+  check_image_closed $img
   wait_guest_result $name "$offset" load 5
   line=$(console_since $name "$offset" | grep 'DOMU: pattern final' | tail -n1)
   info "guest: ${line#*DOMU: }"
