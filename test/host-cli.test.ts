@@ -10,7 +10,7 @@
  */
 import t, { type Test } from 'tap';
 import { spawn, spawnSync, type SpawnOptions } from 'node:child_process';
-import { chmodSync, closeSync, existsSync, ftruncateSync, mkdtempSync, openSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, closeSync, existsSync, ftruncateSync, mkdtempSync, openSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -187,9 +187,12 @@ const unwritableSkip = (() => {
 t.test('an image the host cannot write: served read-only and said so, or refused with --access rw', { skip: unwritableSkip }, async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'xenmesh-up-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  // As root, the host runs as nobody, for whom a mode of 0444 means what it says.
-  chmodSync(dir, 0o777);
-  const as: SpawnOptions = process.getuid?.() === 0 ? { uid: NOBODY, gid: NOBODY } : {};
+  // As root, the host runs as nobody, for whom a mode of 0444 means what it
+  // says; the directory is nobody's, since the host refuses to put its
+  // socket where others could write.
+  const asNobody = process.getuid?.() === 0;
+  if (asNobody) chownSync(dir, NOBODY, NOBODY);
+  const as: SpawnOptions = asNobody ? { uid: NOBODY, gid: NOBODY } : {};
   const path = image(join(dir, 'readonly.img'), 16 * 2 ** 20);
   chmodSync(path, 0o444);
 
