@@ -88,6 +88,8 @@ export class DomainRecord {
 export class DomainRegistry implements DomainPolicy {
   private readonly records = new Map<number, DomainRecord>();
   store!: Store;
+  /** Grows whenever a record is added or removed, so that a journal knows when to record them again. */
+  revision = 0;
 
   constructor(
     readonly globalQuotas: QuotaSet,
@@ -107,6 +109,7 @@ export class DomainRegistry implements DomainPolicy {
     const generation = domid === PRIVILEGED_DOMID ? 0 : this.store.currentGeneration;
     const record = new DomainRecord(domid, generation, copyQuotas(this.globalQuotas), this.backend.state?.(domid)?.uniqueId);
     this.records.set(domid, record);
+    this.revision++;
     return record;
   }
 
@@ -119,6 +122,7 @@ export class DomainRegistry implements DomainPolicy {
     record.target = saved.target;
     record.ring = saved.ring ? { gfn: BigInt(saved.ring.gfn), port: saved.ring.port } : undefined;
     this.records.set(saved.domid, record);
+    this.revision++;
     return record;
   }
 
@@ -138,7 +142,7 @@ export class DomainRegistry implements DomainPolicy {
   }
 
   forget(domid: number): void {
-    this.records.delete(domid);
+    if (this.records.delete(domid)) this.revision++;
   }
 
   introducedDomains(): DomainRecord[] {

@@ -4,16 +4,17 @@ import { DOMID_FIRST_RESERVED, DOMID_SELF } from '../../shared/domid.js';
 import { canonicalize, domainHome, isSpecialNode, type StorePath } from '../store/path.js';
 import { formatPerm, parsePermStrings } from '../store/permissions.js';
 import { quotaNames, resolveQuotaName } from '../store/quota.js';
-import { directoryPart, type ChangeEvent, type StoreView } from '../store/store.js';
+import { directoryPart, type StoreView } from '../store/store.js';
 import { atLeastStrings, cAtoi, domidArg, exactStrings, gfnArg, lookupArg, oneArg, strings } from './args.js';
 import type { Connection, RequestTicket } from './connection.js';
 import { runControl } from './control.js';
 import { setQuota } from './quota-setting.js';
 import { PRIVILEGED_DOMID, SUPPORTED_FEATURES } from './domains.js';
-import type { XenStoreDaemon } from './xenstored.js';
+import type { RequestServices } from './services.js';
 
 export interface RequestContext {
-  readonly daemon: XenStoreDaemon;
+  /** The parts of the daemon a handler may use. */
+  readonly services: RequestServices;
   readonly conn: Connection;
   readonly msg: XsMessage;
   readonly ticket: RequestTicket;
@@ -59,19 +60,16 @@ function permsPathArg(ctx: RequestContext, text: string): StorePath {
 function inView<T>(ctx: RequestContext, op: (view: StoreView) => T): T {
   const tx = ctx.msg.txId !== 0 ? ctx.conn.transactions.get(ctx.msg.txId) : undefined;
   if (tx) return op(tx);
-  const events: ChangeEvent[] = [];
-  const result = op(ctx.daemon.store.liveView(events));
-  ctx.daemon.fire(events, ctx.conn, ctx.ticket);
-  return result;
+  return ctx.services.commit.live(ctx.conn, ctx.ticket, op);
 }
 
 function caller(ctx: RequestContext) {
-  return ctx.daemon.callerOf(ctx.conn);
+  return ctx.services.callerOf(ctx.conn);
 }
 
 /** A domain that INTRODUCE made known and that is still there, for RELEASE, RESUME and SET_TARGET. */
 function introducedDomain(ctx: RequestContext, domid: number) {
-  const domain = ctx.daemon.domains.find(domid);
+  const domain = ctx.services.domains.registry.find(domid);
   if (!domain?.introduced) throw new XsError('ENOENT', `domain ${domid} is not introduced`);
   return domain;
 }
@@ -102,14 +100,14 @@ function unsignedArg(text: string): number {
 }
 
 export const HANDLERS = new Map<number, Handler>([
-  [XsType.CONTROL, { privileged: true, run: (ctx) => runControl(ctx.daemon, ctx.conn, ctx.msg.payload) }],
+  [XsType.CONTROL, { privileged: true, run: (ctx) => runControl(ctx.services, ctx.conn, ctx.msg.payload) }],
 
   [
     XsType.READ,
     {
       run: (ctx) => {
         const path = pathArg(ctx, lookupArg(ctx.msg.payload));
-        return inView(ctx, (view) => ctx.daemon.store.read(view, caller(ctx), path));
+        return inView(ctx, (view) => ctx.services.store.read(view, caller(ctx), path));
       },
     },
   ],
@@ -124,7 +122,7 @@ export const HANDLERS = new Map<number, Handler>([
         const path = pathArg(ctx, payload.toString('latin1', 0, nul));
         // The store keeps a copy of its own: this is a view of the request's buffer.
         const value = payload.subarray(nul + 1);
-        inView(ctx, (view) => ctx.daemon.store.write(view, caller(ctx), path, value));
+        inView(ctx, (view) => ctx.services.store.write(view, caller(ctx), path, value));
         return OK;
       },
     },
@@ -135,7 +133,7 @@ export const HANDLERS = new Map<number, Handler>([
     {
       run: (ctx) => {
         const path = pathArg(ctx, oneArg(ctx.msg.payload));
-        inView(ctx, (view) => ctx.daemon.store.mkdir(view, caller(ctx), path));
+        inView(ctx, (view) => ctx.services.store.mkdir(view, caller(ctx), path));
         return OK;
       },
     },
@@ -146,7 +144,7 @@ export const HANDLERS = new Map<number, Handler>([
     {
       run: (ctx) => {
         const path = pathArg(ctx, oneArg(ctx.msg.payload));
-        inView(ctx, (view) => ctx.daemon.store.rm(view, caller(ctx), path));
+        inView(ctx, (view) => ctx.services.store.rm(view, caller(ctx), path));
         return OK;
       },
     },
@@ -157,7 +155,7 @@ export const HANDLERS = new Map<number, Handler>([
     {
       run: (ctx) => {
         const path = pathArg(ctx, lookupArg(ctx.msg.payload));
-        return inView(ctx, (view) => ctx.daemon.store.directory(view, caller(ctx), path).childList());
+        return inView(ctx, (view) => ctx.services.store.directory(view, caller(ctx), path).childList());
       },
     },
   ],
@@ -171,7 +169,7 @@ export const HANDLERS = new Map<number, Handler>([
         const offset = cAtoi(offsetText);
         // A negative offset is huge once xenstored reads it as unsigned: past the end.
         const from = offset < 0 ? Number.MAX_SAFE_INTEGER : offset;
-        return inView(ctx, (view) => directoryPart(ctx.daemon.store.directory(view, caller(ctx), path), from));
+        return inView(ctx, (view) => directoryPart(ctx.services.store.directory(view, caller(ctx), path), from));
       },
     },
   ],
@@ -181,7 +179,7 @@ export const HANDLERS = new Map<number, Handler>([
     {
       run: (ctx) => {
         const path = permsPathArg(ctx, lookupArg(ctx.msg.payload));
-        const perms = inView(ctx, (view) => ctx.daemon.store.getPerms(view, caller(ctx), path));
+        const perms = inView(ctx, (view) => ctx.services.store.getPerms(view, caller(ctx), path));
         return nulStrings(...perms.map(formatPerm));
       },
     },
@@ -194,7 +192,7 @@ export const HANDLERS = new Map<number, Handler>([
         const [pathText, ...entries] = atLeastStrings(ctx.msg.payload, 2) as [string, ...string[]];
         const perms = parsePermStrings(entries);
         const path = permsPathArg(ctx, pathText);
-        inView(ctx, (view) => ctx.daemon.store.setPerms(view, caller(ctx), path, perms));
+        inView(ctx, (view) => ctx.services.store.setPerms(view, caller(ctx), path, perms));
         return OK;
       },
     },
@@ -205,7 +203,7 @@ export const HANDLERS = new Map<number, Handler>([
     {
       ignoresTransaction: true,
       run: (ctx) => {
-        const { daemon, conn } = ctx;
+        const { services, conn } = ctx;
         const args = strings(ctx.msg.payload);
         let depth: number | undefined;
         if (args.length === 3 && (conn.domain.features & XsServerFeature.WATCHDEPTH) !== 0) {
@@ -223,13 +221,13 @@ export const HANDLERS = new Map<number, Handler>([
         if (domain.wouldExceed('watches', domain.counts.watches, 1)) {
           throw new XsError('ENOSPC', `domain ${domain.domid} has ${domain.counts.watches} watches`);
         }
-        if (domain.wouldExceed('memory', daemon.domains.memoryOf(domain), path.full.length + token.length)) {
+        if (domain.wouldExceed('memory', services.domains.registry.memoryOf(domain), path.full.length + token.length)) {
           throw new XsError('ENOMEM', `domain ${domain.domid} is over its memory quota`);
         }
         const watch = { owner: conn, path: path.full, token, depth, prefixLength: relative ? domainHome(conn.domid).length + 1 : 0 };
-        daemon.addWatch(conn, watch);
+        services.watches.add(conn, watch);
         // Fires once at once, with the path as the client gave it.
-        ctx.afterReply(() => daemon.sendEvent(watch, path.full.slice(watch.prefixLength), undefined, false));
+        ctx.afterReply(() => services.watches.sendEvent(watch, path.full.slice(watch.prefixLength), undefined, false));
         return OK;
       },
     },
@@ -244,7 +242,7 @@ export const HANDLERS = new Map<number, Handler>([
         const path = pathArg(ctx, pathText, true);
         const watch = ctx.conn.watches.find(path.full, token);
         if (!watch) throw new XsError('ENOENT', `no watch on ${path.full} with that token`);
-        ctx.daemon.removeWatch(ctx.conn, watch);
+        ctx.services.watches.remove(ctx.conn, watch);
         return OK;
       },
     },
@@ -254,8 +252,8 @@ export const HANDLERS = new Map<number, Handler>([
     XsType.RESET_WATCHES,
     {
       run: (ctx) => {
-        ctx.daemon.removeAllWatches(ctx.conn);
-        ctx.daemon.endAllTransactions(ctx.conn);
+        ctx.services.watches.removeAll(ctx.conn);
+        ctx.services.transactions.endAll(ctx.conn);
         return OK;
       },
     },
@@ -266,7 +264,7 @@ export const HANDLERS = new Map<number, Handler>([
     {
       run: (ctx) => {
         if (ctx.msg.txId !== 0) throw new XsError('EBUSY', 'transactions do not nest');
-        const tx = ctx.daemon.startTransaction(ctx.conn);
+        const tx = ctx.services.transactions.start(ctx.conn);
         return nulStrings(String(tx.id));
       },
     },
@@ -282,12 +280,9 @@ export const HANDLERS = new Map<number, Handler>([
         if (!tx) throw new XsError('ENOENT', 'no transaction to end');
         // Whatever the outcome, the transaction id is no longer valid afterwards.
         try {
-          if (arg === 'T') {
-            const { events } = tx.commit(caller(ctx));
-            ctx.daemon.fire(events, ctx.conn, ctx.ticket);
-          }
+          if (arg === 'T') ctx.services.commit.transaction(ctx.conn, ctx.ticket, tx);
         } finally {
-          ctx.daemon.endTransaction(ctx.conn, tx);
+          ctx.services.transactions.end(ctx.conn, tx);
         }
         return OK;
       },
@@ -306,7 +301,7 @@ export const HANDLERS = new Map<number, Handler>([
         }
         const port = cAtoi(portText);
         if (port <= 0) throw new XsError('EINVAL', `bad event channel '${portText}'`);
-        ctx.daemon.introduce(domid, gfnArg(gfnText), port);
+        ctx.services.domains.introduce(domid, gfnArg(gfnText), port);
         return OK;
       },
     },
@@ -319,7 +314,7 @@ export const HANDLERS = new Map<number, Handler>([
       run: (ctx) => {
         const domid = guestDomidArg(ctx);
         introducedDomain(ctx, domid);
-        ctx.daemon.releaseDomain(domid);
+        ctx.services.domains.release(domid);
         return OK;
       },
     },
@@ -330,7 +325,9 @@ export const HANDLERS = new Map<number, Handler>([
     {
       privileged: true,
       run: (ctx) => {
-        introducedDomain(ctx, guestDomidArg(ctx)).shutdown = false;
+        const domain = introducedDomain(ctx, guestDomidArg(ctx));
+        domain.shutdown = false;
+        ctx.services.domains.changed(domain.domid);
         return OK;
       },
     },
@@ -345,6 +342,7 @@ export const HANDLERS = new Map<number, Handler>([
         const domain = introducedDomain(ctx, domidArg(domidText));
         const target = introducedDomain(ctx, domidArg(targetText));
         domain.target = target.domid;
+        ctx.services.domains.changed(domain.domid);
         return OK;
       },
     },
@@ -363,7 +361,7 @@ export const HANDLERS = new Map<number, Handler>([
       privileged: true,
       run: (ctx) => {
         const domid = domidArg(oneArg(ctx.msg.payload));
-        const introduced = domid === DOMID_SELF || ctx.daemon.domains.find(domid)?.introduced === true;
+        const introduced = domid === DOMID_SELF || ctx.services.domains.registry.find(domid)?.introduced === true;
         return nulStrings(introduced ? 'T' : 'F');
       },
     },
@@ -378,7 +376,7 @@ export const HANDLERS = new Map<number, Handler>([
         if (!ctx.conn.domain.privileged) throw new XsError('EACCES', 'only the privileged domain may ask for another domain');
         if (args.length > 1) throw new XsError('EINVAL', 'GET_FEATURE takes at most a domid');
         const domid = domidArg(args[0]!);
-        const domain = ctx.daemon.domains.findOrCreate(domid);
+        const domain = ctx.services.domains.registry.findOrCreate(domid);
         if (!domain) throw new XsError('ENOENT', `domain ${domid} does not exist`);
         return nulStrings(String(domain.features));
       },
@@ -393,13 +391,14 @@ export const HANDLERS = new Map<number, Handler>([
         const [domidText, valueText] = exactStrings(ctx.msg.payload, 2) as [string, string];
         const domid = domidArg(domidText);
         const features = cAtoi(valueText);
-        const domain = ctx.daemon.domains.findOrCreate(domid);
+        const domain = ctx.services.domains.registry.findOrCreate(domid);
         if (!domain) throw new XsError('ENOENT', `domain ${domid} does not exist`);
         if (domain.introduced) throw new XsError('EBUSY', `domain ${domid} is already introduced`);
         if (features < 0 || (features & ~SUPPORTED_FEATURES) !== 0) {
           throw new XsError('EINVAL', `features ${valueText} not supported (supported: ${SUPPORTED_FEATURES})`);
         }
         domain.features = features;
+        ctx.services.domains.changed(domid);
         return OK;
       },
     },
@@ -413,7 +412,7 @@ export const HANDLERS = new Map<number, Handler>([
         const args = strings(ctx.msg.payload);
         if (args.length > 2) throw new XsError('EINVAL', 'GET_QUOTA takes at most a domid and a name');
         if (args.length === 0) return nulStrings(quotaNames());
-        const quotas = args.length === 1 ? ctx.daemon.domains.globalQuotas : domainQuotas(ctx, args[0]!);
+        const quotas = args.length === 1 ? ctx.services.domains.registry.globalQuotas : domainQuotas(ctx, args[0]!);
         const name = resolveQuotaName(args.at(-1)!);
         if (!name) throw new XsError('EINVAL', `unknown quota '${args.at(-1)}'`);
         const value = name.kind === 'hard' ? quotas.hard[name.item] : quotas.soft[name.item];
@@ -429,12 +428,13 @@ export const HANDLERS = new Map<number, Handler>([
       run: (ctx) => {
         const args = strings(ctx.msg.payload);
         if (args.length < 2 || args.length > 3) throw new XsError('EINVAL', 'SET_QUOTA takes [domid] name value');
-        const quotas = args.length === 2 ? ctx.daemon.domains.globalQuotas : domainQuotas(ctx, args[0]!);
+        const quotas = args.length === 2 ? ctx.services.domains.registry.globalQuotas : domainQuotas(ctx, args[0]!);
         const name = resolveQuotaName(args.at(-2)!);
         if (!name) throw new XsError('EINVAL', `unknown quota '${args.at(-2)}'`);
         const value = unsignedArg(args.at(-1)!);
         const scope = args.length === 2 ? 'global' : `domain ${args[0]}`;
         setQuota(quotas, name, value, `SET_QUOTA ${args.at(-2)} ${value} (${scope})`);
+        ctx.services.domains.changed(args.length === 2 ? undefined : domidArg(args[0]!));
         return OK;
       },
     },
@@ -443,7 +443,7 @@ export const HANDLERS = new Map<number, Handler>([
 
 function domainQuotas(ctx: RequestContext, domidText: string) {
   const domid = domidArg(domidText);
-  const domain = ctx.daemon.domains.findOrCreate(domid);
+  const domain = ctx.services.domains.registry.findOrCreate(domid);
   if (!domain) throw new XsError('ENOENT', `domain ${domid} does not exist`);
   return domain.quotas;
 }

@@ -15,7 +15,7 @@ import {
 import { INTRODUCE_DOMAIN, parseAbsolute, RELEASE_DOMAIN, ROOT_PATH } from '../store/path.js';
 import { Access, accessFor, type PermList } from '../store/permissions.js';
 import { defaultQuotas, exceeds, type QuotaSet } from '../store/quota.js';
-import { Store, type Caller, type ChangeEvent, type SavedTree } from '../store/store.js';
+import { Store, type Caller, type ChangeEvent, type SavedTree, type StoreView } from '../store/store.js';
 import { Transaction } from '../store/transaction.js';
 import { nodeMemory, type Node } from '../store/node.js';
 import { Connection, RequestTicket } from './connection.js';
@@ -24,6 +24,8 @@ import { queuedCost } from './output-queue.js';
 import { DetachedBackend, type DomainBackend } from './domain-backend.js';
 import { DomainRegistry, PRIVILEGED_DOMID, type DomainRecord, type SavedDomain } from './domains.js';
 import { HANDLERS, type RequestContext } from './requests.js';
+import type { CommitLog, DomainState } from './commit-log.js';
+import type { RequestServices } from './services.js';
 import { Tracer } from './trace.js';
 import type { ServerTransport } from './transport.js';
 import { WatchRegistry, type SpecialMatch, type Watch } from './watches.js';
@@ -83,6 +85,8 @@ export interface DaemonOptions {
   queuedOutputLimit?: number;
   traceFile?: string | undefined;
   backend?: DomainBackend;
+  /** Told of every commit before its client is answered (the journal). */
+  commitLog?: CommitLog;
 }
 
 /**
@@ -104,6 +108,11 @@ export class XenStoreDaemon {
   private nextConnectionId = 1;
   private readonly waking = new Set<DomainRecord>();
   private sweepTimer: NodeJS.Timeout | undefined;
+  /** What request handlers and CONTROL commands are given of the daemon. */
+  readonly services: RequestServices;
+  commitLog: CommitLog | undefined;
+  /** The domain registry's revision the commit log last saw. */
+  private loggedDomainRevision = -1;
 
   constructor(options: DaemonOptions = {}) {
     this.backend = options.backend ?? new DetachedBackend();
@@ -118,6 +127,37 @@ export class XenStoreDaemon {
     this.sweepTimer = setInterval(() => this.sweep(), EVENT_SWEEP_INTERVAL_MS);
     this.sweepTimer.unref();
     this.backend.onDomainChange?.(() => this.checkDomains());
+    this.commitLog = options.commitLog;
+    this.services = {
+      store: this.store,
+      watches: {
+        add: (conn, watch) => this.addWatch(conn, watch),
+        remove: (conn, watch) => this.removeWatch(conn, watch),
+        removeAll: (conn) => this.removeAllWatches(conn),
+        sendEvent: (watch, path, ticket, special) => this.sendEvent(watch, path, ticket, special),
+      },
+      transactions: {
+        start: (conn) => this.startTransaction(conn),
+        end: (conn, tx) => this.endTransaction(conn, tx),
+        endAll: (conn) => this.endAllTransactions(conn),
+      },
+      commit: {
+        live: (conn, ticket, op) => this.commitLive(conn, ticket, op),
+        transaction: (conn, ticket, tx) => this.commitTransaction(conn, ticket, tx),
+      },
+      domains: {
+        registry: this.domains,
+        introduce: (domid, gfn, port) => this.introduce(domid, gfn, port),
+        release: (domid) => this.releaseDomain(domid),
+        changed: () => this.logDomains(),
+      },
+      control: {
+        tracer: this.tracer,
+        connections: () => this.connections,
+        checkStore: () => this.checkStore(),
+      },
+      callerOf: (conn) => this.callerOf(conn),
+    };
   }
 
   /** Serves a new client: a socket (acting as dom0) or a domain's ring. */
@@ -170,7 +210,11 @@ export class XenStoreDaemon {
   restoreState(state: SavedDaemonState): void {
     if (state.version !== SAVED_STATE_VERSION) throw new Error(`saved state version ${state.version} is not ${SAVED_STATE_VERSION}`);
     this.store.importTree(state.tree);
-    for (const saved of state.domains) {
+    this.restoreDomains(state.domains);
+  }
+
+  private restoreDomains(domains: readonly SavedDomain[]): void {
+    for (const saved of domains) {
       const domain = this.domains.restore(saved);
       if (!domain.introduced || !domain.ring || !this.backend.exists(domain.domid)) continue;
       try {
@@ -224,7 +268,7 @@ export class XenStoreDaemon {
     let type = msg.type;
     let payload: Buffer;
     try {
-      payload = this.dispatch({ daemon: this, conn, msg, ticket, afterReply: (fn) => deferred.push(fn) });
+      payload = this.dispatch({ services: this.services, conn, msg, ticket, afterReply: (fn) => deferred.push(fn) });
       if (payload.length > XENSTORE_PAYLOAD_MAX) throw new XsError('E2BIG', `reply of ${payload.length} bytes`);
     } catch (err) {
       type = XsType.ERROR;
@@ -334,6 +378,56 @@ export class XenStoreDaemon {
   private disconnected(conn: Connection): void {
     this.connections.delete(conn);
     this.tracer.event('obj', `DESTROY connection ${conn.id}`);
+  }
+
+  // ---- commits ----------------------------------------------------------------
+
+  /**
+   * Runs a store operation on the live store and commits what it changed:
+   * the commit log records it, then its watches fire (before the reply is
+   * queued, the order xenstored uses). What a refused operation changed
+   * (nothing, as the store checks before it changes) is recorded all the
+   * same, so that the log never lags the store.
+   */
+  private commitLive<T>(conn: Connection | undefined, ticket: RequestTicket | undefined, op: (view: StoreView) => T): T {
+    const events: ChangeEvent[] = [];
+    const modified = new Set<string>();
+    let result: T;
+    try {
+      result = op(this.store.liveView(events, modified));
+    } finally {
+      if (modified.size > 0) this.logCommit(modified);
+    }
+    this.fire(events, conn, ticket);
+    return result;
+  }
+
+  /** TRANSACTION_END with T: merges the transaction (all or nothing), records it as one commit, fires its watches. */
+  private commitTransaction(conn: Connection, ticket: RequestTicket, tx: Transaction): void {
+    const { events } = tx.commit(this.callerOf(conn));
+    if (tx.modifiedPaths.size > 0) this.logCommit(tx.modifiedPaths);
+    this.fire(events, conn, ticket);
+  }
+
+  private logCommit(paths: Iterable<string>): void {
+    if (!this.commitLog) return;
+    this.commitLog.committed(this.store, paths, this.domainsIfChanged());
+  }
+
+  /** The domain state, if the registry changed since the commit log last saw it. */
+  private domainsIfChanged(): DomainState | undefined {
+    if (this.domains.revision === this.loggedDomainRevision) return undefined;
+    return this.domainState();
+  }
+
+  private domainState(): DomainState {
+    this.loggedDomainRevision = this.domains.revision;
+    return { domains: this.domains.save(), globalQuotas: this.domains.globalQuotas };
+  }
+
+  /** Domain records or quotas changed outside a commit to the store. */
+  private logDomains(): void {
+    this.commitLog?.domainsChanged(this.store, this.domainState());
   }
 
   // ---- watches --------------------------------------------------------------
@@ -511,6 +605,7 @@ export class XenStoreDaemon {
     domain.introduced = true;
     domain.shutdown = false;
     this.connect(transport, domid);
+    this.logDomains();
     if (first && !domain.privileged) this.fireSpecial(INTRODUCE_DOMAIN, domid, ['nodepth', 'depth']);
   }
 
@@ -532,6 +627,7 @@ export class XenStoreDaemon {
     this.removeDomainFromTree(domid);
     this.domains.forget(domid);
     for (const other of this.domains.all()) if (other.target === domid) other.target = undefined;
+    this.logDomains();
     if (wasIntroduced) this.fireSpecial(RELEASE_DOMAIN, domid, ['nodepth', 'depth']);
   }
 
@@ -543,6 +639,7 @@ export class XenStoreDaemon {
     const domain = this.domains.find(domid);
     if (!domain?.introduced || domain.shutdown) return;
     domain.shutdown = true;
+    this.logDomains();
     this.fireSpecial(RELEASE_DOMAIN, domid, ['depth', 'nodepth']);
   }
 
@@ -568,23 +665,24 @@ export class XenStoreDaemon {
     };
     for (const [root, node] of this.store.tree.roots) collect(node, root);
 
-    const events: ChangeEvent[] = [];
-    const view = this.store.liveView(events);
-    for (const full of owned) {
-      const path = parseAbsolute(full);
-      const node = this.store.tree.get(path);
-      if (node) this.store.removeSubtree(view, DOM0_CALLER, path, node);
-    }
-    for (const full of mentioned) {
-      const path = parseAbsolute(full);
-      if (!this.store.tree.get(path)) continue;
-      const node = this.store.tree.mutable(path);
-      const before = nodeMemory(node, full);
-      node.perms = node.perms.filter((p, i) => i === 0 || p.domid !== domid);
-      node.generation = this.store.nextGeneration();
-      if (path.root === '/') this.store.account(node.ownerDomid, 0, nodeMemory(node, full) - before);
-    }
-    this.fire(events, undefined, undefined);
+    this.commitLive(undefined, undefined, (view) => {
+      for (const full of owned) {
+        const path = parseAbsolute(full);
+        const node = this.store.tree.get(path);
+        if (node) this.store.removeSubtree(view, DOM0_CALLER, path, node);
+      }
+      for (const full of mentioned) {
+        const path = parseAbsolute(full);
+        const existing = this.store.tree.get(path);
+        if (!existing) continue;
+        view.noteModify(path, existing, DOM0_CALLER);
+        const node = this.store.tree.mutable(path);
+        const before = nodeMemory(node, full);
+        node.perms = node.perms.filter((p, i) => i === 0 || p.domid !== domid);
+        node.generation = this.store.nextGeneration();
+        if (path.root === '/') this.store.account(node.ownerDomid, 0, nodeMemory(node, full) - before);
+      }
+    });
   }
 }
 

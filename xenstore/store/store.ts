@@ -184,12 +184,16 @@ export class Store {
     return problems;
   }
 
-  /** The view for operations outside any transaction: they apply at once. */
-  liveView(events: ChangeEvent[]): StoreView {
+  /**
+   * The view for operations outside any transaction: they apply at once.
+   * The full path of every node changed (or created, or removed) is added to
+   * `modified`, for the daemon to commit.
+   */
+  liveView(events: ChangeEvent[], modified?: Set<string>): StoreView {
     return {
       tree: this.tree,
       noteAccess: () => {},
-      noteModify: () => {},
+      noteModify: modified ? (path) => void modified.add(path.full) : () => {},
       pendingNodes: () => 0,
       adjustUsage: (domid, nodes, memory) => this.account(domid, nodes, memory),
       emit: (event) => events.push(event),

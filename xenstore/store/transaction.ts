@@ -84,6 +84,11 @@ export class Transaction implements StoreView {
     this.modified.add(path.full);
   }
 
+  /** Full paths of the nodes the transaction changed, created or removed, in the order it first did. */
+  get modifiedPaths(): ReadonlySet<string> {
+    return this.modified;
+  }
+
   /** Memory held by the transaction's private copies, charged to its domain until it ends. */
   get copiedBytes(): number {
     return this.copied;
