@@ -25,6 +25,7 @@ import { DetachedBackend, type DomainBackend } from './domain-backend.js';
 import { DomainRegistry, PRIVILEGED_DOMID, type DomainRecord, type SavedDomain } from './domains.js';
 import { HANDLERS, type RequestContext } from './requests.js';
 import type { CommitLog, DomainState } from './commit-log.js';
+import type { Journal, Recovery } from './journal.js';
 import type { RequestServices } from './services.js';
 import { Tracer } from './trace.js';
 import type { ServerTransport } from './transport.js';
@@ -211,6 +212,27 @@ export class XenStoreDaemon {
     if (state.version !== SAVED_STATE_VERSION) throw new Error(`saved state version ${state.version} is not ${SAVED_STATE_VERSION}`);
     this.store.importTree(state.tree);
     this.restoreDomains(state.domains);
+  }
+
+  /**
+   * Starts recording every commit in `journal`. With `recover`, the store
+   * and domains are first taken from what the journal holds (a daemon that
+   * crashed left them), each domain's ring connected again as restoreState()
+   * does. The journal then starts over from a snapshot of the state the
+   * daemon serves from. Returns what was recovered, if anything was.
+   */
+  attachJournal(journal: Journal, recover: boolean): Recovery | undefined {
+    this.commitLog = undefined;
+    const recovery = recover ? journal.recover(this.store) : undefined;
+    if (recovery?.domains) {
+      const quotas = recovery.domains.globalQuotas;
+      Object.assign(this.domains.globalQuotas.hard, quotas.hard);
+      Object.assign(this.domains.globalQuotas.soft, quotas.soft);
+      this.restoreDomains(recovery.domains.domains);
+    }
+    journal.compact(this.store, this.domainState());
+    this.commitLog = journal;
+    return recovery;
   }
 
   private restoreDomains(domains: readonly SavedDomain[]): void {

@@ -137,6 +137,11 @@ export class Store {
     return ++this.generationCounter;
   }
 
+  /** Sets the generation counter forward to `generation` (a journal replayed), never back. */
+  resumeGeneration(generation: number): void {
+    this.generationCounter = Math.max(this.generationCounter, generation);
+  }
+
   get currentGeneration(): number {
     return this.generationCounter;
   }
