@@ -8,7 +8,7 @@ import {
   splitNulStrings,
   type XsMessage,
 } from '../../shared/xs-wire.js';
-import { openTransport, SocketClientTransport, type ClientTransport } from './transport.js';
+import { openTransport, SocketClientTransport, type ClientTransport, type SocketConnectOptions } from './transport.js';
 import { Watcher } from './watcher.js';
 
 /** A node permission as the client reads and sets it: `r0`, `b5`, ... */
@@ -43,6 +43,8 @@ export interface RequestOptions {
 interface Pending {
   resolve(payload: Buffer): void;
   reject(err: Error): void;
+  /** Part of a transaction (in one, starting or ending one): a reset fails it EAGAIN. */
+  transactional: boolean;
 }
 
 /** Raised for every request outstanding when the connection to xenstored goes away. */
@@ -104,9 +106,13 @@ export class XenStoreClient {
     this.reconnectListeners.push(listener);
   }
 
-  /** Connects over the Unix socket (XENSTORED_PATH, or the default path). */
-  static async connect(path?: string): Promise<XenStoreClient> {
-    return new XenStoreClient(await SocketClientTransport.connect(path));
+  /**
+   * Connects over the Unix socket (XENSTORED_PATH, or the default path).
+   * With `reconnect`, a xenstored that goes away (crashed, restarted) is
+   * waited for and connected to again, as after a ring reconnection.
+   */
+  static async connect(path?: string, options: SocketConnectOptions = {}): Promise<XenStoreClient> {
+    return new XenStoreClient(await SocketClientTransport.connect(path, options));
   }
 
   /**
@@ -130,15 +136,19 @@ export class XenStoreClient {
 
   /**
    * Starts the connection over (ring reconnection, after a resume or a ring
-   * error): requests in flight fail with ConnectionResetError, transactions
-   * are gone, and every watch is set again (each fires once more, as a new
-   * watch does).
+   * error, a xenstored that restarted): requests in flight fail with
+   * ConnectionResetError, transactions are gone (a request in one fails
+   * EAGAIN, so that `transaction()` runs it again, as xenstored's live
+   * update fails the transactions it cannot carry over), and every watch is
+   * set again (each fires once more, as a new watch does).
    */
   async reconnect(): Promise<void> {
     if (!this.transport.reconnect) throw new Error('this transport cannot reconnect');
     const inFlight = [...this.pending.values()];
     this.pending.clear();
-    for (const pending of inFlight) pending.reject(new ConnectionResetError());
+    for (const pending of inFlight) {
+      pending.reject(pending.transactional ? new XsError('EAGAIN', 'the connection to xenstored was reset: the transaction is gone') : new ConnectionResetError());
+    }
     // Only watches xenstored had confirmed are set again: one whose WATCH
     // was in flight failed with the reset, and one set while the ring
     // restarts goes to the new connection by itself.
@@ -149,6 +159,8 @@ export class XenStoreClient {
       try {
         await this.request(XsType.WATCH, nulStrings(watcher.path, watcher.token, ...(watcher.depth === undefined ? [] : [String(watcher.depth)])));
       } catch (err) {
+        // Lost again while setting them: the reconnection that follows sets them all.
+        if (isConnectionLoss(err)) return;
         if (!(err instanceof XsError)) throw err;
         if (err.errno === 'EEXIST') continue;
         // Refused now (a quota lowered meanwhile): its reader sees it end.
@@ -165,8 +177,9 @@ export class XenStoreClient {
       return Promise.reject(new XsError('E2BIG', `request payload of ${payload.length} bytes`));
     }
     const reqId = this.allocateReqId();
+    const transactional = txId !== 0 || type === XsType.TRANSACTION_START || type === XsType.TRANSACTION_END;
     return new Promise<Buffer>((resolve, reject) => {
-      this.pending.set(reqId, { resolve, reject });
+      this.pending.set(reqId, { resolve, reject, transactional });
       this.transport.send(encodeMessage(type, reqId, txId, payload));
     });
   }
@@ -318,12 +331,20 @@ export class XenStoreClient {
     await this.transactionSlot();
     try {
       for (let attempt = 1; ; attempt++) {
-        const tx = await this.startTransaction();
+        let tx: number;
+        try {
+          tx = await this.startTransaction();
+        } catch (err) {
+          if (err instanceof XsError && err.errno === 'EAGAIN' && attempt < attempts) continue;
+          throw err;
+        }
         let result: T;
         try {
           result = await body(tx);
         } catch (err) {
           await this.endTransaction(tx, false).catch(() => {});
+          // The connection was reset under the transaction: it is gone, run it again.
+          if (err instanceof XsError && err.errno === 'EAGAIN' && attempt < attempts) continue;
           throw err;
         }
         try {
@@ -440,6 +461,10 @@ export class XenStoreClient {
    * keeps breaking (then it is closed).
    */
   private onBroken(error: Error): void {
+    if (this.transport.boundsRepairs) {
+      this.repair();
+      return;
+    }
     const now = Date.now();
     this.recentRepairs = this.recentRepairs.filter((at) => now - at < REPAIR_WINDOW_MS);
     if (this.recentRepairs.length >= MAX_REPAIRS_IN_WINDOW) {
@@ -447,6 +472,10 @@ export class XenStoreClient {
       return;
     }
     this.recentRepairs.push(now);
+    this.repair();
+  }
+
+  private repair(): void {
     this.reconnect().then(
       () => {
         for (const listener of this.reconnectListeners) listener();
