@@ -1,4 +1,5 @@
 import { EventEmitter } from 'node:events';
+import { rmSync } from 'node:fs';
 import { DEFAULT_ACTION_TIMEOUT_MS, DomainActionError, type DomainAction, type DomainActionOptions } from '../control/actions.js';
 import type { ShutdownRequest } from '../control/protocol.js';
 import { requireControl, whyNotDone, writeShutdownRequest, writeSysrq } from '../control/toolstack.js';
@@ -9,7 +10,7 @@ import { attachBackend, detachBackend, devicePaths } from './devices.js';
 import { checkDiskImages, DiskRefused } from './disk-check.js';
 import { EmbeddedPlatform, DEFAULT_MACHINE_FRAMES } from '../shared/embedded/platform.js';
 import { createLogger } from '../shared/log.js';
-import { DEFAULT_RESTART, Supervisor, type WorkerStatus } from '../shared/mesh/supervisor.js';
+import { DEFAULT_RESTART, Supervisor, type RestartPolicy, type WorkerStatus } from '../shared/mesh/supervisor.js';
 import { XenStoreClient } from '../xenstore/client/client.js';
 import type { DevicePaths, DeviceSpec, UnplugOptions, UnplugResult } from './devices.js';
 import type { StartInfo } from './domain-builder.js';
@@ -31,6 +32,14 @@ export interface HostOptions {
   traceFile?: string;
   /** The module that runs a domain's kernel (tests substitute one that can be told to crash). */
   kernelModule?: URL;
+  /**
+   * Where xenstored journals its commits, so that the supervisor can restart
+   * it after a crash with its store (default `<socket>.journal`, next to its
+   * socket and its saved state). Emptied when the host boots.
+   */
+  journalDir?: string;
+  /** How the supervisor restarts a xenstored that crashed (default DEFAULT_RESTART). */
+  xenstoredRestart?: RestartPolicy;
 }
 
 const workerModule = (name: string) => new URL(`./workers/${name}.js`, import.meta.url);
@@ -82,6 +91,8 @@ export class Host {
 
   /** Creates dom0 and starts xenstored in it. */
   async boot(): Promise<void> {
+    // A journal from an earlier host is not this host's store.
+    rmSync(this.journalDir, { recursive: true, force: true });
     this.platform.createDomain({ domid: 0, name: 'Domain-0', pages: DOM0_PAGES });
     this.platform.unpauseDomain(0);
     await this.startXenstored(false);
@@ -113,6 +124,7 @@ export class Host {
       traceFile: this.options.traceFile,
       stateFile: `${this.options.socket}.state`,
       restore,
+      journalDir: this.journalDir,
     };
     await this.supervisor.start({
       name: 'xenstored',
@@ -120,12 +132,17 @@ export class Host {
       module: workerModule('xenstored-worker'),
       config,
       shared: { link: this.platform.link } satisfies PlatformShared,
-      // The store lives in the daemon: a xenstored that died cannot be
-      // replaced without losing it, as on Xen without live update. Only a
-      // planned restart hands the store over.
-      restart: { kind: 'never' },
+      // A xenstored that crashed is started again and recovers its store
+      // from its journal; a planned restart hands the store over in the
+      // saved state instead.
+      restart: this.options.xenstoredRestart ?? DEFAULT_RESTART,
     });
-    this.xs = await XenStoreClient.connect(this.options.socket);
+    // The toolstack's client waits for a restarted xenstored and sets its watches again.
+    this.xs = await XenStoreClient.connect(this.options.socket, { reconnect: true });
+  }
+
+  get journalDir(): string {
+    return this.options.journalDir ?? `${this.options.socket}.journal`;
   }
 
   /**

@@ -205,3 +205,12 @@ t.test('a snapshot of another format or version is refused, not half read', asyn
   writeFileSync(snapshotFile, original.subarray(0, original.length - 1));
   t.throws(() => daemon.attachJournal(journal, true), /is damaged .*refusing to start/);
 });
+
+t.test('the journal directory: next to the socket unless told, or none', async (t) => {
+  const { parseXenstoredOptions } = await import('../xenstore/daemon/options.js');
+  t.equal(parseXenstoredOptions([]).journalDir, '/var/run/xenstored/socket.journal', 'the default, next to the default socket');
+  t.equal(parseXenstoredOptions(['--socket', '/tmp/s']).journalDir, '/tmp/s.journal', 'next to the socket given');
+  t.equal(parseXenstoredOptions(['--journal-dir', '/tmp/j', '--socket', '/tmp/s']).journalDir, '/tmp/j');
+  t.equal(parseXenstoredOptions(['--journal-dir=/tmp/j']).journalDir, '/tmp/j');
+  t.equal(parseXenstoredOptions(['--no-journal']).journalDir, undefined, '--no-journal keeps none');
+});

@@ -8,6 +8,7 @@ import { PlatformDomainBackend } from '../../xenstore/daemon/platform-backend.js
 import { XenStoreSocketServer } from '../../xenstore/daemon/socket-server.js';
 import { XenStoreDaemon } from '../../xenstore/daemon/xenstored.js';
 import { takeSavedState, writeSavedState } from '../../xenstore/daemon/saved-state.js';
+import { Journal } from '../../xenstore/daemon/journal.js';
 import { XENSTORED_RESTART, type XenstoredRoleConfig } from '../xenstored-role.js';
 
 
@@ -19,10 +20,22 @@ runRole<XenstoredRoleConfig>(async (ctx) => {
   const daemon = new XenStoreDaemon({ backend: new PlatformDomainBackend(platform, ctx.domid), traceFile: ctx.config.traceFile });
   // A state left behind is only ever taken by the successor it was left for.
   const saved = takeSavedState(ctx.config.stateFile);
-  if (ctx.config.restore) {
-    if (!saved) throw new Error(`no saved state in ${ctx.config.stateFile} to restart from`);
+  const journal = new Journal(ctx.config.journalDir);
+  if (ctx.config.restore && saved) {
     daemon.restoreState(saved);
+    daemon.attachJournal(journal, false);
     ctx.log.info(`took over the store and ${saved.domains.length} domains from the previous xenstored`);
+  } else {
+    // A journal here means the previous xenstored crashed: its store and domains are taken over.
+    // (Also after a planned restart whose successor crashed since: its saved state is taken already.)
+    const recovery = daemon.attachJournal(journal, journal.holdsState());
+    if (ctx.config.restore && !recovery) throw new Error(`no saved state in ${ctx.config.stateFile} nor journal in ${ctx.config.journalDir} to restart from`);
+    if (recovery) {
+      ctx.log.info(
+        `recovered the store from ${ctx.config.journalDir} after a crash (${recovery.records} commits after its snapshot, ` +
+          `${recovery.domains?.domains.length ?? 0} domains)`,
+      );
+    }
   }
   const server = new XenStoreSocketServer(daemon, ctx.config.socket);
   await server.listen();
@@ -48,6 +61,9 @@ runRole<XenstoredRoleConfig>(async (ctx) => {
       clearInterval(timer);
       if (reason === XENSTORED_RESTART) writeSavedState(ctx.config.stateFile, daemon.saveState());
       daemon.shutdown();
+      // A planned restart hands the store over in the saved state; a stop takes it away.
+      if (reason === XENSTORED_RESTART) journal.close();
+      else journal.discard();
       await server.close();
     },
   };

@@ -137,6 +137,15 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
     this.managed.delete(name);
   }
 
+  /**
+   * Terminates a role's worker without asking it, as a crash would end it:
+   * its restart policy applies. For tests of crash recovery.
+   */
+  async kill(name: string): Promise<void> {
+    const worker = this.managed.get(name)?.worker;
+    if (worker) await worker.terminate();
+  }
+
   /** Stops every role, in the reverse of the order they were started. */
   async stopAll(reason = 'shutting down'): Promise<void> {
     this.shuttingDown = true;

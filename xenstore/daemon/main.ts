@@ -3,6 +3,7 @@ import { createLogger } from '../../shared/log.js';
 import { OptionError, XENSTORED_USAGE, parseXenstoredOptions } from './options.js';
 import { XenStoreSocketServer } from './socket-server.js';
 import { XenStoreDaemon } from './xenstored.js';
+import { Journal } from './journal.js';
 
 const log = createLogger('xenstored');
 
@@ -64,6 +65,26 @@ export async function runXenstored(argv: readonly string[]): Promise<number> {
     if (options.pidFile) rmSync(options.pidFile, { force: true });
     return 1;
   }
+  // Recovered once the socket is ours (a path that cannot be served is
+  // reported as such) and before any request is read: connections accepted
+  // meanwhile wait for the event loop, which this does not yield to.
+  let journal: Journal | undefined;
+  if (options.journalDir) {
+    try {
+      journal = new Journal(options.journalDir);
+      // A journal left behind is a daemon that crashed: its store is taken over.
+      const recovery = daemon.attachJournal(journal, journal.holdsState());
+      if (recovery) {
+        log.info(`recovered the store from ${options.journalDir} (${recovery.records} commits after its snapshot, ${recovery.domains?.domains.length ?? 0} domains)`);
+      }
+    } catch (err) {
+      log.error(`cannot use the journal in ${options.journalDir}: ${(err as Error).message}`);
+      daemon.shutdown();
+      await server.close();
+      if (options.pidFile) rmSync(options.pidFile, { force: true });
+      return 1;
+    }
+  }
   log.info(`serving xenstore on ${options.socket}`);
 
   return new Promise<number>((resolve) => {
@@ -73,6 +94,8 @@ export async function runXenstored(argv: readonly string[]): Promise<number> {
       stopping = true;
       log.info(`${signal}: stopping`);
       daemon.shutdown();
+      // Stopped on purpose, the daemon takes its store with it, as xenstored does.
+      journal?.discard();
       void server.close().then(() => {
         if (options.pidFile) rmSync(options.pidFile, { force: true });
         resolve(0);

@@ -13,7 +13,18 @@ export interface XenstoredOptions {
   quotas: QuotaSet;
   watchEventTimeoutMs: number;
   queuedOutputLimit: number;
+  /** Where the journal lives (default: journalDirFor(socket)); undefined with --no-journal. */
+  journalDir: string | undefined;
   help: boolean;
+}
+
+/**
+ * The journal directory of a daemon serving `socket` unless told otherwise:
+ * next to its socket, so that it is under /var/run (gone with the machine,
+ * as the store is) and two daemons on two sockets never share one.
+ */
+export function journalDirFor(socket: string): string {
+  return `${socket}.journal`;
 }
 
 export class OptionError extends Error {}
@@ -38,6 +49,10 @@ export const XENSTORED_USAGE = `Usage: xenmesh xenstored [options]
   --queued-output-max <bytes>  bound the memory held by output waiting for all
                            clients together (default ${DEFAULT_QUEUED_OUTPUT_LIMIT}, 128 MiB; 0: none);
                            over it, the client holding the most is cut off
+  --journal-dir <dir>      record every commit in <dir>, and recover the store
+                           from it after a crash (default <socket>.journal,
+                           /var/run/xenstored/socket.journal)
+  --no-journal             keep no journal: a crash loses the store
   -N, --no-fork            accepted for compatibility: the daemon always runs in the foreground
   -H, --help               show this help
 
@@ -71,6 +86,7 @@ const VALUE_FLAGS: Record<string, string> = {
   '-w': 'timeout',
   '--timeout': 'timeout',
   '--queued-output-max': 'queued-output-max',
+  '--journal-dir': 'journal-dir',
 };
 
 /** xenstored's get_optval_uint(): a whole decimal number no larger than INT_MAX. */
@@ -105,8 +121,10 @@ export function parseXenstoredOptions(argv: readonly string[]): XenstoredOptions
     quotas: defaultQuotas(),
     watchEventTimeoutMs: DEFAULT_WATCH_EVENT_TIMEOUT_MS,
     queuedOutputLimit: DEFAULT_QUEUED_OUTPUT_LIMIT,
+    journalDir: undefined,
     help: false,
   };
+  let journal: 'default' | 'none' | 'given' = 'default';
   for (let i = 0; i < argv.length; i++) {
     let arg = argv[i]!;
     let value: string | undefined;
@@ -120,6 +138,10 @@ export function parseXenstoredOptions(argv: readonly string[]): XenstoredOptions
       continue;
     }
     if (arg === '-N' || arg === '--no-fork') continue;
+    if (arg === '--no-journal') {
+      journal = 'none';
+      continue;
+    }
     const name = VALUE_FLAGS[arg];
     if (!name) throw new OptionError(`unknown option '${arg}'`);
     if (value === undefined) {
@@ -154,6 +176,10 @@ export function parseXenstoredOptions(argv: readonly string[]): XenstoredOptions
         options.watchEventTimeoutMs = seconds * 1000;
         break;
       }
+      case 'journal-dir':
+        options.journalDir = value;
+        journal = 'given';
+        break;
       case 'queued-output-max':
         options.queuedOutputLimit = unsignedValue(value);
         break;
@@ -163,5 +189,7 @@ export function parseXenstoredOptions(argv: readonly string[]): XenstoredOptions
       }
     }
   }
+  if (journal === 'default') options.journalDir = journalDirFor(options.socket);
+  if (journal === 'none') options.journalDir = undefined;
   return options;
 }
