@@ -10,6 +10,7 @@ import { RingClientTransport } from '../../xenstore/client/ring-transport.js';
 import type { Connection } from '../../xenstore/daemon/connection.js';
 import { DetachedBackend } from '../../xenstore/daemon/domain-backend.js';
 import { PlatformDomainBackend } from '../../xenstore/daemon/platform-backend.js';
+import { takeSavedState, writeSavedState } from '../../xenstore/daemon/saved-state.js';
 import { XenStoreSocketServer } from '../../xenstore/daemon/socket-server.js';
 import { XenStoreDaemon, type DaemonOptions } from '../../xenstore/daemon/xenstored.js';
 import { buildDomain, type StartInfo } from '../../host/domain-builder.js';
@@ -147,11 +148,13 @@ export async function startDaemon(options: TestDaemonOptions = {}): Promise<Runn
       return conn;
     },
     async restart() {
-      const state = env.daemon.saveState();
+      // Through a file in the migration stream, as the host's xenstored worker hands it over.
+      const stateFile = join(dir, 'state');
+      writeSavedState(stateFile, env.daemon.saveState());
       env.daemon.shutdown();
       await server.close();
       const next = newDaemon();
-      next.restoreState(state);
+      next.restoreState(takeSavedState(stateFile)!);
       server = new XenStoreSocketServer(next, socketPath);
       await server.listen();
       env.daemon = next;

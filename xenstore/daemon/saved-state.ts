@@ -1,22 +1,25 @@
 import { readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
-import { Packr } from 'msgpackr';
-import type { SavedDaemonState } from './xenstored.js';
-
-const packr = new Packr({ useRecords: false, moreTypes: false });
+import { decodeMigrationStream, encodeMigrationStream } from './migration-stream.js';
+import { SAVED_STATE_VERSION, type SavedDaemonState } from './xenstored.js';
 
 /**
  * Writes a daemon's saved state to `file` for the daemon that replaces it,
  * as xenstored's live update dumps its state to a file before the new
- * binary takes over. Written aside and renamed, so that a successor never
- * reads half a state.
+ * binary takes over, in the same format: the xenstore migration stream
+ * (see migration-stream.ts). Written aside and renamed, so that a successor
+ * never reads half a state.
  */
 export function writeSavedState(file: string, state: SavedDaemonState): void {
   const partial = `${file}.partial`;
-  writeFileSync(partial, packr.pack(state), { mode: 0o600 });
+  writeFileSync(partial, encodeMigrationStream(state), { mode: 0o600 });
   renameSync(partial, file);
 }
 
-/** Reads and removes a saved state; undefined if there is none. */
+/**
+ * Reads and removes a saved state; undefined if there is none. A stream of
+ * another version, with a bad ident or cut short is refused whole, with the
+ * reason (MigrationStreamError).
+ */
 export function takeSavedState(file: string): SavedDaemonState | undefined {
   let bytes: Buffer;
   try {
@@ -26,7 +29,6 @@ export function takeSavedState(file: string): SavedDaemonState | undefined {
     throw err;
   }
   rmSync(file, { force: true });
-  const state = packr.unpack(bytes) as SavedDaemonState;
-  if (!state || typeof state !== 'object' || typeof state.version !== 'number') throw new Error(`${file} holds no saved xenstored state`);
-  return state;
+  const { tree, domains } = decodeMigrationStream(bytes);
+  return { version: SAVED_STATE_VERSION, tree, domains };
 }
