@@ -194,14 +194,15 @@ t.test('a snapshot of another format or version is refused, not half read', asyn
   await first.crash();
   const snapshotFile = join(dir, 'journal', SNAPSHOT_FILE);
   const original = readFileSync(snapshotFile);
-  const { Packr } = await import('msgpackr');
-  const packr = new Packr({ useRecords: false, moreTypes: false });
-  const snapshot = packr.unpack(readFrames(original).payloads[0]!) as Record<string, unknown>;
-  writeFileSync(snapshotFile, frame(packr.pack({ ...snapshot, version: 99 })));
+  // The snapshot is a xenstore migration stream: its version is in its preamble.
+  const stream = Buffer.from(readFrames(original).payloads[0]!);
+  t.equal(stream.toString('latin1', 0, 8), 'xenstore', 'the snapshot is a xenstore migration stream');
+  stream.writeUInt32BE(99, 8);
+  writeFileSync(snapshotFile, frame(stream));
   const daemon = new XenStoreDaemon({ backend: new DetachedBackend() });
   t.teardown(() => daemon.shutdown());
   const journal = new Journal(join(dir, 'journal'));
-  t.throws(() => daemon.attachJournal(journal, true), /version 99, this xenstored reads version 1/);
+  t.throws(() => daemon.attachJournal(journal, true), /version 99 is not supported \(this xenstored reads version 1\): refusing to start from it/);
   writeFileSync(snapshotFile, original.subarray(0, original.length - 1));
   t.throws(() => daemon.attachJournal(journal, true), /is damaged .*refusing to start/);
 });

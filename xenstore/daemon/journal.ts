@@ -3,18 +3,21 @@ import { join } from 'node:path';
 import { Packr } from 'msgpackr';
 import { createLogger } from '../../shared/log.js';
 import { applyNodes, captureNodes, type NodeChange } from '../store/node-state.js';
-import type { SavedTree, Store } from '../store/store.js';
+import type { Store } from '../store/store.js';
 import type { CommitLog, DomainState } from './commit-log.js';
+import { decodeMigrationStream, encodeMigrationStream, type MigrationState } from './migration-stream.js';
 import { frame, readFrames } from './record-file.js';
 
 const log = createLogger('xenstored');
 
 /** The file of committed changes since the last snapshot, in the journal directory. */
 export const JOURNAL_FILE = 'journal';
-/** The store and domains as of some commit, from which the journal goes on. */
+/** The store and domains as of some commit, from which the journal goes on: a xenstore migration stream, framed. */
 export const SNAPSHOT_FILE = 'snapshot';
-/** Identifies a snapshot, and the layout of the records, which a daemon refuses in any other version. */
-export const SNAPSHOT_FORMAT = 'xenmesh-xenstored-snapshot';
+/**
+ * The layout of the journal's records. A snapshot is a xenstore migration
+ * stream (migration-stream.ts), which carries its own version.
+ */
 export const JOURNAL_VERSION = 1;
 /**
  * The journal is compacted into a snapshot once it holds this much: replay
@@ -27,6 +30,7 @@ const packr = new Packr({ useRecords: false, moreTypes: false });
 
 /** One commit as the journal holds it. */
 interface JournalRecord {
+  readonly version: number;
   readonly seq: number;
   /** The store's generation counter after the commit. */
   readonly generation: number;
@@ -34,14 +38,6 @@ interface JournalRecord {
   readonly domains?: DomainState;
 }
 
-interface Snapshot {
-  readonly format: string;
-  readonly version: number;
-  /** The last journal record the snapshot includes; replay skips those up to it. */
-  readonly seq: number;
-  readonly tree: SavedTree;
-  readonly domains: DomainState;
-}
 
 export interface Recovery {
   /** The domain state last recorded, if any was. */
@@ -104,8 +100,9 @@ export class Journal implements CommitLog {
    * Loads the snapshot and replays the journal after it into `store`. A torn
    * or corrupted record ends the replay: it and anything after it are
    * dropped (a crash in the middle of an append), with a log line. A
-   * snapshot that cannot be read whole, or is of another format or version,
-   * is refused: starting from half a store would lose commits silently.
+   * snapshot that cannot be read whole, or a stream or record of another
+   * version, is refused: starting from half a store would lose commits
+   * silently.
    */
   recover(store: Store): Recovery | undefined {
     const snapBytes = readOptional(this.snapshotFile);
@@ -114,20 +111,26 @@ export class Journal implements CommitLog {
     if (frames.damage || frames.payloads.length !== 1) {
       throw new Error(`${this.snapshotFile} is damaged (${frames.damage ?? `${frames.payloads.length} records`}): refusing to start from it`);
     }
-    const snapshot = packr.unpack(frames.payloads[0]!) as Snapshot;
-    if (snapshot?.format !== SNAPSHOT_FORMAT) throw new Error(`${this.snapshotFile} is not a xenstored snapshot`);
-    if (snapshot.version !== JOURNAL_VERSION) {
-      throw new Error(`${this.snapshotFile} is of version ${snapshot.version}, this xenstored reads version ${JOURNAL_VERSION}`);
+    let snapshot: MigrationState;
+    try {
+      snapshot = decodeMigrationStream(frames.payloads[0]!);
+    } catch (err) {
+      throw new Error(`${this.snapshotFile}: ${(err as Error).message}: refusing to start from it`);
     }
+    if (!snapshot.global) throw new Error(`${this.snapshotFile} is a migration stream, not a journal snapshot (no journal position)`);
+    const snapshotSeq = snapshot.global.journalSeq;
     store.importTree(snapshot.tree);
-    let domains: DomainState | undefined = snapshot.domains;
+    let domains: DomainState | undefined = { domains: snapshot.domains, globalQuotas: snapshot.global.globalQuotas };
     let generation = snapshot.tree.generation;
     let records = 0;
     const journal = readFrames(readOptional(this.journalFile) ?? Buffer.alloc(0));
-    this.seq = snapshot.seq;
+    this.seq = snapshotSeq;
     for (const payload of journal.payloads) {
       const record = packr.unpack(payload) as JournalRecord;
-      if (record.seq <= snapshot.seq) continue; // already in the snapshot (a crash between the two)
+      if (record.version !== JOURNAL_VERSION) {
+        throw new Error(`${this.journalFile} holds a record of version ${record.version}, this xenstored reads version ${JOURNAL_VERSION}`);
+      }
+      if (record.seq <= snapshotSeq) continue; // already in the snapshot (a crash between the two)
       if (record.nodes) applyNodes(store, record.nodes);
       if (record.domains) domains = record.domains;
       generation = Math.max(generation, record.generation);
@@ -150,11 +153,15 @@ export class Journal implements CommitLog {
   compact(store: Store, domains: DomainState | undefined = this.domains): void {
     if (!domains) throw new Error('journal: no domain state to snapshot');
     this.domains = domains;
-    const snapshot: Snapshot = { format: SNAPSHOT_FORMAT, version: JOURNAL_VERSION, seq: this.seq, tree: store.exportTree(), domains };
+    const snapshot = encodeMigrationStream({
+      tree: store.exportTree(),
+      domains: domains.domains,
+      global: { globalQuotas: domains.globalQuotas, journalSeq: this.seq },
+    });
     const partial = `${this.snapshotFile}.partial`;
     const fd = openSync(partial, 'w', 0o600);
     try {
-      writeAll(fd, frame(packr.pack(snapshot)));
+      writeAll(fd, frame(snapshot));
       fsyncSync(fd);
     } finally {
       closeSync(fd);
@@ -169,12 +176,18 @@ export class Journal implements CommitLog {
 
   committed(store: Store, paths: Iterable<string>, domains: DomainState | undefined): void {
     if (domains) this.domains = domains;
-    this.append(store, { seq: ++this.seq, generation: store.currentGeneration, nodes: captureNodes(store, paths), ...(domains ? { domains } : {}) });
+    this.append(store, {
+      version: JOURNAL_VERSION,
+      seq: ++this.seq,
+      generation: store.currentGeneration,
+      nodes: captureNodes(store, paths),
+      ...(domains ? { domains } : {}),
+    });
   }
 
   domainsChanged(store: Store, domains: DomainState): void {
     this.domains = domains;
-    this.append(store, { seq: ++this.seq, generation: store.currentGeneration, domains });
+    this.append(store, { version: JOURNAL_VERSION, seq: ++this.seq, generation: store.currentGeneration, domains });
   }
 
   /** Stops writing; the files stay for a daemon that recovers them. */

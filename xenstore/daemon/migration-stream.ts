@@ -14,6 +14,7 @@
 import { DOMID_INVALID } from '../../shared/domid.js';
 import type { Perm } from '../store/permissions.js';
 import type { SavedNode, SavedTree } from '../store/store.js';
+import type { QuotaSet } from '../store/quota.js';
 import type { SavedDomain } from './domains.js';
 
 /** XS_STATE_IDENT, without its NUL. */
@@ -31,6 +32,7 @@ export const RecordType = { END: 0, GLOBAL: 1, CONN: 2, WATCH: 3, TA: 4, NODE: 5
 /** Records of this daemon's own ('xm' in the high half), outside the range the document uses. */
 export const XENMESH_DOMAIN = 0x786d0001;
 export const XENMESH_GENERATIONS = 0x786d0002;
+export const XENMESH_GLOBAL = 0x786d0003;
 
 /** XS_STATE_CONN_TYPE_RING. */
 const CONN_TYPE_RING = 0;
@@ -42,6 +44,11 @@ const ACCESS_LETTERS = ['n', 'r', 'w', 'b'] as const;
 export interface MigrationState {
   readonly tree: SavedTree;
   readonly domains: readonly SavedDomain[];
+  /**
+   * State of this daemon's own that a journal snapshot also needs: the
+   * global quotas and the last journal record the snapshot holds.
+   */
+  readonly global?: { readonly globalQuotas: QuotaSet; readonly journalSeq: number };
 }
 
 export class MigrationStreamError extends Error {
@@ -87,6 +94,7 @@ export function encodeMigrationStream(state: MigrationState): Buffer {
     // No pending input or output: connections start over after the update.
     add(RecordType.CONN, conn);
   }
+  if (state.global) add(XENMESH_GLOBAL, Buffer.from(JSON.stringify(state.global), 'utf8'));
   for (const domain of state.domains) add(XENMESH_DOMAIN, Buffer.from(JSON.stringify(domain), 'utf8'));
 
   const generations: number[] = [];
@@ -154,6 +162,7 @@ export function decodeMigrationStream(bytes: Buffer): MigrationState {
   const nodes: ParsedNode[] = [];
   const domains: SavedDomain[] = [];
   let generations: number[] | undefined;
+  let global: MigrationState['global'];
   let counter = 0;
   let ended = false;
   let offset = PREAMBLE_BYTES;
@@ -174,6 +183,9 @@ export function decodeMigrationStream(bytes: Buffer): MigrationState {
         break;
       case XENMESH_DOMAIN:
         domains.push(parseDomain(body));
+        break;
+      case XENMESH_GLOBAL:
+        global = parseGlobal(body);
         break;
       case XENMESH_GENERATIONS: {
         if (body.length < 16) throw new MigrationStreamError('a short generations record');
@@ -197,7 +209,20 @@ export function decodeMigrationStream(bytes: Buffer): MigrationState {
   }
   if (!ended) throw new MigrationStreamError('no END record: the stream is truncated');
   if (generations && generations.length !== nodes.length) throw new MigrationStreamError(`${generations.length} generations for ${nodes.length} nodes`);
-  return { tree: buildTree(nodes, generations, counter), domains };
+  return { tree: buildTree(nodes, generations, counter), domains, ...(global ? { global } : {}) };
+}
+
+function parseGlobal(body: Buffer): NonNullable<MigrationState['global']> {
+  let global: NonNullable<MigrationState['global']>;
+  try {
+    global = JSON.parse(body.toString('utf8')) as NonNullable<MigrationState['global']>;
+  } catch {
+    throw new MigrationStreamError('a global record that does not parse');
+  }
+  if (typeof global?.journalSeq !== 'number' || typeof global.globalQuotas !== 'object') {
+    throw new MigrationStreamError('a global record without its quotas or journal position');
+  }
+  return global;
 }
 
 function parseNode(body: Buffer, u16: (b: Buffer, o: number) => number, u32: (b: Buffer, o: number) => number, at: number): ParsedNode {
