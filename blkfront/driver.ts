@@ -82,7 +82,7 @@ interface Connection {
 export class VbdFrontend implements DeviceHandler {
   readonly disk = new BlockDevice();
   private connection: Connection | undefined;
-  /** Pages no grant names now, reused across connections. */
+  /** Pages no grant names now, reused across connections and given back to the domain when the device is detached. */
   private readonly sparePages: number[] = [];
   /** Grants a backend still had mapped when their connection ended, tried again later. */
   private readonly lingering: { pages: GrantedPages; rings: GrantedRing[] }[] = [];
@@ -130,6 +130,8 @@ export class VbdFrontend implements DeviceHandler {
     this.teardown();
     this.retryLingering();
     this.disk.close(new Error(`${this.device.node} was detached`));
+    // The pages kept for a next connection go back to the domain: there is none for a detached device.
+    this.device.ctx.domain.memory.freePages(this.sparePages.splice(0));
   }
 
   /**

@@ -16,6 +16,7 @@ import { mkdtempSync, openSync, closeSync, ftruncateSync, readFileSync, readlink
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SECTOR_SIZE } from '../shared/blkif.js';
+import type { DomainInterface } from '../shared/platform.js';
 import { XenbusState } from '../xenbus/state.js';
 import { run } from './helpers/daemon.js';
 import { randomBytes, startBlkTestbed } from './helpers/blk.js';
@@ -161,4 +162,33 @@ t.test('the store is opened at connect and closed when the frontend goes', async
   await blk.bed.plug(lonely);
   await blk.bed.waitStates(lonely, XenbusState.Initialising, XenbusState.InitWait);
   t.notOk(holdsOpen(path), 'not opened before the frontend connects');
+});
+
+/** Pages the domain could still allocate: allocates them all, counts, and gives them back. */
+function freePages(domain: DomainInterface): number {
+  const taken: number[] = [];
+  for (;;) {
+    try {
+      taken.push(...domain.memory.allocPages(1));
+    } catch {
+      break;
+    }
+  }
+  domain.memory.freePages(taken);
+  return taken.length;
+}
+
+t.test("an unplugged disk gives the guest back every page its frontend took", async (t) => {
+  const blk = await startBlkTestbed(t);
+  const { domain } = blk.guest.kernel;
+  const before = freePages(domain);
+  for (const vdev of ['xvda', 'xvdb', 'xvdc']) {
+    const spec = blk.disk(vdev);
+    const disk = await blk.connect(spec);
+    // Enough at once for indirect requests and many data pages.
+    await Promise.all([disk.write(0, randomBytes(256 * SECTOR_SIZE)), disk.read(512, 64)]);
+    await blk.bed.unplug(spec);
+  }
+  const after = freePages(domain);
+  t.equal(after, before, `after three disks came and went, the guest has as many free pages as before (${after} of ${before})`);
 });
