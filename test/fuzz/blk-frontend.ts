@@ -1,0 +1,191 @@
+/**
+ * The hostile frontend's side of a batch: it puts planned requests (and
+ * slots it never wrote) on its ring, notifies as ring.h asks or not at all
+ * or in storms, and checks every response against the model: one response
+ * per request, with its id and the operation blkif.h says it names, and
+ * the status the model expects.
+ */
+import { BlkifOp, BlkifStatus, decodeRequest, encodeRequest, type BlkifAbi, type BlkifRequest, type BlkifResponse } from '../../shared/blkif.js';
+import { verdict, type DiskPolicy } from './blk-model.js';
+import type { HostilePages } from './blk-pages.js';
+import type { HostileRing } from './blk-ring.js';
+import type { PlannedRequest } from './blk-requests.js';
+import type { Trail } from './violation.js';
+
+/** A request on the ring whose response has not come yet. */
+interface Awaited {
+  readonly id: bigint;
+  readonly operation: number;
+  /** The status the response must have; undefined for any of blkif.h's. */
+  readonly status: number | undefined;
+  readonly why: string;
+  readonly what: string;
+  /** Indirect pages it names that the fuzzer may rewrite: not until this is answered. */
+  readonly indirectGrefs: readonly number[];
+}
+
+const STATUS_NAMES = new Map<number, string>([
+  [BlkifStatus.OKAY, 'OKAY'],
+  [BlkifStatus.ERROR, 'ERROR'],
+  [BlkifStatus.EOPNOTSUPP, 'EOPNOTSUPP'],
+]);
+
+const statusName = (status: number | undefined) => (status === undefined ? 'any status' : (STATUS_NAMES.get(status) ?? `status ${status}`));
+
+export type Notification = 'needed' | 'always' | 'storm' | 'later';
+
+export class HostileFrontend {
+  private readonly awaited: Awaited[] = [];
+  /** Requests published (stale slots included). */
+  sent = 0;
+  answered = 0;
+  /** Published without a notification yet: waiting for their responses must notify first. */
+  private unnotified = false;
+  readonly statuses = new Map<string, number>();
+
+  constructor(
+    private readonly ring: HostileRing,
+    private readonly pages: HostilePages,
+    private readonly disk: DiskPolicy,
+    private readonly abi: BlkifAbi,
+    private readonly trail: Trail,
+    private readonly responseTimeoutMs: number,
+  ) {}
+
+  get owed(): number {
+    return this.awaited.length;
+  }
+
+  get freeSlots(): number {
+    return this.ring.front.freeRequests;
+  }
+
+  /** Whether an outstanding request names this indirect page (its contents must not change under it). */
+  inUse(gref: number): boolean {
+    return this.awaited.some((a) => a.indirectGrefs.includes(gref));
+  }
+
+  /** Puts requests on the ring and publishes them, notifying as told. */
+  send(planned: readonly PlannedRequest[], notification: Notification, stormSize: number): void {
+    const entry = new Uint8Array(this.ring.entryBytes);
+    for (const p of planned) {
+      if (p.indirect) this.pages.writeIndirect(p.indirect.page, p.indirect.bytes);
+      if (p.raw) entry.set(p.raw.subarray(0, entry.length));
+      else encodeRequest(this.abi, p.request, entry);
+      this.ring.put(entry);
+      // The model judges what the backend will read, not what was meant: the slot decoded.
+      this.expect(decodeRequest(this.abi, entry), p.what);
+    }
+    const needed = this.ring.publish();
+    this.trail.add(`${planned.length} requests (${planned.map((p) => p.what).join(', ')}), notify ${notification}${needed ? ' (needed)' : ''}`);
+    this.notify(notification, needed, stormSize);
+  }
+
+  /** Publishes `count` slots it never wrote; the backend must answer whatever they hold. */
+  sendStale(count: number, notification: Notification, stormSize: number): void {
+    const slots = this.ring.publishStale(count);
+    for (const slot of slots) this.expect(decodeRequest(this.abi, slot), 'a stale slot');
+    this.trail.add(`published ${count} slots it never wrote, notify ${notification}`);
+    this.notify(notification, true, stormSize);
+  }
+
+  /** Notifies with nothing new on the ring. */
+  storm(times: number): void {
+    this.trail.add(`${times} notifications with nothing new`);
+    this.ring.notify(times);
+  }
+
+  /** Takes the responses that are there and checks them. */
+  collect(): void {
+    const responses = this.ring.takeResponses();
+    if (!responses) throw this.trail.violation('the backend moved its response producer more than a ring ahead');
+    for (const response of responses) this.match(response);
+  }
+
+  /** Waits until every request has its response, then checks what the backend wrote in the pages. */
+  async settle(): Promise<void> {
+    if (this.unnotified) this.notify('always', true, 0);
+    const deadline = Date.now() + this.responseTimeoutMs;
+    for (;;) {
+      this.collect();
+      if (this.awaited.length === 0) {
+        try {
+          this.pages.checkpoint();
+        } catch (err) {
+          throw this.trail.violation((err as Error).message);
+        }
+        return;
+      }
+      if (Date.now() > deadline) {
+        const oldest = this.awaited[0]!;
+        throw this.trail.violation(`no response within ${this.responseTimeoutMs} ms to ${this.awaited.length} requests, the oldest ${oldest.what} (id ${oldest.id})`);
+      }
+      await this.ring.waitForResponses(Math.max(1, deadline - Date.now()));
+    }
+  }
+
+  private notify(notification: Notification, needed: boolean, stormSize: number): void {
+    switch (notification) {
+      case 'needed':
+        if (needed || this.unnotified) this.ring.notify();
+        this.unnotified = false;
+        break;
+      case 'always':
+        this.ring.notify();
+        this.unnotified = false;
+        break;
+      case 'storm':
+        this.ring.notify(stormSize);
+        this.unnotified = false;
+        break;
+      case 'later':
+        this.unnotified = true;
+        break;
+    }
+  }
+
+  private expect(request: BlkifRequest, what: string): void {
+    const v = verdict(request, this.disk, this.pages);
+    if (v.fills === undefined) this.pages.mayFillAnything();
+    else for (const [gref, first, last] of v.fills) this.pages.mayFill(gref, first, last);
+    const indirectGrefs = request.kind === 'indirect' ? request.indirectGrefs : [];
+    this.awaited.push({ id: request.id, operation: v.operation, status: v.status, why: v.why, what: `${what} (${describe(request)})`, indirectGrefs });
+    this.sent++;
+  }
+
+  /**
+   * Matches a response to a request with its id. Several may share an id
+   * (a hostile frontend reuses them): the response goes to the most
+   * constrained one it fits.
+   */
+  private match(response: BlkifResponse): void {
+    const name = statusName(response.status);
+    if (!STATUS_NAMES.has(response.status)) throw this.trail.violation(`a response with ${name}, which blkif.h does not define (id ${response.id})`);
+    const sameId = this.awaited.filter((a) => a.id === response.id);
+    if (sameId.length === 0) throw this.trail.violation(`a response (id ${response.id}, operation ${response.operation}, ${name}) to no request awaiting one`);
+    const fits = sameId.filter((a) => a.operation === response.operation && (a.status === undefined || a.status === response.status));
+    if (fits.length === 0) {
+      const a = sameId[0]!;
+      throw this.trail.violation(
+        `${a.what}: the response says operation ${response.operation}, ${name}; expected operation ${a.operation}, ${statusName(a.status)} (${a.why})`,
+      );
+    }
+    const chosen = fits.find((a) => a.status !== undefined) ?? fits[0]!;
+    this.awaited.splice(this.awaited.indexOf(chosen), 1);
+    this.answered++;
+    this.statuses.set(name, (this.statuses.get(name) ?? 0) + 1);
+  }
+}
+
+function describe(request: BlkifRequest): string {
+  switch (request.kind) {
+    case 'discard':
+      return `discard sector ${request.sectorNumber} count ${request.nrSectors} flag ${request.flag}`;
+    case 'indirect':
+      return `indirect op ${request.indirectOp} nr_segments ${request.nrSegments} sector ${request.sectorNumber} pages ${request.indirectGrefs[0]}`;
+    case 'rw':
+      return `op ${request.operation === BlkifOp.READ ? 'READ' : request.operation} nr_segments ${request.nrSegments} sector ${request.sectorNumber} segments ${request.segments
+        .map((s) => `${s.gref}:${s.firstSect}-${s.lastSect}`)
+        .join(' ')}`;
+  }
+}
