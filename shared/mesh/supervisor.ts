@@ -56,6 +56,8 @@ interface Managed {
   stats: Record<string, number | string>;
   ready: { resolve(): void; reject(err: Error): void } | undefined;
   stopped: (() => void) | undefined;
+  /** The stop under way: whoever else asks the worker to stop waits for this one. */
+  stopping: Promise<void> | undefined;
 }
 
 export interface SupervisorEvents {
@@ -92,6 +94,7 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
       stats: {},
       ready: undefined,
       stopped: undefined,
+      stopping: undefined,
     };
     this.managed.set(spec.name, entry);
     return this.launch(entry);
@@ -129,12 +132,18 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
     });
   }
 
-  /** Stops one role: asks it to finish, terminates it if it does not. */
-  async stop(name: string, reason = 'stop requested'): Promise<void> {
+  /**
+   * Stops one role: asks it to finish, terminates it if it does not. A
+   * second stop while one is under way waits for that one (a destroy
+   * overlapping a reboot stops the same kernel twice); each settles.
+   */
+  stop(name: string, reason = 'stop requested'): Promise<void> {
     const entry = this.managed.get(name);
-    if (!entry) return;
-    await this.stopEntry(entry, reason);
-    this.managed.delete(name);
+    if (!entry) return Promise.resolve();
+    entry.stopping ??= this.stopEntry(entry, reason).finally(() => {
+      if (this.managed.get(name) === entry) this.managed.delete(name);
+    });
+    return entry.stopping;
   }
 
   /**
@@ -261,6 +270,9 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
 
   private async stopEntry(entry: Managed, reason: string): Promise<void> {
     const worker = entry.worker;
+    // A start waiting for this worker would otherwise wait for ever: a worker stopped while starting never says ready.
+    entry.ready?.reject(new Error(`${entry.spec.name} was stopped before it was ready (${reason})`));
+    entry.ready = undefined;
     if (!worker) {
       entry.state = 'stopped';
       return;
