@@ -12,6 +12,7 @@ import { EmbeddedPlatform, DEFAULT_MACHINE_FRAMES } from '../shared/embedded/pla
 import { createLogger } from '../shared/log.js';
 import { DEFAULT_RESTART, Supervisor, type RestartPolicy, type WorkerStatus } from '../shared/mesh/supervisor.js';
 import { XenStoreClient } from '../xenstore/client/client.js';
+import { SerialQueue } from '../xenbus/serial.js';
 import type { DevicePaths, DeviceSpec, UnplugOptions, UnplugResult } from './devices.js';
 import type { StartInfo } from './domain-builder.js';
 import type { KernelDrivers, KernelRoleConfig } from './kernel.js';
@@ -43,6 +44,8 @@ export interface HostOptions {
 }
 
 const workerModule = (name: string) => new URL(`./workers/${name}.js`, import.meta.url);
+/** A domain's kernel worker is named after the domain, which keeps its name across reboots. */
+const kernelName = (domainName: string) => `kernel:${domainName}`;
 
 /**
  * An embedded Xen host: the hypervisor in shared memory, dom0 with
@@ -55,14 +58,21 @@ export class Host {
   private xs: XenStoreClient | undefined;
   private toolstackImpl: Toolstack | undefined;
   readonly domains = new Map<number, StartInfo>();
-  /** What each domain was created with and the devices it uses as a frontend: what a reboot creates again. */
+  /**
+   * The domains this host started, by domid: by their own, and while a
+   * reboot is under way by their old one too, so that a destroy naming the
+   * domain as it was still finds it.
+   */
   private readonly records = new Map<number, DomainRecord>();
   /**
    * What becomes of domains, as xl's domain-death handling sees it:
    * `shutdown` (domid, reason), `saved` (domid: suspended, its backends
    * released), `destroyed` (domid, reason if it shut down), `rebooted`
    * (old domid, new domid), `rebootFailed` (old domid, why it was not
-   * created again).
+   * created again). A domain's end is told once: a reboot ends in
+   * `rebooted`; in `rebootFailed` when the domain could not be created
+   * again, and nothing of it is left; or, when a destroy overtook it, in
+   * `destroyed` with the reason `reboot`.
    */
   readonly lifecycle = new EventEmitter();
   /** Domains that shut down and are being dealt with (or, suspended, are held). */
@@ -70,6 +80,8 @@ export class Host {
   /** The devices of suspended domains, without their backends, until they resume. */
   private readonly saved = new Map<number, DeviceSpec[]>();
   private domainEvents: EventChannels | undefined;
+  /** The host's shutdown, once asked: no domain is brought back from then on. */
+  private closing: Promise<void> | undefined;
 
   constructor(readonly options: HostOptions) {
     this.platform = EmbeddedPlatform.create(options.frames ?? DEFAULT_MACHINE_FRAMES);
@@ -151,31 +163,77 @@ export class Host {
    */
   async startDomain(config: DomainConfig, drivers: KernelDrivers = {}): Promise<StartInfo> {
     const start = await this.toolstack.createDomain(config);
+    const record: DomainRecord = { config, drivers, devices: [], domid: start.domid, ops: new SerialQueue(() => {}), doomed: false };
+    this.track(record, start);
+    await this.startKernel(record, start);
+    return start;
+  }
+
+  /** The host knows a domain it created by its (new) domid. */
+  private track(record: DomainRecord, start: StartInfo): void {
+    record.domid = start.domid;
     this.domains.set(start.domid, start);
-    this.records.set(start.domid, { config, drivers, devices: [] });
-    const kernel: KernelRoleConfig = { start, ...drivers };
-    await this.supervisor.start({
-      name: `kernel:${config.name}`,
+    this.records.set(start.domid, record);
+  }
+
+  private startKernel(record: DomainRecord, start: StartInfo): Promise<void> {
+    const kernel: KernelRoleConfig = { start, ...record.drivers };
+    return this.supervisor.start({
+      name: kernelName(record.config.name),
       domid: start.domid,
       module: this.options.kernelModule ?? workerModule('kernel-worker'),
       config: kernel,
       shared: { link: this.platform.link } satisfies PlatformShared,
       restart: DEFAULT_RESTART,
     });
-    return start;
   }
 
-  /** Stops a domain's kernel and destroys the domain. */
+  /**
+   * Stops a domain's kernel and destroys the domain. A destroy wins over
+   * whatever else is under way on the domain: it waits its turn, a reboot
+   * in progress does not bring the domain back, and it settles once the
+   * domain is gone.
+   */
   async destroyDomain(domid: number): Promise<void> {
-    const start = this.domains.get(domid);
+    const record = this.records.get(domid);
+    if (!record) return this.destroyUnrecorded(domid);
+    record.doomed = true;
+    // Stopping the kernel now rather than in turn cuts short a reboot that
+    // waits for its new kernel to start; stops of one worker join.
+    const stopping = this.supervisor.stop(kernelName(record.config.name), 'domain destroyed');
+    await record.ops.call(() => this.destroyRecord(record));
+    await stopping;
+  }
+
+  /** A domain the toolstack made without the host (no kernel, nothing else acts on it). */
+  private async destroyUnrecorded(domid: number): Promise<void> {
+    const info = this.platform.domainInfo(domid);
+    await this.toolstack.destroyDomain(domid);
+    if (info && info.state !== 'dying') this.lifecycle.emit('destroyed', domid, info.shutdownReason);
+  }
+
+  /** Destroys the domain a record has now, if any: a reboot that a destroy overtook leaves none. */
+  private async destroyRecord(record: DomainRecord): Promise<void> {
+    const domid = record.domid;
+    if (this.records.get(domid) !== record) return;
     const reason = this.platform.domainInfo(domid)?.shutdownReason;
-    if (start) await this.supervisor.stop(`kernel:${start.name}`, 'domain destroyed');
+    await this.teardown(domid);
+    this.forget(record);
+    this.lifecycle.emit('destroyed', domid, reason);
+  }
+
+  /** Stops a domain's kernel and destroys the domain, as libxl does; announces nothing. */
+  private async teardown(domid: number): Promise<void> {
+    const start = this.domains.get(domid);
+    if (start) await this.supervisor.stop(kernelName(start.name), 'domain destroyed');
     await this.toolstack.destroyDomain(domid);
     this.domains.delete(domid);
-    this.records.delete(domid);
     this.saved.delete(domid);
     this.reaping.delete(domid);
-    this.lifecycle.emit('destroyed', domid, reason);
+  }
+
+  private forget(record: DomainRecord): void {
+    for (const [domid, known] of this.records) if (known === record) this.records.delete(domid);
   }
 
   /** Plugs a split device between two running domains, as libxl does. */
@@ -204,10 +262,12 @@ export class Host {
     const { domid, name } = this.findDomain(domain);
     const label = `domain ${name} (${domid})`;
     if (domid === 0) throw new DomainActionError('Domain-0 is the host itself; stop the host instead');
+    if (action === 'destroy') {
+      await this.destroyDomain(domid);
+      return `${label} destroyed`;
+    }
+    if (!this.platform.domainInfo(domid)) throw new DomainActionError(`${label} is rebooting; ask again once it runs under its new domid`);
     switch (action) {
-      case 'destroy':
-        await this.destroyDomain(domid);
-        return `${label} destroyed`;
       case 'sysrq':
         if (!options.key) throw new DomainActionError('sysrq needs a key');
         await writeSysrq(this.xenstore, domid, options.key);
@@ -232,9 +292,14 @@ export class Host {
     }
   }
 
-  /** A domain by domid or name, among the running and the suspended. */
+  /** A domain by domid or name, among the running, the suspended and the rebooting. */
   findDomain(ref: string): { domid: number; name: string } {
-    const domains = this.platform.listDomains().filter((d) => d.state !== 'dying');
+    const domains = this.platform
+      .listDomains()
+      .filter((d) => d.state !== 'dying')
+      .map(({ domid, name }) => ({ domid, name }));
+    // Between its old domid and its new one, a rebooting domain is still there to destroy.
+    for (const [domid, record] of this.records) if (!domains.some((d) => d.domid === domid)) domains.push({ domid, name: record.config.name });
     const found = /^\d+$/.test(ref) ? domains.find((d) => d.domid === Number(ref)) : domains.find((d) => d.name === ref);
     if (!found) throw new DomainActionError(`no domain '${ref}' (there are: ${domains.map((d) => `${d.name} (${d.domid})`).join(', ')})`);
     return { domid: found.domid, name: found.name };
@@ -245,7 +310,7 @@ export class Host {
     return new Promise<string>((resolve, reject) => {
       // eslint-disable-next-line @typescript-eslint/no-explicit-any -- EventEmitter listeners take any arguments
       const listeners: [string, (...args: any[]) => void][] = [
-        ['destroyed', (gone: number, reason?: ShutdownReasonName) => gone === domid && reason !== 'reboot' && done(`${label} ${request === 'halt' && reason === 'poweroff' ? 'halted' : describeEnd(reason)}`)],
+        ['destroyed', (gone: number, reason?: ShutdownReasonName) => gone === domid && done(`${label} ${request === 'halt' && reason === 'poweroff' ? 'halted' : describeEnd(reason)}`)],
         ['rebooted', (old: number, now: number) => old === domid && done(`${label} rebooted; it runs again as domain ${now}`)],
         ['saved', (held: number, devices: number) => held === domid && done(`${label} suspended; ${devices} device(s) released by their backends; resume brings it back`)],
         ['rebootFailed', (old: number, why: string) => old === domid && failed(`${label} shut down to reboot, but was not started again: ${why}`)],
@@ -283,30 +348,85 @@ export class Host {
     }
   }
 
-  /** xl's defaults: a reboot creates the domain again, a suspend is saved, anything else is destroyed. */
-  private async afterShutdown(domid: number, reason: ShutdownReasonName): Promise<void> {
-    if (reason === 'suspend') return this.save(domid);
+  /**
+   * xl's defaults: a reboot creates the domain again, a suspend is saved,
+   * anything else is destroyed; in turn with whatever else is asked of the
+   * domain, and never a reboot once a destroy was asked or the host stops.
+   */
+  private afterShutdown(domid: number, reason: ShutdownReasonName): Promise<void> {
     const record = this.records.get(domid);
-    await this.destroyDomain(domid);
-    if (reason !== 'reboot' || !record) return;
-    let start: StartInfo | undefined;
+    if (!record) return Promise.resolve();
+    return record.ops.call(async () => {
+      // A destroy that came first has dealt with it.
+      if (record.domid !== domid || this.records.get(domid) !== record) return;
+      if (reason === 'suspend') return this.save(record);
+      if (reason === 'reboot' && !record.doomed && !this.closing) return this.reboot(record);
+      return this.destroyRecord(record);
+    });
+  }
+
+  /**
+   * A reboot, as xl does it: the old domain is destroyed and one like it
+   * created, its kernel started and its devices plugged.
+   * A destroy asked meanwhile wins: what was made goes, and the domain's
+   * end is told as `destroyed` (reason `reboot`) rather than `rebooted`.
+   * A reboot that fails otherwise (a disk whose image went bad, a device
+   * that cannot be plugged) leaves nothing of the domain either, as libxl
+   * destroys a domain whose creation failed part way, and its end is told
+   * as `rebootFailed`, with why.
+   */
+  private async reboot(record: DomainRecord): Promise<void> {
+    const old = record.domid;
+    await this.teardown(old);
+    // What the reboot made so far; its domid may be the old one again, as domids are reused.
+    const made: { start?: StartInfo } = {};
+    let failure: unknown;
     try {
-      // As libxl does for a domain it creates: its disks are looked at
-      // before the domain is built, so that one that went bad (its image
-      // removed or emptied) stops the reboot with a reason instead of
-      // leaving a domain whose disk never connects.
-      await checkDiskImages(record.devices);
-      const { domid: _old, ...config } = record.config;
-      start = await this.startDomain(config, record.drivers);
-      for (const spec of record.devices) await this.plugDevice({ ...spec, frontendDomid: start.domid });
-      this.lifecycle.emit('rebooted', domid, start.domid);
+      await this.recreate(record, made);
     } catch (err) {
-      // A domain built but not given all its devices goes too, as libxl
-      // destroys a domain whose creation failed part way.
-      const built = start;
-      if (built) await this.destroyDomain(built.domid).catch((destroyErr: Error) => log.warn(`destroying domain ${built.domid}: ${destroyErr.message}`));
-      log.error(`domain ${record.config.name} (${domid}) shut down to reboot, but was not started again: ${(err as Error).message}`);
-      this.lifecycle.emit('rebootFailed', domid, (err as Error).message);
+      failure = err;
+    }
+    // A destroy stops the new kernel as it starts: that is the destroy winning, not a failure.
+    if (record.doomed) {
+      if (made.start) await this.teardown(made.start.domid);
+      this.forget(record);
+      this.lifecycle.emit('destroyed', old, 'reboot');
+      return;
+    }
+    if (failure !== undefined || !made.start) {
+      const why = failure instanceof Error ? failure.message : String(failure ?? 'the domain was not created');
+      const built = made.start;
+      if (built) await this.teardown(built.domid).catch((err: Error) => log.warn(`destroying domain ${built.domid}: ${err.message}`));
+      this.forget(record);
+      log.error(`domain ${record.config.name} (${old}) shut down to reboot, but was not started again: ${why}`);
+      this.lifecycle.emit('rebootFailed', old, why);
+      return;
+    }
+    if (record.domid !== old && this.records.get(old) === record) this.records.delete(old);
+    this.lifecycle.emit('rebooted', old, record.domid);
+  }
+
+  /** Creates a rebooting domain again, stepping back as soon as a destroy is asked. */
+  private async recreate(record: DomainRecord, made: { start?: StartInfo }): Promise<void> {
+    if (record.doomed) return;
+    // As libxl does for a domain it creates: its disks are looked at
+    // before the domain is built, so that one that went bad (its image
+    // removed or emptied) stops the reboot with a reason instead of
+    // leaving a domain whose disk never connects.
+    await checkDiskImages(record.devices);
+    if (record.doomed) return;
+    // The toolstack picks the domid, as for any domain xl creates again.
+    const { domid: _fixed, ...config } = record.config;
+    const start = await this.toolstack.createDomain(config);
+    made.start = start;
+    this.track(record, start);
+    if (record.doomed) return;
+    await this.startKernel(record, start);
+    const devices = record.devices;
+    record.devices = [];
+    for (const spec of devices) {
+      if (record.doomed) return;
+      await this.plugDevice({ ...spec, frontendDomid: start.domid });
     }
   }
 
@@ -315,8 +435,8 @@ export class Host {
    * away (each answers, flushes and closes its store), and the domain is
    * held by the platform until it is resumed or destroyed.
    */
-  private async save(domid: number): Promise<void> {
-    const devices = this.records.get(domid)?.devices ?? [];
+  private async save(record: DomainRecord): Promise<void> {
+    const { domid, devices } = record;
     for (const spec of devices) await detachBackend(this.xenstore, spec);
     this.saved.set(domid, devices);
     this.lifecycle.emit('saved', domid, devices.length);
@@ -328,8 +448,25 @@ export class Host {
    * every device reconnects.
    */
   private async resume(domid: number, label: string, backend: string | undefined, timeoutMs: number): Promise<string> {
+    const record = this.records.get(domid);
+    if (!record) throw new DomainActionError(`${label} is not suspended`);
+    // In turn with the domain's other lifecycle operations; waiting for its devices to reconnect is not one.
+    const { devices, target } = await record.ops.call(() => this.unsave(record, domid, label, backend));
+    const connected = await Promise.all(
+      devices.map((spec) => waitForState(this.xenstore, `${devicePaths(spec).frontend}/state`, [XenbusState.Connected], timeoutMs)),
+    );
+    const late = devices.filter((_, i) => connected[i] === undefined).map((spec) => `${spec.kind} ${spec.devid}`);
+    if (late.length > 0) throw new DomainActionError(`${label} resumed, but ${late.join(', ')} did not reconnect within ${timeoutMs / 1000} s`);
+    const where = target ? ` to ${target.name} (${target.domid})` : '';
+    return `${label} resumed; ${devices.length} device(s) reconnected${where}`;
+  }
+
+  /** A saved domain's devices get backends again (in `backend`, if given), and it runs. */
+  private async unsave(record: DomainRecord, domid: number, label: string, backend: string | undefined): Promise<{ devices: DeviceSpec[]; target: { domid: number; name: string } | undefined }> {
     const info = this.platform.domainInfo(domid);
-    if (info?.state !== 'shutdown' || info.shutdownReason !== 'suspend') throw new DomainActionError(`${label} is not suspended`);
+    if (record.domid !== domid || record.doomed || info?.state !== 'shutdown' || info.shutdownReason !== 'suspend') {
+      throw new DomainActionError(`${label} is not suspended`);
+    }
     const saved = this.saved.get(domid);
     if (!saved) throw new DomainActionError(`${label} is still being saved; try again`);
     const target = backend === undefined ? undefined : this.findDomain(backend);
@@ -343,28 +480,30 @@ export class Host {
       throw err;
     }
     for (const spec of devices) await attachBackend(this.xenstore, spec);
-    const record = this.records.get(domid);
-    if (record) record.devices = devices;
+    record.devices = devices;
     this.saved.delete(domid);
     this.reaping.delete(domid);
     this.platform.resumeDomain(domid);
-    const connected = await Promise.all(
-      devices.map((spec) => waitForState(this.xenstore, `${devicePaths(spec).frontend}/state`, [XenbusState.Connected], timeoutMs)),
-    );
-    const late = devices.filter((_, i) => connected[i] === undefined).map((spec) => `${spec.kind} ${spec.devid}`);
-    if (late.length > 0) throw new DomainActionError(`${label} resumed, but ${late.join(', ')} did not reconnect within ${timeoutMs / 1000} s`);
-    const where = target ? ` to ${target.name} (${target.domid})` : '';
-    return `${label} resumed; ${devices.length} device(s) reconnected${where}`;
+    return { devices, target };
   }
 
   workers(): WorkerStatus[] {
     return this.supervisor.status();
   }
 
-  /** Everything, in the reverse of the order it started. */
-  async shutdown(): Promise<void> {
-    for (const domid of [...this.domains.keys()].reverse()) {
-      await this.destroyDomain(domid).catch((err: Error) => log.warn(`destroying domain ${domid}: ${err.message}`));
+  /**
+   * Everything, in the reverse of the order it started: each domain is
+   * destroyed (which wins over a reboot under way), then xenstored stops.
+   * Asking again joins the shutdown under way.
+   */
+  shutdown(): Promise<void> {
+    this.closing ??= this.close();
+    return this.closing;
+  }
+
+  private async close(): Promise<void> {
+    for (const record of [...new Set(this.records.values())].reverse()) {
+      await this.destroyDomain(record.domid).catch((err: Error) => log.warn(`destroying domain ${record.domid}: ${err.message}`));
     }
     this.domainEvents?.close();
     this.domainEvents = undefined;
@@ -373,10 +512,24 @@ export class Host {
   }
 }
 
+/**
+ * A domain the host started, across its reboots: what it was created with
+ * and the devices it uses as a frontend (what a reboot creates again), and
+ * the lifecycle operations on it.
+ */
 interface DomainRecord {
   readonly config: DomainConfig;
   readonly drivers: KernelDrivers;
   devices: DeviceSpec[];
+  /** Its domid now: each reboot makes a new domain, whose domid may or may not be the old one. */
+  domid: number;
+  /**
+   * Destroy, reboot, save and resume, one at a time: two at once would stop
+   * its kernel twice, or bring back a domain that is being destroyed.
+   */
+  readonly ops: SerialQueue;
+  /** A destroy was asked: nothing under way brings the domain back. */
+  doomed: boolean;
 }
 
 const sameDevice = (a: DeviceSpec, b: DeviceSpec) => a.kind === b.kind && a.devid === b.devid && a.frontendDomid === b.frontendDomid;

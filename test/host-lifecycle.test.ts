@@ -1,0 +1,160 @@
+/**
+ * Lifecycle operations on one domain that overlap: two destroys, a
+ * toolstack destroy at each step of a reboot, and the host's shutdown
+ * during a reboot. Each overlap is reached through an event the host or
+ * its supervisor gives at that step, not by timing. Every request is
+ * answered, a destroy wins over a reboot, and the host stops in bounded
+ * time.
+ */
+import t, { type Test } from 'tap';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Host } from '../host/host.js';
+import type { DomainConfig } from '../host/toolstack.js';
+import { setLogSink } from '../shared/log.js';
+import type { RoleSpec } from '../shared/mesh/supervisor.js';
+import { settleWithin, type Settled } from './helpers/settle.js';
+
+/** Far longer than any of these operations takes (a domain starts in well under a second), far shorter than tap's timeout. */
+const SETTLE_MS = 20_000;
+
+interface Bed {
+  host: Host;
+  logs: string[];
+  /** The guest's domid when the test began. */
+  guest: number;
+  /** Domids the host said were rebooted, and those it said were destroyed. */
+  rebooted: number[];
+  destroyed: number[];
+}
+
+/** A host with a driver domain and a guest with an echo device, shut down (within a bound) when the test ends. */
+async function startBed(t: Test): Promise<Bed> {
+  const logs: string[] = [];
+  setLogSink((level, component, message) => logs.push(`${level} [${component}] ${message}`));
+  t.teardown(() => setLogSink((level, component, message) => process.stderr.write(`${level} [${component}] ${message}\n`)));
+  const dir = mkdtempSync(join(tmpdir(), 'xenmesh-lifecycle-'));
+  const host = new Host({ socket: join(dir, 'socket'), frames: 8192 });
+  t.teardown(async () => {
+    await settleWithin(host.shutdown(), SETTLE_MS);
+    rmSync(dir, { recursive: true, force: true });
+  });
+  await host.boot();
+  const driver = await host.startDomain({ name: 'driver', pages: 512 }, { backDrivers: ['echo'] });
+  const guest = await host.startDomain({ name: 'guest', pages: 512 }, { frontDrivers: ['echo'] });
+  await host.plugDevice({ kind: 'echo', frontendDomid: guest.domid, backendDomid: driver.domid, devid: 0 });
+  const rebooted: number[] = [];
+  const destroyed: number[] = [];
+  host.lifecycle.on('rebooted', (old: number) => rebooted.push(old));
+  host.lifecycle.on('destroyed', (gone: number) => destroyed.push(gone));
+  return { host, logs, guest: guest.domid, rebooted, destroyed };
+}
+
+/** The live domains (not dying) that carry this name. */
+function named(host: Host, name: string): number[] {
+  return host.platform
+    .listDomains()
+    .filter((d) => d.name === name && d.state !== 'dying')
+    .map((d) => d.domid);
+}
+
+const messageOf = (settled: Settled<string>) =>
+  settled.state === 'resolved' ? settled.value : settled.state === 'rejected' ? `error: ${settled.error.message}` : 'no answer';
+
+t.test('two overlapping destroys of one domain both settle', async (t) => {
+  const bed = await startBed(t);
+  const both = await settleWithin(Promise.all([bed.host.destroyDomain(bed.guest), bed.host.destroyDomain(bed.guest)]), SETTLE_MS);
+  t.equal(both.state, 'resolved', 'both destroys settle');
+  t.same(bed.destroyed, [bed.guest], 'the domain is destroyed once');
+  t.same(named(bed.host, 'guest'), [], 'and is gone');
+  t.notOk(bed.host.workers().some((w) => w.name === 'kernel:guest'), 'with its kernel');
+  const again = await settleWithin(bed.host.destroyDomain(bed.guest), SETTLE_MS);
+  t.equal(again.state, 'resolved', 'destroying it once more settles at once');
+  t.same(bed.destroyed, [bed.guest], 'and announces nothing');
+});
+
+/** Where in a reboot something else comes: each arms a hook on the host that calls `act` at that step, once. */
+const REBOOT_STEPS: { step: string; arm: (bed: Bed, act: () => void) => void }[] = [
+  {
+    step: 'as the domain shuts down for reboot',
+    arm: (bed, act) =>
+      bed.host.lifecycle.on('shutdown', (domid: number, reason: string) => domid === bed.guest && reason === 'reboot' && act()),
+  },
+  {
+    step: 'as the reboot stops its old kernel',
+    arm: (bed, act) => bed.host.supervisor.once('exit', (name) => name === 'kernel:guest' && act()),
+  },
+  {
+    // The old domain is gone and the new one not yet made: the name is on no domain the hypervisor has.
+    step: 'between the old domain and the new one',
+    arm: (bed, act) => {
+      const toolstack = bed.host.toolstack;
+      const create = toolstack.createDomain.bind(toolstack);
+      toolstack.createDomain = (config: DomainConfig) => {
+        toolstack.createDomain = create;
+        act();
+        return create(config);
+      };
+    },
+  },
+  {
+    step: 'as its new kernel starts',
+    arm: (bed, act) => {
+      const supervisor = bed.host.supervisor;
+      const start = supervisor.start.bind(supervisor);
+      supervisor.start = (spec: RoleSpec) => {
+        const started = start(spec);
+        if (spec.name === 'kernel:guest') {
+          supervisor.start = start;
+          act();
+        }
+        return started;
+      };
+    },
+  },
+  {
+    step: 'once its new kernel is ready, before its devices are plugged',
+    arm: (bed, act) => bed.host.supervisor.on('ready', (name) => name === 'kernel:guest' && act()),
+  },
+];
+
+for (const { step, arm } of REBOOT_STEPS) {
+  t.test(`a destroy ${step} is answered, and the domain stays gone`, async (t) => {
+    const bed = await startBed(t);
+    let destroying: Promise<Settled<string>> | undefined;
+    arm(bed, () => (destroying ??= settleWithin(bed.host.control('destroy', 'guest'), SETTLE_MS)));
+    const reboot = await settleWithin(bed.host.control('reboot', 'guest'), SETTLE_MS);
+    t.ok(destroying, 'the destroy was sent during the reboot');
+    const destroy = (await destroying) ?? { state: 'pending' };
+    t.match(messageOf(destroy), /^domain guest \(\d+\) destroyed$/, 'the destroy is answered');
+    t.not(reboot.state, 'pending', `the reboot is answered too (${messageOf(reboot)})`);
+    t.same(bed.rebooted, [], 'the host never says the domain rebooted');
+    t.same(named(bed.host, 'guest'), [], 'no domain named guest runs');
+    t.notOk(bed.host.workers().some((w) => w.name === 'kernel:guest'), 'nor its kernel');
+    t.same(named(bed.host, 'driver').length, 1, 'the driver domain runs on');
+    const again = await settleWithin(bed.host.control('destroy', 'guest'), SETTLE_MS);
+    t.match(messageOf(again), /no domain 'guest'/, 'and a later destroy finds nothing to destroy');
+  });
+}
+
+for (const { step, arm } of REBOOT_STEPS) {
+  t.test(`the host shuts down ${step.replace('its', "the guest's")}`, async (t) => {
+    const bed = await startBed(t);
+    let stopping: Promise<Settled<void>> | undefined;
+    arm(bed, () => (stopping ??= settleWithin(bed.host.shutdown(), SETTLE_MS)));
+    await settleWithin(bed.host.control('reboot', 'guest'), SETTLE_MS);
+    t.ok(stopping, 'the shutdown began during the reboot');
+    t.equal(((await stopping) ?? { state: 'pending' }).state, 'resolved', 'the shutdown completes');
+    t.same(bed.rebooted, [], 'the guest was not brought back');
+    t.same(bed.host.workers(), [], 'no worker is left');
+    t.same(
+      bed.host.platform
+        .listDomains()
+        .filter((d) => d.state !== 'dying')
+        .map((d) => d.name),
+      ['Domain-0'],
+      'only dom0 is left',
+    );
+  });
+}
