@@ -10,6 +10,7 @@ import { attachBackend, detachBackend, devicePaths } from './devices.js';
 import { checkDiskImages, DiskRefused } from './disk-check.js';
 import { EmbeddedPlatform, DEFAULT_MACHINE_FRAMES } from '../shared/embedded/platform.js';
 import { createLogger } from '../shared/log.js';
+import { settlesWithin } from '../shared/deadline.js';
 import { DEFAULT_RESTART, Supervisor, type RestartPolicy, type WorkerStatus } from '../shared/mesh/supervisor.js';
 import { XenStoreClient } from '../xenstore/client/client.js';
 import { SerialQueue } from '../xenbus/serial.js';
@@ -24,6 +25,18 @@ const log = createLogger('host');
 
 /** dom0's memory: 1 MiB is plenty for xenstored's own pages. */
 const DOM0_PAGES = 256;
+
+/**
+ * How long the host's shutdown may take before whatever still runs is
+ * terminated. Container runtimes kill a process that has not exited some
+ * time after SIGTERM, without a word: `docker stop` after 10 s by default
+ * (systemd after 90 s). The host takes at most 8 s, which leaves the rest
+ * of those 10 s to terminate what is left, log it and exit. It is room for
+ * one worker that will not stop (STOP_TIMEOUT_MS, 5 s, before the
+ * supervisor terminates it) besides the others, which take well under a
+ * second each.
+ */
+export const SHUTDOWN_TIMEOUT_MS = 8_000;
 
 export interface HostOptions {
   /** Where dom0's xenstored listens for tools (xenstore-utils, the toolstack). */
@@ -41,6 +54,8 @@ export interface HostOptions {
   journalDir?: string;
   /** How the supervisor restarts a xenstored that crashed (default DEFAULT_RESTART). */
   xenstoredRestart?: RestartPolicy;
+  /** How long a shutdown may take (SHUTDOWN_TIMEOUT_MS unless a test shortens it). */
+  shutdownTimeoutMs?: number;
 }
 
 const workerModule = (name: string) => new URL(`./workers/${name}.js`, import.meta.url);
@@ -494,7 +509,8 @@ export class Host {
   /**
    * Everything, in the reverse of the order it started: each domain is
    * destroyed (which wins over a reboot under way), then xenstored stops.
-   * Asking again joins the shutdown under way.
+   * Whatever has not stopped within SHUTDOWN_TIMEOUT_MS is terminated, and
+   * the log says so. Asking again joins the shutdown under way.
    */
   shutdown(): Promise<void> {
     this.closing ??= this.close();
@@ -502,6 +518,18 @@ export class Host {
   }
 
   private async close(): Promise<void> {
+    const limitMs = this.options.shutdownTimeoutMs ?? SHUTDOWN_TIMEOUT_MS;
+    const clean = this.stopEverything().catch((err: Error) => log.error(`shutting down: ${err.message}`));
+    if (await settlesWithin(clean, limitMs)) return;
+    const left = this.supervisor.status().map((w) => w.name);
+    log.warn(`the host did not stop within ${limitMs} ms: terminating ${left.length > 0 ? left.join(', ') : 'nothing (no worker is left)'}`);
+    await this.supervisor.terminateAll();
+    this.domainEvents?.close();
+    this.domainEvents = undefined;
+    this.xs?.close();
+  }
+
+  private async stopEverything(): Promise<void> {
     for (const record of [...new Set(this.records.values())].reverse()) {
       await this.destroyDomain(record.domid).catch((err: Error) => log.warn(`destroying domain ${record.domid}: ${err.message}`));
     }

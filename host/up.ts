@@ -142,9 +142,11 @@ export async function runUp(argv: string[]): Promise<number> {
       stopping = true;
       log.info(`${reason}: shutting the host down`);
       prompt?.close();
-      // The toolstack stops taking requests before the domains it would act on go away.
+      // The toolstack stops taking requests before the domains it would act on go away;
+      // the host is shut down even if the socket would not close. Both are bounded.
       toolstack
         .close()
+        .catch((err: Error) => log.warn(`closing the toolstack socket: ${err.message}`))
         .then(() => host.shutdown())
         .then(
           () => resolve(0),

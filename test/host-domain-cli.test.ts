@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DomainActionError, type DomainAction, type DomainActionOptions } from '../control/actions.js';
+import { SHUTDOWN_TIMEOUT_MS } from '../host/host.js';
 import { MAX_LINE_LENGTH, toolstackSocketPath } from '../host/toolstack-protocol.js';
 import { ToolstackServer } from '../host/toolstack-server.js';
 import { run, waitFor } from './helpers/daemon.js';
@@ -346,6 +347,21 @@ t.test('a disk whose image went away: resume and reboot refuse, saying so, befor
   t.equal(await domidNamed(host, 'guest'), undefined, 'reboot: no guest was created without its disk');
   t.equal(host.child.exitCode, null, 'the host runs on');
   t.equal((await host.xenstore('xenstore-read', '/local/domain/1/name')).stdout, 'driver\n', 'with the driver domain');
+});
+
+t.test('SIGTERM during a reboot: the host exits in bounded time, and the reboot is answered', async (t) => {
+  const host = await startHost(t, 'ignore');
+  const rebooting = host.domain('reboot', 'guest');
+  // The moment the toolstack begins the reboot: the guest has shut down and is about to be destroyed and built again.
+  await waitFor(() => /domain guest \(2\) shut down: reboot/.test(host.stderr()), 'the guest to shut down for reboot', SETTLE_TIMEOUT_MS);
+  const signalled = Date.now();
+  host.child.kill('SIGTERM');
+  // Exiting takes the host's own bound at most, and a moment for the process to go.
+  const code = await Promise.race([host.exit, new Promise<string>((resolve) => setTimeout(() => resolve('still running'), SHUTDOWN_TIMEOUT_MS + 2000))]);
+  t.equal(code, 0, `the host exits, status 0 (after ${Date.now() - signalled} ms)`, { stderr: host.stderr().slice(-2000) });
+  const reboot = await rebooting;
+  t.equal(reboot.code, 1, 'the reboot is not said to have happened');
+  t.match(reboot.stderr, /^xenmesh domain: .+/, `the client is told something: ${reboot.stderr.trim()}`);
 });
 
 t.test('the prompt of xenmesh up', async (t) => {

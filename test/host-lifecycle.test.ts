@@ -10,14 +10,17 @@ import t, { type Test } from 'tap';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Host } from '../host/host.js';
+import { Host, SHUTDOWN_TIMEOUT_MS } from '../host/host.js';
 import type { DomainConfig } from '../host/toolstack.js';
 import { setLogSink } from '../shared/log.js';
-import type { RoleSpec } from '../shared/mesh/supervisor.js';
+import { STOP_TIMEOUT_MS, type RoleSpec } from '../shared/mesh/supervisor.js';
 import { settleWithin, type Settled } from './helpers/settle.js';
 
 /** Far longer than any of these operations takes (a domain starts in well under a second), far shorter than tap's timeout. */
 const SETTLE_MS = 20_000;
+/** Terminating the workers that are left takes milliseconds; this covers a loaded machine. */
+const TERMINATE_MARGIN_MS = 2000;
+const STUCK_KERNEL = new URL('./helpers/stuck-kernel-worker.js', import.meta.url);
 
 interface Bed {
   host: Host;
@@ -30,12 +33,12 @@ interface Bed {
 }
 
 /** A host with a driver domain and a guest with an echo device, shut down (within a bound) when the test ends. */
-async function startBed(t: Test): Promise<Bed> {
+async function startBed(t: Test, options: { kernelModule?: URL; shutdownTimeoutMs?: number } = {}): Promise<Bed> {
   const logs: string[] = [];
   setLogSink((level, component, message) => logs.push(`${level} [${component}] ${message}`));
   t.teardown(() => setLogSink((level, component, message) => process.stderr.write(`${level} [${component}] ${message}\n`)));
   const dir = mkdtempSync(join(tmpdir(), 'xenmesh-lifecycle-'));
-  const host = new Host({ socket: join(dir, 'socket'), frames: 8192 });
+  const host = new Host({ socket: join(dir, 'socket'), frames: 8192, ...options });
   t.teardown(async () => {
     await settleWithin(host.shutdown(), SETTLE_MS);
     rmSync(dir, { recursive: true, force: true });
@@ -142,10 +145,11 @@ for (const { step, arm } of REBOOT_STEPS) {
   t.test(`the host shuts down ${step.replace('its', "the guest's")}`, async (t) => {
     const bed = await startBed(t);
     let stopping: Promise<Settled<void>> | undefined;
-    arm(bed, () => (stopping ??= settleWithin(bed.host.shutdown(), SETTLE_MS)));
+    arm(bed, () => (stopping ??= settleWithin(bed.host.shutdown(), SHUTDOWN_TIMEOUT_MS + TERMINATE_MARGIN_MS)));
     await settleWithin(bed.host.control('reboot', 'guest'), SETTLE_MS);
     t.ok(stopping, 'the shutdown began during the reboot');
-    t.equal(((await stopping) ?? { state: 'pending' }).state, 'resolved', 'the shutdown completes');
+    t.equal(((await stopping) ?? { state: 'pending' }).state, 'resolved', `the shutdown completes within ${SHUTDOWN_TIMEOUT_MS} ms`);
+    t.notOk(bed.logs.some((line) => line.includes('did not stop within')), 'cleanly, without running out of time');
     t.same(bed.rebooted, [], 'the guest was not brought back');
     t.same(bed.host.workers(), [], 'no worker is left');
     t.same(
@@ -158,3 +162,17 @@ for (const { step, arm } of REBOOT_STEPS) {
     );
   });
 }
+
+t.test('a host whose kernels will not stop is shut down within its bound, and says what it terminated', async (t) => {
+  // Shorter than the supervisor's own STOP_TIMEOUT_MS, so that the host's bound is what ends the wait.
+  const limitMs = STOP_TIMEOUT_MS / 5;
+  const bed = await startBed(t, { kernelModule: STUCK_KERNEL, shutdownTimeoutMs: limitMs });
+  const began = Date.now();
+  const stopped = await settleWithin(bed.host.shutdown(), limitMs + TERMINATE_MARGIN_MS);
+  t.equal(stopped.state, 'resolved', `the shutdown completes within ${limitMs} ms and the time to terminate what is left (took ${Date.now() - began} ms)`);
+  const said = bed.logs.find((line) => line.startsWith('warn [host] the host did not stop within'));
+  t.match(said, new RegExp(`within ${limitMs} ms: terminating `), 'the log says the host ran out of time');
+  t.same(said?.replace(/.*: terminating /, '').split(', ').sort(), ['kernel:driver', 'kernel:guest', 'xenstored'], 'and names what it terminated');
+  t.same(bed.host.workers(), [], 'no worker is left');
+  t.equal((await settleWithin(bed.host.shutdown(), TERMINATE_MARGIN_MS)).state, 'resolved', 'asking again settles at once');
+});

@@ -82,6 +82,8 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
 
   /** Starts a role and resolves once its worker says it is ready. */
   start(spec: RoleSpec): Promise<void> {
+    // Whatever asks for a worker once everything is being stopped (a reboot finishing late) gets none.
+    if (this.shuttingDown) return Promise.reject(new Error(`${spec.name} not started: the mesh is shutting down`));
     if (this.managed.has(spec.name)) return Promise.reject(new Error(`${spec.name} is already running`));
     const entry: Managed = {
       spec,
@@ -159,6 +161,27 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
   async stopAll(reason = 'shutting down'): Promise<void> {
     this.shuttingDown = true;
     for (const name of [...this.managed.keys()].reverse()) await this.stop(name, reason);
+  }
+
+  /**
+   * Terminates every worker at once without asking it to finish: what a
+   * shutdown that ran out of time does with what is left. Stops under way
+   * settle as their workers exit. Resolves with the roles it terminated.
+   */
+  async terminateAll(): Promise<string[]> {
+    this.shuttingDown = true;
+    const entries = [...this.managed.values()];
+    this.managed.clear();
+    await Promise.all(
+      entries.map(async (entry) => {
+        entry.state = 'stopping';
+        entry.ready?.reject(new Error(`${entry.spec.name} was terminated before it was ready`));
+        entry.ready = undefined;
+        await entry.worker?.terminate();
+        entry.state = 'stopped';
+      }),
+    );
+    return entries.map((entry) => entry.spec.name);
   }
 
   private launch(entry: Managed): Promise<void> {
