@@ -8,6 +8,7 @@ import { waitForState } from '../xenbus/read.js';
 import { XenbusState } from '../xenbus/state.js';
 import { attachBackend, detachBackend, devicePaths } from './devices.js';
 import { checkDiskImages, DiskRefused } from './disk-check.js';
+import { judgeOutcome, type DomainEnd } from './outcome.js';
 import { EmbeddedPlatform, DEFAULT_MACHINE_FRAMES } from '../shared/embedded/platform.js';
 import { createLogger } from '../shared/log.js';
 import { settlesWithin } from '../shared/deadline.js';
@@ -320,15 +321,25 @@ export class Host {
     return { domid: found.domid, name: found.name };
   }
 
-  /** What xl waits for after writing a request: the domain gone, back, or saved. */
+  /**
+   * What xl waits for after writing a request: the domain gone, back, or
+   * saved, whichever comes; the answer says which (see judgeOutcome), and
+   * is an error when it is not what was asked.
+   */
   private outcomeOf(domid: number, label: string, request: ShutdownRequest, timeoutMs: number): Promise<string> {
     return new Promise<string>((resolve, reject) => {
+      const ended = (end: DomainEnd) => {
+        finish();
+        const verdict = judgeOutcome(label, request, end);
+        if (verdict.ok) resolve(verdict.message);
+        else reject(new DomainActionError(verdict.error));
+      };
       // eslint-disable-next-line @typescript-eslint/no-explicit-any -- EventEmitter listeners take any arguments
       const listeners: [string, (...args: any[]) => void][] = [
-        ['destroyed', (gone: number, reason?: ShutdownReasonName) => gone === domid && done(`${label} ${request === 'halt' && reason === 'poweroff' ? 'halted' : describeEnd(reason)}`)],
-        ['rebooted', (old: number, now: number) => old === domid && done(`${label} rebooted; it runs again as domain ${now}`)],
-        ['saved', (held: number, devices: number) => held === domid && done(`${label} suspended; ${devices} device(s) released by their backends; resume brings it back`)],
-        ['rebootFailed', (old: number, why: string) => old === domid && failed(`${label} shut down to reboot, but was not started again: ${why}`)],
+        ['destroyed', (gone: number, reason?: ShutdownReasonName) => gone === domid && ended({ kind: 'destroyed', reason })],
+        ['rebooted', (old: number, now: number) => old === domid && ended({ kind: 'rebooted', domid: now })],
+        ['saved', (held: number, devices: number) => held === domid && ended({ kind: 'saved', devices })],
+        ['rebootFailed', (old: number, why: string) => old === domid && ended({ kind: 'rebootFailed', why })],
       ];
       const timer = setTimeout(() => {
         finish();
@@ -337,14 +348,6 @@ export class Host {
       const finish = () => {
         clearTimeout(timer);
         for (const [event, listener] of listeners) this.lifecycle.off(event, listener);
-      };
-      const done = (message: string) => {
-        finish();
-        resolve(message);
-      };
-      const failed = (message: string) => {
-        finish();
-        reject(new DomainActionError(message));
       };
       for (const [event, listener] of listeners) this.lifecycle.on(event, listener);
     });
@@ -561,17 +564,3 @@ interface DomainRecord {
 }
 
 const sameDevice = (a: DeviceSpec, b: DeviceSpec) => a.kind === b.kind && a.devid === b.devid && a.frontendDomid === b.frontendDomid;
-
-/** How a domain's end reads, from why it shut down. */
-function describeEnd(reason: ShutdownReasonName | undefined): string {
-  switch (reason) {
-    case 'poweroff':
-      return 'powered off';
-    case 'crash':
-      return 'crashed and was destroyed';
-    case undefined:
-      return 'was destroyed';
-    default:
-      return `shut down (${reason}) and was destroyed`;
-  }
-}

@@ -4,12 +4,16 @@
  * during a reboot. Each overlap is reached through an event the host or
  * its supervisor gives at that step, not by timing. Every request is
  * answered, a destroy wins over a reboot, and the host stops in bounded
- * time.
+ * time. A reboot that fails on its own (a disk whose image went away, a
+ * device that cannot be plugged) leaves nothing of the domain, and is
+ * answered at once with why.
  */
 import t, { type Test } from 'tap';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { waitForDevice } from '../host/device-wait.js';
+import { diskDevice, type DeviceSpec } from '../host/devices.js';
 import { Host, SHUTDOWN_TIMEOUT_MS } from '../host/host.js';
 import type { DomainConfig } from '../host/toolstack.js';
 import { setLogSink } from '../shared/log.js';
@@ -30,28 +34,38 @@ interface Bed {
   /** Domids the host said were rebooted, and those it said were destroyed. */
   rebooted: number[];
   destroyed: number[];
+  /** Domids whose reboot failed, with why. */
+  rebootFailed: [number, string][];
 }
 
-/** A host with a driver domain and a guest with an echo device, shut down (within a bound) when the test ends. */
-async function startBed(t: Test, options: { kernelModule?: URL; shutdownTimeoutMs?: number } = {}): Promise<Bed> {
+/**
+ * A host with a driver domain and a guest with an echo device, shut down
+ * (within a bound) when the test ends; with `vbd`, the two load the disk
+ * drivers too, for a disk the test plugs.
+ */
+async function startBed(t: Test, options: { kernelModule?: URL; shutdownTimeoutMs?: number; vbd?: boolean } = {}): Promise<Bed> {
+  const { vbd, ...hostOptions } = options;
+  const drivers = vbd ? ['echo', 'vbd'] : ['echo'];
   const logs: string[] = [];
   setLogSink((level, component, message) => logs.push(`${level} [${component}] ${message}`));
   t.teardown(() => setLogSink((level, component, message) => process.stderr.write(`${level} [${component}] ${message}\n`)));
   const dir = mkdtempSync(join(tmpdir(), 'xenmesh-lifecycle-'));
-  const host = new Host({ socket: join(dir, 'socket'), frames: 8192, ...options });
+  const host = new Host({ socket: join(dir, 'socket'), frames: 8192, ...hostOptions });
   t.teardown(async () => {
     await settleWithin(host.shutdown(), SETTLE_MS);
     rmSync(dir, { recursive: true, force: true });
   });
   await host.boot();
-  const driver = await host.startDomain({ name: 'driver', pages: 512 }, { backDrivers: ['echo'] });
-  const guest = await host.startDomain({ name: 'guest', pages: 512 }, { frontDrivers: ['echo'] });
+  const driver = await host.startDomain({ name: 'driver', pages: 512 }, { backDrivers: drivers });
+  const guest = await host.startDomain({ name: 'guest', pages: 512 }, { frontDrivers: drivers });
   await host.plugDevice({ kind: 'echo', frontendDomid: guest.domid, backendDomid: driver.domid, devid: 0 });
   const rebooted: number[] = [];
   const destroyed: number[] = [];
+  const rebootFailed: [number, string][] = [];
   host.lifecycle.on('rebooted', (old: number) => rebooted.push(old));
   host.lifecycle.on('destroyed', (gone: number) => destroyed.push(gone));
-  return { host, logs, guest: guest.domid, rebooted, destroyed };
+  host.lifecycle.on('rebootFailed', (old: number, why: string) => rebootFailed.push([old, why]));
+  return { host, logs, guest: guest.domid, rebooted, destroyed, rebootFailed };
 }
 
 /** The live domains (not dying) that carry this name. */
@@ -131,7 +145,7 @@ for (const { step, arm } of REBOOT_STEPS) {
     t.ok(destroying, 'the destroy was sent during the reboot');
     const destroy = (await destroying) ?? { state: 'pending' };
     t.match(messageOf(destroy), /^domain guest \(\d+\) destroyed$/, 'the destroy is answered');
-    t.not(reboot.state, 'pending', `the reboot is answered too (${messageOf(reboot)})`);
+    t.match(messageOf(reboot), /^error: domain guest \(\d+\) was destroyed during its reboot; it did not come back$/, 'the reboot is answered too, as not done');
     t.same(bed.rebooted, [], 'the host never says the domain rebooted');
     t.same(named(bed.host, 'guest'), [], 'no domain named guest runs');
     t.notOk(bed.host.workers().some((w) => w.name === 'kernel:guest'), 'nor its kernel');
@@ -162,6 +176,86 @@ for (const { step, arm } of REBOOT_STEPS) {
     );
   });
 }
+
+t.test('a suspend answered while the guest reboots instead says so, as an error', async (t) => {
+  const bed = await startBed(t);
+  const xs = bed.host.xenstore;
+  const node = `/local/domain/${bed.guest}/control/shutdown`;
+  // Nothing in the guest acts on the request (its kernel is gone, the features it published stay), so the test decides what happens.
+  await bed.host.supervisor.stop('kernel:guest');
+  const suspending = settleWithin(bed.host.control('suspend', 'guest'), SETTLE_MS);
+  for (let tries = 0; (await xs.tryRead(node)) !== 'suspend'; tries++) {
+    if (tries > SETTLE_MS / 10) throw new Error('the suspend request was never written');
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  // The guest reboots of its own accord (SysRq b, a panic with reboot set) before it acts on the request.
+  bed.host.platform.shutdownDomain(bed.guest, 'reboot');
+  const answer = await suspending;
+  t.match(messageOf(answer), /^error: domain guest \(\d+\) rebooted \(it runs again as domain \d+\) instead of suspending$/, 'the suspend is answered with what happened');
+  t.same(bed.rebooted, [bed.guest], 'and the domain did reboot');
+  t.same(named(bed.host, 'guest').length, 1, 'and runs again');
+});
+
+/** Counts the domains the toolstack creates from now on. */
+function countCreates(host: Host): { count: number } {
+  const created = { count: 0 };
+  const toolstack = host.toolstack;
+  const create = toolstack.createDomain.bind(toolstack);
+  toolstack.createDomain = (config: DomainConfig) => {
+    created.count++;
+    return create(config);
+  };
+  return created;
+}
+
+/** What is left of a guest whose reboot failed: nothing, and the rest of the host runs on. */
+async function assertGuestGone(t: Test, bed: Bed, why: string): Promise<void> {
+  const line = `domain guest (${bed.guest}) shut down to reboot, but was not started again: ${why}`;
+  t.same(bed.rebootFailed, [[bed.guest, why]], 'the domain\'s end is told once, as a failed reboot');
+  t.same([bed.rebooted, bed.destroyed], [[], []], 'and not as a reboot or a destroy');
+  t.ok(bed.logs.includes(`error [host] ${line}`), 'the log says why');
+  t.same(named(bed.host, 'guest'), [], 'no domain named guest is left');
+  t.notOk(bed.host.workers().some((w) => w.name === 'kernel:guest'), 'nor its kernel');
+  const again = await settleWithin(bed.host.control('destroy', 'guest'), SETTLE_MS);
+  t.match(messageOf(again), /no domain 'guest'/, 'the host has forgotten it');
+  t.same(named(bed.host, 'driver').length, 1, 'the driver domain runs on');
+}
+
+t.test('a reboot whose disk image went away creates no domain, and is answered with why', async (t) => {
+  const bed = await startBed(t, { vbd: true });
+  const dir = mkdtempSync(join(tmpdir(), 'xenmesh-lifecycle-disk-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const image = join(dir, 'guest.img');
+  writeFileSync(image, Buffer.alloc(64 * 1024));
+  const [driver] = named(bed.host, 'driver');
+  const disk = diskDevice({ frontendDomid: bed.guest, backendDomid: driver!, vdev: 'xvda', target: image });
+  await bed.host.plugDevice(disk);
+  t.same(await waitForDevice(bed.host.xenstore, disk, SETTLE_MS), { outcome: 'connected' }, 'the guest has its disk');
+  // The image goes while the disk is in use: blkback keeps what it opened, and the reboot looks again.
+  rmSync(image);
+  const created = countCreates(bed.host);
+  const reboot = await settleWithin(bed.host.control('reboot', 'guest'), SETTLE_MS);
+  const why = `disk xvda: ${image} does not exist`;
+  t.equal(messageOf(reboot), `error: domain guest (${bed.guest}) shut down to reboot, but was not started again: ${why}`, 'the reboot is answered with why it failed');
+  t.equal(created.count, 0, 'the disk was looked at before any domain was created');
+  await assertGuestGone(t, bed, why);
+});
+
+t.test('a reboot that fails once its domain is built destroys what it built', async (t) => {
+  const bed = await startBed(t);
+  const created = countCreates(bed.host);
+  const toolstack = bed.host.toolstack;
+  const plug = toolstack.plugDevice.bind(toolstack);
+  toolstack.plugDevice = (spec: DeviceSpec) => {
+    toolstack.plugDevice = plug;
+    return Promise.reject(new Error(`${spec.kind} ${spec.devid} could not be plugged`));
+  };
+  const reboot = await settleWithin(bed.host.control('reboot', 'guest'), SETTLE_MS);
+  const why = 'echo 0 could not be plugged';
+  t.equal(messageOf(reboot), `error: domain guest (${bed.guest}) shut down to reboot, but was not started again: ${why}`, 'the reboot is answered with why it failed');
+  t.equal(created.count, 1, 'a domain was created again');
+  await assertGuestGone(t, bed, why);
+});
 
 t.test('a host whose kernels will not stop is shut down within its bound, and says what it terminated', async (t) => {
   // Shorter than the supervisor's own STOP_TIMEOUT_MS, so that the host's bound is what ends the wait.
