@@ -33,12 +33,28 @@ export class RequestError extends Error {
 
 const REQUEST_SHAPE = '{"action": ..., "domain": ..., "options": {...}}';
 const REQUEST_FIELDS = new Set(['action', 'domain', 'options']);
-const OPTION_TYPES: Record<keyof DomainActionOptions, 'number' | 'boolean' | 'string'> = {
-  timeoutMs: 'number',
-  halt: 'boolean',
-  backend: 'string',
-  key: 'string',
+
+interface OptionRule {
+  readonly type: 'number' | 'boolean' | 'string';
+  /** The actions it goes with, as `xenmesh domain` allows them; none: every action. */
+  readonly actions?: readonly DomainAction[];
+}
+
+/**
+ * The options a request may carry. Names are looked up as own properties
+ * only: a client can send `__proto__` or `toString`, and neither is an
+ * option.
+ */
+const OPTIONS: Readonly<Record<keyof DomainActionOptions, OptionRule>> = {
+  timeoutMs: { type: 'number' },
+  halt: { type: 'boolean', actions: ['shutdown'] },
+  backend: { type: 'string', actions: ['resume'] },
+  key: { type: 'string', actions: ['sysrq'] },
 };
+
+function optionRule(name: string): OptionRule | undefined {
+  return Object.hasOwn(OPTIONS, name) ? OPTIONS[name as keyof DomainActionOptions] : undefined;
+}
 
 export function isDomainAction(word: string): word is DomainAction {
   return (DOMAIN_ACTIONS as readonly string[]).includes(word);
@@ -63,21 +79,37 @@ export function parseRequest(line: string): DomainRequest {
   if (!((typeof domain === 'string' && domain !== '') || (typeof domain === 'number' && Number.isInteger(domain) && domain >= 0))) {
     throw new RequestError('"domain" must name a domain: its name or its domid');
   }
-  return { action, domain: String(domain), options: parseOptions(options) };
+  return { action, domain: String(domain), options: parseOptions(options, action) };
 }
 
-function parseOptions(options: unknown): DomainActionOptions {
+/** The options, checked against the allow-list and copied: nothing the client sent is passed on but what was checked. */
+function parseOptions(options: unknown, action: DomainAction): DomainActionOptions {
   if (!isRecord(options)) throw new RequestError('"options" must be a JSON object');
+  const parsed: Record<string, unknown> = {};
   for (const [name, value] of Object.entries(options)) {
-    const wanted = OPTION_TYPES[name as keyof DomainActionOptions];
-    if (wanted === undefined) throw new RequestError(`unknown option '${name}'; the options are ${Object.keys(OPTION_TYPES).join(', ')}`);
-    if (typeof value !== wanted) throw new RequestError(`option '${name}' must be a ${wanted}`);
+    const rule = optionRule(name);
+    if (!rule) throw new RequestError(`unknown option ${quoted(name)}; the options are ${Object.keys(OPTIONS).join(', ')}`);
+    if (typeof value !== rule.type) throw new RequestError(`option ${quoted(name)} must be a ${rule.type}, not ${jsonType(value)}`);
+    if (rule.actions && !rule.actions.includes(action)) throw new RequestError(`option ${quoted(name)} goes with ${rule.actions.join(', ')} only`);
+    parsed[name] = value;
   }
-  const timeoutMs = options['timeoutMs'];
+  const timeoutMs = parsed['timeoutMs'];
   if (typeof timeoutMs === 'number' && !(Number.isFinite(timeoutMs) && timeoutMs > 0)) {
     throw new RequestError("option 'timeoutMs' must be a positive number of milliseconds");
   }
-  return options as DomainActionOptions;
+  return parsed as DomainActionOptions;
+}
+
+/** A name as the client sent it, quoted, with anything unprintable escaped so that the message shows it plainly. */
+function quoted(name: string): string {
+  return `'${JSON.stringify(name).slice(1, -1)}'`;
+}
+
+/** A JSON value's type, as a user of JSON names it. */
+function jsonType(value: unknown): string {
+  if (value === null) return 'null';
+  if (Array.isArray(value)) return 'an array';
+  return typeof value === 'object' ? 'an object' : `a ${typeof value}`;
 }
 
 /** Reads the host's answer; a line that is not one is reported as such, never taken for success. */
