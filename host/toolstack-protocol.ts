@@ -6,6 +6,7 @@
  * reaches the toolstack.
  */
 import { DOMAIN_ACTIONS, type DomainAction, type DomainActionOptions } from '../control/actions.js';
+import { quoteText } from '../shared/quote.js';
 
 /** The toolstack's socket lives next to xenstored's, so that one `--socket` names a host for every tool. */
 export const TOOLSTACK_SOCKET_SUFFIX = '.toolstack';
@@ -102,7 +103,7 @@ function parseOptions(options: unknown, action: DomainAction): DomainActionOptio
 
 /** A name as the client sent it, quoted, with anything unprintable escaped so that the message shows it plainly. */
 function quoted(name: string): string {
-  return `'${JSON.stringify(name).slice(1, -1)}'`;
+  return quoteText(name, "'");
 }
 
 /** A JSON value's type, as a user of JSON names it. */

@@ -39,6 +39,7 @@ t.test("option names are checked against the options' own names", async (t) => {
   }
   t.equal(refusal(line('shutdown', '{"hal\\u0000t": true}')), "unknown option 'hal\\u0000t'; the options are timeoutMs, halt, backend, key", 'a NUL in a name is shown escaped');
   t.equal(refusal(line('shutdown', '{"a\\nb": 1}')), "unknown option 'a\\nb'; the options are timeoutMs, halt, backend, key", 'and a newline');
+  t.equal(refusal(line('shutdown', '{"\\u202ehalt": true}')), "unknown option '\\u202ehalt'; the options are timeoutMs, halt, backend, key", 'and a bidi override');
 });
 
 t.test('an option of the wrong type, or for another action, is refused by name', async (t) => {
