@@ -1,3 +1,5 @@
+import { quoteText } from '../shared/quote.js';
+
 /**
  * The control nodes of a domain's home, as Xen's tools and Linux's
  * drivers/xen/manage.c use them (docs/misc/xenstore-paths): the toolstack
@@ -56,4 +58,25 @@ export type SysrqKey = keyof typeof SYSRQ_KEYS;
 
 export function isSysrqKey(key: string): key is SysrqKey {
   return Object.hasOwn(SYSRQ_KEYS, key);
+}
+
+/**
+ * The keys a toolstack sends: printable ASCII other than space, '!'
+ * (0x21) to '~' (0x7e). xl sends exactly one character ("Invalid sysrq"
+ * otherwise, tools/xl/xl_misc.c); Linux's manage.c acts on the first byte
+ * it reads and takes NUL for no key at all; the keys of sysrq.rst are
+ * letters, digits and punctuation. A control character, a blank or a
+ * character outside ASCII is no key, whatever the domain would make of it.
+ */
+export const SYSRQ_KEY_FIRST = 0x21;
+export const SYSRQ_KEY_LAST = 0x7e;
+
+/** What a SysRq key is, as a message tells the user. */
+export const SYSRQ_KEY_RULE = 'one printable character, such as s or b';
+
+/** Why `key` cannot be sent as a SysRq key, or undefined if it can; the key is shown with anything unprintable escaped. */
+export function sysrqKeyError(key: string): string | undefined {
+  const code = key.length === 1 ? key.charCodeAt(0) : -1;
+  if (code >= SYSRQ_KEY_FIRST && code <= SYSRQ_KEY_LAST) return undefined;
+  return `a SysRq key is ${SYSRQ_KEY_RULE}; ${quoteText(key)} is not`;
 }

@@ -1,6 +1,6 @@
 import type { XenStoreClient } from '../xenstore/client/client.js';
 import { DomainActionError } from './actions.js';
-import { CONTROL_FEATURES, SHUTDOWN_NODE, SYSRQ_NODE, featureFor, type ShutdownRequest } from './protocol.js';
+import { CONTROL_FEATURES, SHUTDOWN_NODE, SYSRQ_NODE, featureFor, sysrqKeyError, type ShutdownRequest } from './protocol.js';
 
 /**
  * The toolstack's side of the control protocol, as xl and libxl do it:
@@ -32,9 +32,10 @@ export async function writeShutdownRequest(xs: XenStoreClient, domid: number, re
   await xs.write(`/local/domain/${domid}/${SHUTDOWN_NODE}`, request);
 }
 
-/** Writes a SysRq key (one character, as manage.c reads it). */
+/** Writes a SysRq key (one printable character, as xl sends it; see sysrqKeyError). */
 export async function writeSysrq(xs: XenStoreClient, domid: number, key: string): Promise<void> {
-  if (key.length !== 1) throw new DomainActionError(`a SysRq key is one character, not '${key}'`);
+  const error = sysrqKeyError(key);
+  if (error) throw new DomainActionError(error);
   await xs.write(`/local/domain/${domid}/${SYSRQ_NODE}`, key);
 }
 

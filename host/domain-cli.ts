@@ -4,6 +4,7 @@
  */
 import { parseArgs } from 'node:util';
 import { DEFAULT_ACTION_TIMEOUT_MS, DOMAIN_ACTIONS, type DomainActionOptions } from '../control/actions.js';
+import { SYSRQ_KEY_RULE, sysrqKeyError } from '../control/protocol.js';
 import { DEFAULT_SOCKET_PATH } from '../xenstore/daemon/socket-server.js';
 import { HostUnreachableError, askHost } from './toolstack-client.js';
 import { TOOLSTACK_SOCKET_SUFFIX, isDomainAction, toolstackSocketPath, type DomainRequest } from './toolstack-protocol.js';
@@ -22,7 +23,7 @@ Actions:
   suspend <domain>        ask the domain to suspend itself
   resume <domain>         resume a suspended domain
   destroy <domain>        destroy the domain at once, without asking it
-  sysrq <domain> <key>    send the domain a sysrq key (one character)
+  sysrq <domain> <key>    send the domain a sysrq key (${SYSRQ_KEY_RULE})
 
 Options:
   --socket PATH       the host's xenstored socket (default ${DEFAULT_SOCKET_PATH})
@@ -103,8 +104,9 @@ function parseDomainArgs(argv: string[]): 'help' | { socket: string; request: Do
   const options: { -readonly [K in keyof DomainActionOptions]: DomainActionOptions[K] } = {};
   if (action === 'sysrq') {
     const [key, ...extra] = rest;
-    // xl sends exactly one character: the key's letter.
-    if (key === undefined || [...key].length !== 1) throw new UsageError('sysrq needs a key: one character, such as s or b');
+    if (key === undefined) throw new UsageError(`sysrq needs a key: ${SYSRQ_KEY_RULE}`);
+    const keyError = sysrqKeyError(key);
+    if (keyError) throw new UsageError(keyError);
     if (extra.length > 0) throw new UsageError(`unexpected argument '${extra[0]}'`);
     options.key = key;
   } else if (rest.length > 0) {

@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { rmSync } from 'node:fs';
 import { DEFAULT_ACTION_TIMEOUT_MS, DomainActionError, type DomainAction, type DomainActionOptions } from '../control/actions.js';
-import type { ShutdownRequest } from '../control/protocol.js';
+import { SYSRQ_KEY_RULE, type ShutdownRequest } from '../control/protocol.js';
 import { requireControl, whyNotDone, writeShutdownRequest, writeSysrq } from '../control/toolstack.js';
 import { VIRQ_DOM_EXC, type EventChannels, type ShutdownReasonName } from '../shared/platform.js';
 import { waitForState } from '../xenbus/read.js';
@@ -285,7 +285,7 @@ export class Host {
     if (!this.platform.domainInfo(domid)) throw new DomainActionError(`${label} is rebooting; ask again once it runs under its new domid`);
     switch (action) {
       case 'sysrq':
-        if (!options.key) throw new DomainActionError('sysrq needs a key');
+        if (options.key === undefined) throw new DomainActionError(`sysrq needs a key: ${SYSRQ_KEY_RULE}`);
         await writeSysrq(this.xenstore, domid, options.key);
         return `SysRq '${options.key}' sent to ${label}`;
       case 'resume':

@@ -6,6 +6,7 @@
  */
 import { createInterface, type Interface } from 'node:readline';
 import type { DomainAction, DomainActionOptions } from '../control/actions.js';
+import { SYSRQ_KEY_RULE, sysrqKeyError } from '../control/protocol.js';
 import type { Host } from './host.js';
 import { formatDevices, formatStatus } from './report.js';
 
@@ -52,7 +53,7 @@ const COMMANDS: Record<string, Command> = {
     run: action('resume', ([, backend]) => (backend === undefined ? {} : { backend })),
   },
   destroy: { args: '<domain>', help: 'destroy the domain at once, without asking it', minArgs: 1, maxArgs: 1, run: action('destroy') },
-  sysrq: { args: '<domain> <key>', help: 'send the domain a sysrq key (one character)', minArgs: 2, maxArgs: 2, run: action('sysrq', ([, key]) => ({ key: key! })) },
+  sysrq: { args: '<domain> <key>', help: `send the domain a sysrq key (${SYSRQ_KEY_RULE})`, minArgs: 2, maxArgs: 2, run: action('sysrq', ([, key]) => ({ key: key! })) },
   status: {
     args: '',
     help: 'the domains, their workers and devices',
@@ -131,8 +132,8 @@ export class HostPrompt {
     const command = Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined;
     if (!command) throw new Error(`unknown command '${name}'; type help for the commands`);
     if (args.length < command.minArgs || args.length > command.maxArgs) throw new Error(`usage: ${name} ${command.args}`);
-    // xl sends exactly one character: the key's letter.
-    if (name === 'sysrq' && [...args[1]!].length !== 1) throw new Error('the sysrq key is one character, such as s or b');
+    const keyError = name === 'sysrq' ? sysrqKeyError(args[1]!) : undefined;
+    if (keyError) throw new Error(keyError);
     return command.run(this.host, args);
   }
 

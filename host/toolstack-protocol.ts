@@ -6,6 +6,7 @@
  * reaches the toolstack.
  */
 import { DOMAIN_ACTIONS, type DomainAction, type DomainActionOptions } from '../control/actions.js';
+import { SYSRQ_KEY_RULE, sysrqKeyError } from '../control/protocol.js';
 import { quoteText } from '../shared/quote.js';
 
 /** The toolstack's socket lives next to xenstored's, so that one `--socket` names a host for every tool. */
@@ -98,6 +99,10 @@ function parseOptions(options: unknown, action: DomainAction): DomainActionOptio
   if (typeof timeoutMs === 'number' && !(Number.isFinite(timeoutMs) && timeoutMs > 0)) {
     throw new RequestError("option 'timeoutMs' must be a positive number of milliseconds");
   }
+  const key = parsed['key'];
+  if (action === 'sysrq' && key === undefined) throw new RequestError(`sysrq needs option 'key': ${SYSRQ_KEY_RULE}`);
+  const keyError = typeof key === 'string' ? sysrqKeyError(key) : undefined;
+  if (keyError) throw new RequestError(`option 'key': ${keyError}`);
   return parsed as DomainActionOptions;
 }
 

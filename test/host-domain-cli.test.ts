@@ -148,7 +148,9 @@ t.test('bad arguments are refused with the usage', async (t) => {
     [['reboot'], /^xenmesh domain: reboot needs a domain/],
     [[], /^xenmesh domain: which action\?/],
     [['sysrq', 'guest'], /^xenmesh domain: sysrq needs a key/],
-    [['sysrq', 'guest', 'ab'], /^xenmesh domain: sysrq needs a key: one character/],
+    [['sysrq', 'guest', 'ab'], /^xenmesh domain: a SysRq key is one printable character, such as s or b; "ab" is not$/m],
+    [['sysrq', 'guest', '\x01'], /^xenmesh domain: a SysRq key is one printable character, such as s or b; "\\u0001" is not$/m],
+    [['sysrq', 'guest', 'é'], /^xenmesh domain: a SysRq key is one printable character, such as s or b; "é" is not$/m],
     [['reboot', 'guest', 'extra'], /^xenmesh domain: unexpected argument 'extra'/],
     [['reboot', 'guest', '--halt'], /^xenmesh domain: --halt goes with shutdown only/],
     [['shutdown', 'guest', '--backend', 'driver'], /^xenmesh domain: --backend goes with resume only/],
@@ -390,6 +392,8 @@ t.test('the prompt of xenmesh up', async (t) => {
   t.pass('a nonsense command gets an error line');
   await typed('sysrq guest', 'a usage error', () => /error: usage: sysrq <domain> <key>/.test(host.stderr()));
   t.pass('a command without its arguments gets its usage');
+  await typed('sysrq guest é', 'a key refused', () => /^error: a SysRq key is one printable character, such as s or b; "é" is not$/m.test(host.stderr()));
+  t.pass('a SysRq key that is not one printable ASCII character is refused');
   await typed('reboot nosuch', 'a refusal', () => /^error: .*nosuch/m.test(host.stderr()));
   t.pass('an action the toolstack refuses gets its error');
   t.equal(host.child.exitCode, null, 'the host keeps running');
