@@ -11,6 +11,7 @@ import { checkDiskImages, DiskRefused } from './disk-check.js';
 import { judgeOutcome, type DomainEnd } from './outcome.js';
 import { EmbeddedPlatform, DEFAULT_MACHINE_FRAMES } from '../shared/embedded/platform.js';
 import { createLogger } from '../shared/log.js';
+import { quoteText } from '../shared/quote.js';
 import { settlesWithin } from '../shared/deadline.js';
 import { DEFAULT_RESTART, Supervisor, type RestartPolicy, type WorkerStatus } from '../shared/mesh/supervisor.js';
 import { XenStoreClient } from '../xenstore/client/client.js';
@@ -317,7 +318,7 @@ export class Host {
     // Between its old domid and its new one, a rebooting domain is still there to destroy.
     for (const [domid, record] of this.records) if (!domains.some((d) => d.domid === domid)) domains.push({ domid, name: record.config.name });
     const found = /^\d+$/.test(ref) ? domains.find((d) => d.domid === Number(ref)) : domains.find((d) => d.name === ref);
-    if (!found) throw new DomainActionError(`no domain '${ref}' (there are: ${domains.map((d) => `${d.name} (${d.domid})`).join(', ')})`);
+    if (!found) throw new DomainActionError(`no domain ${quoteText(ref, "'")} (there are: ${domains.map((d) => `${d.name} (${d.domid})`).join(', ')})`);
     return { domid: found.domid, name: found.name };
   }
 

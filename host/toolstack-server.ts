@@ -10,6 +10,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { DomainActionError, type DomainAction, type DomainActionOptions } from '../control/actions.js';
 import { createLogger } from '../shared/log.js';
 import { listenPrivately } from '../shared/private-listen.js';
+import { quoteText } from '../shared/quote.js';
 import { LineBuffer, RequestError, formatLine, parseRequest, type DomainReply } from './toolstack-protocol.js';
 
 const log = createLogger('toolstack');
@@ -104,10 +105,12 @@ export class ToolstackServer {
     } catch (err) {
       return { ok: false, error: err instanceof RequestError ? err.message : `bad request: ${String(err)}` };
     }
-    const { action, domain, options } = request;
+    const { action, options } = request;
+    // The domain is as the client wrote it: quoted, so that a newline in it cannot forge a line of the log.
+    const domain = quoteText(request.domain, "'");
     log.info(`${action} ${domain} asked on the toolstack socket`);
     try {
-      const message = await this.control(action, domain, options);
+      const message = await this.control(action, request.domain, options);
       log.info(`${action} ${domain}: ${message}`);
       return { ok: true, message };
     } catch (err) {

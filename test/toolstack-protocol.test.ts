@@ -10,7 +10,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { DomainActionOptions } from '../control/actions.js';
+import { DomainActionError, type DomainActionOptions } from '../control/actions.js';
+import { Host } from '../host/host.js';
+import { setLogSink } from '../shared/log.js';
 import { parseReply, parseRequest, RequestError } from '../host/toolstack-protocol.js';
 import { ToolstackServer } from '../host/toolstack-server.js';
 
@@ -80,4 +82,28 @@ t.test('through the socket, the client is told which option is wrong', async (t)
   });
   t.same(parseReply(answer), { ok: false, error: "unknown option '__proto__'; the options are timeoutMs, halt, backend, key" });
   t.same(asked, [], 'and the toolstack was not asked');
+});
+
+t.test('a domain reference is shown plainly in the log and in errors', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'xenmesh-toolstack-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const logs: string[] = [];
+  setLogSink((level, component, message) => logs.push(`${level} [${component}] ${message}`));
+  t.teardown(() => setLogSink((level, component, message) => process.stderr.write(`${level} [${component}] ${message}\n`)));
+  const server = new ToolstackServer(async () => {
+    throw new DomainActionError('no such domain');
+  }, join(dir, 'socket.toolstack'));
+  await server.listen();
+  t.teardown(() => server.close());
+  const forged = 'guest\ninfo [host] all is well';
+  await new Promise<void>((resolve, reject) => {
+    const socket = createConnection(server.path, () => socket.end(`${JSON.stringify({ action: 'destroy', domain: forged })}\n`));
+    socket.on('data', () => {});
+    socket.on('end', () => resolve());
+    socket.on('error', reject);
+  });
+  t.same(logs, ["info [toolstack] destroy 'guest\\ninfo [host] all is well' asked on the toolstack socket", "info [toolstack] destroy 'guest\\ninfo [host] all is well' refused: no such domain"], 'the log shows the newline escaped, on one line each');
+  // findDomain needs no booted host: it reads the machine's domain table, empty here.
+  const host = new Host({ socket: join(dir, 'socket'), frames: 4096 });
+  t.throws(() => host.findDomain(forged), new DomainActionError("no domain 'guest\\ninfo [host] all is well' (there are: )"), 'and so does the error');
 });
