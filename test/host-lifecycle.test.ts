@@ -13,15 +13,20 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { waitForDevice } from '../host/device-wait.js';
-import { diskDevice, type DeviceSpec } from '../host/devices.js';
+import { DEVICE_REMOVE_TIMEOUT_MS, diskDevice, type DeviceSpec } from '../host/devices.js';
 import { Host, SHUTDOWN_TIMEOUT_MS } from '../host/host.js';
 import type { DomainConfig } from '../host/toolstack.js';
 import { setLogSink } from '../shared/log.js';
 import { STOP_TIMEOUT_MS, type RoleSpec } from '../shared/mesh/supervisor.js';
 import { settleWithin, type Settled } from './helpers/settle.js';
 
-/** Far longer than any of these operations takes (a domain starts in well under a second), far shorter than tap's timeout. */
-const SETTLE_MS = 20_000;
+/**
+ * Far longer than any of these operations takes (a domain starts in well
+ * under a second), far shorter than tap's timeout: a destroy that lands
+ * while a device's backend is still attaching may wait out
+ * DEVICE_REMOVE_TIMEOUT_MS for it once, and two destroys take turns.
+ */
+const SETTLE_MS = 3 * DEVICE_REMOVE_TIMEOUT_MS;
 /** Terminating the workers that are left takes milliseconds; this covers a loaded machine. */
 const TERMINATE_MARGIN_MS = 2000;
 const STUCK_KERNEL = new URL('./helpers/stuck-kernel-worker.js', import.meta.url);
