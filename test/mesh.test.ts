@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { decodeEnvelope, encodeEnvelope } from '../shared/mesh/envelope.js';
 import { Supervisor, type RestartPolicy } from '../shared/mesh/supervisor.js';
-import { setLogSink, type LogSink } from '../shared/log.js';
+import { captureLogs } from './helpers/logs.js';
 import { Host } from '../host/host.js';
 import { devicePaths } from '../host/devices.js';
 import { formatDevices, formatStatus, formatTree } from '../host/report.js';
@@ -19,14 +19,6 @@ const TEST_ROLE = new URL('./helpers/test-role-worker.js', import.meta.url);
 const CRASHING_KERNEL = new URL('./helpers/crashing-kernel-worker.js', import.meta.url);
 const QUICK_RESTART: RestartPolicy = { kind: 'on-failure', maxRestarts: 2, windowMs: 60_000, delayMs: 10 };
 
-/** Captures log lines for the duration of a test. */
-function captureLogs(t: Test): string[] {
-  const lines: string[] = [];
-  const sink: LogSink = (level, component, message) => lines.push(`${level} [${component}] ${message}`);
-  setLogSink(sink);
-  t.teardown(() => setLogSink((level, component, message) => process.stderr.write(`${level} [${component}] ${message}\n`)));
-  return lines;
-}
 
 t.test('envelopes are msgpackr-encoded and checked', async (t) => {
   const envelope = { kind: 'stats' as const, stats: { requests: 7, state: 'ready' } };

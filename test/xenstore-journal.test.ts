@@ -6,7 +6,7 @@ import { mkdtempSync, readFileSync, rmSync, statSync, truncateSync, writeFileSyn
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
-import { setLogSink, type LogSink } from '../shared/log.js';
+import { captureLogs } from './helpers/logs.js';
 import { XenStoreClient } from '../xenstore/client/client.js';
 import { DetachedBackend } from '../xenstore/daemon/domain-backend.js';
 import { Journal, JOURNAL_FILE, SNAPSHOT_FILE } from '../xenstore/daemon/journal.js';
@@ -14,13 +14,6 @@ import { frame, readFrames } from '../xenstore/daemon/record-file.js';
 import { XenStoreSocketServer } from '../xenstore/daemon/socket-server.js';
 import { XenStoreDaemon } from '../xenstore/daemon/xenstored.js';
 
-function captureLogs(t: Test): string[] {
-  const lines: string[] = [];
-  const sink: LogSink = (level, component, message) => lines.push(`${level} [${component}] ${message}`);
-  setLogSink(sink);
-  t.teardown(() => setLogSink((level, component, message) => process.stderr.write(`${level} [${component}] ${message}\n`)));
-  return lines;
-}
 
 interface Served {
   daemon: XenStoreDaemon;
