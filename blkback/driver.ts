@@ -1,14 +1,16 @@
 import { XsError } from '../shared/errors.js';
-import { abiForProtocol, BlkifStatus, VDisk, SECTOR_SIZE, type BlkifAbi } from '../shared/blkif.js';
-import { PlatformError, type GrantMapping } from '../shared/platform.js';
+import { abiForProtocol, VDisk, SECTOR_SIZE, type BlkifAbi } from '../shared/blkif.js';
+import { fdatasync } from 'node:fs';
+import { threadId } from 'node:worker_threads';
 import type { XenbusDevice } from '../xenbus/device.js';
 import type { DeviceHandler, XenbusDriver } from '../xenbus/driver.js';
 import { XenbusState } from '../xenbus/state.js';
 import { readVbdConfig, type VbdConfig } from './config.js';
 import { requireImage } from './image.js';
-import { IO_THREADS, IoPool, type GrantAccess } from './io-pool.js';
-import { RequestQueue } from './queue.js';
-import { BlkbackRing } from './ring.js';
+import { engineChoice } from './io-engine.js';
+import type { GrantAccess } from './io-pool.js';
+import type { IoEngineChoice } from './ring-messages.js';
+import { DEFAULT_RING_THREADS, RingThreads, type RingLease } from './ring-threads.js';
 import { openStore, probeDiscard, type BackingStore } from './store.js';
 
 /** The largest ring offered: 2^4 = 16 pages (Linux blkback's default xen_blkif_max_ring_order). */
@@ -32,8 +34,12 @@ export interface BlkbackOptions {
    * note 3), as backends of each generation publish them.
    */
   ringKeys?: 'order' | 'pages' | 'both';
-  /** How the I/O workers reach the frontend's pages (default: map them). */
+  /** How the I/O reaches the frontend's pages (default: map them). */
   grantAccess?: GrantAccess;
+  /** How the ring threads do their I/O (default: XENMESH_IO_ENGINE, else auto). */
+  ioEngine?: IoEngineChoice;
+  /** Ring threads of the driver domain (default: DEFAULT_RING_THREADS). */
+  ringThreads?: number;
 }
 
 /**
@@ -50,9 +56,12 @@ export class BlkbackDriver implements XenbusDriver {
   readonly deviceClass = 'vbd';
   /** Attached devices by id (`<frontend-domid>/<devid>`). */
   readonly devices = new Map<string, VbdBackend>();
-  private pool: IoPool | undefined;
+  private threads: RingThreads | undefined;
+  private readonly engine: IoEngineChoice;
 
-  constructor(private readonly options: BlkbackOptions = {}) {}
+  constructor(private readonly options: BlkbackOptions = {}) {
+    this.engine = engineChoice(options.ioEngine);
+  }
 
   async attach(device: XenbusDevice): Promise<DeviceHandler> {
     const config = await readVbdConfig(device);
@@ -61,8 +70,8 @@ export class BlkbackDriver implements XenbusDriver {
     // of it from the error node and the device's Closed instead of a
     // frontend waiting for a connection that cannot come.
     if (config.target.kind === 'path') await requireImage(config.target.path, config.readOnly);
-    this.pool ??= new IoPool(device.ctx.link, IO_THREADS, this.options.grantAccess ?? 'map');
-    const backend = new VbdBackend(device, config, this.pool, this.offer(), () => {
+    this.threads ??= this.startThreads(device);
+    const backend = new VbdBackend(device, config, this.threads, this.offer(), () => {
       if (this.devices.get(device.id) === backend) this.devices.delete(device.id);
     });
     await backend.publishFeatures();
@@ -70,10 +79,24 @@ export class BlkbackDriver implements XenbusDriver {
     return backend;
   }
 
-  /** Stops the I/O workers (the kernel is going away). */
+  /** Stops the ring threads (the kernel is going away). */
   async close(): Promise<void> {
-    await this.pool?.close();
-    this.pool = undefined;
+    await this.threads?.close();
+    this.threads = undefined;
+  }
+
+  /** The I/O engine the ring threads run, and why it is not io_uring where it is not (undefined before any device attached). */
+  async ioEngine(): Promise<{ engine: string; reason?: string } | undefined> {
+    return this.threads?.engine();
+  }
+
+  private startThreads(device: XenbusDevice): RingThreads {
+    const threads = new RingThreads(device.ctx.link, this.options.ringThreads ?? DEFAULT_RING_THREADS, this.engine, this.options.grantAccess ?? 'map', threadId);
+    void threads.engine().then(
+      ({ engine, reason }) => device.log.info(`block I/O through ${engine === 'uring' ? 'io_uring' : 'the I/O pool'}${reason ? ` (${reason})` : ''}`),
+      () => {},
+    );
+    return threads;
   }
 
   private offer(): Offer {
@@ -106,8 +129,7 @@ export interface FrontendParams {
 
 interface Connection {
   readonly store: BackingStore;
-  readonly queue: RequestQueue;
-  readonly rings: BlkbackRing[];
+  readonly rings: RingLease[];
   readonly params: FrontendParams;
 }
 
@@ -122,7 +144,7 @@ export class VbdBackend implements DeviceHandler {
   constructor(
     readonly device: XenbusDevice,
     readonly config: VbdConfig,
-    private readonly pool: IoPool,
+    private readonly threads: RingThreads,
     private readonly offer: Offer,
     private readonly onDetach: () => void,
   ) {}
@@ -240,30 +262,29 @@ export class VbdBackend implements DeviceHandler {
       await device.fatal(err, 'opening the backing store');
       return;
     }
-    const rings: BlkbackRing[] = [];
-    try {
-      const queue = new RequestQueue(this.pool, store.handle, device.otherendId, device.ctx.domid);
-      const policy = { abi: params.abi, store, maxIndirectSegments: this.offer.maxIndirectSegments, flush: true, barrier: true };
-      for (const q of params.queues) {
-        let mapping: GrantMapping;
-        try {
-          mapping = device.ctx.domain.grants.map(device.otherendId, q.refs, true);
-        } catch (err) {
-          throw asXsError(err, `mapping ring-ref ${q.refs.join(',')} of domain ${device.otherendId}`);
-        }
-        try {
-          rings.push(new BlkbackRing(device, mapping, q.port, queue, policy, (why) => void this.broken(why)));
-        } catch (err) {
-          mapping.unmap();
-          throw asXsError(err, `binding event-channel ${q.port} of domain ${device.otherendId}`);
-        }
-      }
-      this.connection = { store, queue, rings, params };
-    } catch (err) {
+    const shape = {
+      description: store.description,
+      sectors: store.sectors,
+      readOnly: store.readOnly,
+      discard: store.discard ? { secure: store.discard.secure } : undefined,
+    };
+    const policy = { abi: params.abi, store: shape, maxIndirectSegments: this.offer.maxIndirectSegments, flush: true, barrier: true };
+    const attached = await Promise.allSettled(
+      params.queues.map((q) =>
+        this.threads.attach(
+          { name: device.node, backend: device.ctx.domid, frontend: device.otherendId, refs: q.refs, remotePort: q.port, policy, store: store.handle },
+          (why) => void this.broken(why),
+        ),
+      ),
+    );
+    const rings = attached.flatMap((a) => (a.status === 'fulfilled' ? [a.value] : []));
+    const refused = attached.find((a): a is PromiseRejectedResult => a.status === 'rejected');
+    if (refused) {
       for (const ring of rings) await ring.stop();
       await store.close();
-      throw err;
+      throw refused.reason;
     }
+    this.connection = { store, rings, params };
     this.connections++;
     await device.write({
       sectors: store.sectors,
@@ -288,11 +309,11 @@ export class VbdBackend implements DeviceHandler {
     const connection = this.connection;
     if (!connection) return;
     this.connection = undefined;
-    for (const ring of connection.rings) await ring.stop();
-    await connection.queue.idle();
-    if (!connection.store.readOnly) {
-      const status = await new Promise<number>((resolve) => connection.queue.submit({ kind: 'flush' }, resolve));
-      if (status !== BlkifStatus.OKAY) this.device.log.warn(`${this.device.node}: flushing ${connection.store.description} before closing it failed`);
+    await Promise.all(connection.rings.map((ring) => ring.stop()));
+    const { handle } = connection.store;
+    if (!connection.store.readOnly && handle.kind === 'fd') {
+      const failed = await new Promise<Error | null>((resolve) => fdatasync(handle.fd, resolve));
+      if (failed) this.device.log.warn(`${this.device.node}: flushing ${connection.store.description} before closing it failed: ${failed.message}`);
     }
     await connection.store.close();
   }
@@ -343,9 +364,4 @@ export class VbdBackend implements DeviceHandler {
     const persistent = offer.persistent && (await device.readOtherendInt('feature-persistent', 0)) !== 0;
     return { abi, pages, queues, persistent };
   }
-}
-
-function asXsError(err: unknown, what: string): XsError {
-  if (err instanceof XsError) return err;
-  return new XsError(err instanceof PlatformError && err.errno === 'ESRCH' ? 'ENOENT' : 'EINVAL', `${what}: ${(err as Error).message}`);
 }

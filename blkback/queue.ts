@@ -4,7 +4,14 @@ import type { StoreHandle } from './store.js';
 
 /** Where the queue's I/O runs: the I/O pool (tests give it a stand-in). */
 export interface IoRunner {
+  /** Tasks it runs at once: each batch is cut so that every one gets a share. */
   readonly threads: number;
+  /**
+   * Each merged operation is its own task, answered as soon as it is done
+   * (an engine with many operations in flight, io_uring), rather than a
+   * batch answered together (a pool thread working through it).
+   */
+  readonly perOperation?: boolean;
   run(task: IoTask): Promise<IoOutcome[]>;
 }
 
@@ -146,6 +153,14 @@ export class RequestQueue {
 
   private dispatch(requests: Pending[], ordering: boolean): void {
     const merged = ordering ? this.orderingOps(requests[0]!) : this.merge(requests);
+    if (!ordering && this.pool.perOperation && merged.length > 1) {
+      for (const m of merged) this.runTask(m.members, [m], false);
+      return;
+    }
+    this.runTask(requests, merged, ordering);
+  }
+
+  private runTask(requests: Pending[], merged: Merged[], ordering: boolean): void {
     this.inFlightTasks++;
     this.inFlightRequests += requests.length;
     this.pool

@@ -15,17 +15,26 @@ import {
   type BlkifRequest,
   type BlkifSegment,
 } from '../shared/blkif.js';
-import type { GrantMapping } from '../shared/platform.js';
+import type { Logger } from '../shared/log.js';
+import type { GrantMapping, GrantTable } from '../shared/platform.js';
 import { BackRing, SharedRing } from '../shared/ring.js';
-import type { XenbusDevice } from '../xenbus/device.js';
 import type { PageChunk } from './io-task.js';
 import type { BlockIo, RequestQueue } from './queue.js';
-import type { BackingStore } from './store.js';
+
+/** What a ring needs to know of its store: its size and what it allows. Structured-clonable. */
+export interface StoreShape {
+  readonly description: string;
+  /** Size in 512-byte sectors. */
+  readonly sectors: number;
+  readonly readOnly: boolean;
+  /** Set when the store can discard; `secure` as discard-secure publishes it. */
+  readonly discard: { readonly secure: boolean } | undefined;
+}
 
 /** What a ring's requests may ask for: what was published, and the store's size. */
 export interface RingPolicy {
   readonly abi: BlkifAbi;
-  readonly store: BackingStore;
+  readonly store: StoreShape;
   /** Segments an indirect request may carry (feature-max-indirect-segments). */
   readonly maxIndirectSegments: number;
   readonly flush: boolean;
@@ -51,6 +60,24 @@ export function responseOperation(request: BlkifRequest): number {
 }
 
 /**
+ * Where a ring lives: the thread that owns it maps the frontend's pages and
+ * binds its event channel through its own attachment to the platform.
+ */
+export interface RingHost {
+  /** The device the ring belongs to, for messages (its backend node). */
+  readonly name: string;
+  readonly log: Logger;
+  /** Our grant table, to map the frontend's indirect pages. */
+  readonly grants: GrantTable;
+  /** The frontend's domain. */
+  readonly frontend: number;
+  /** Binds the frontend's port, with its handler; the local port. */
+  bind(remotePort: number, handler: () => void): number;
+  unbind(port: number): void;
+  notify(port: number): void;
+}
+
+/**
  * One ring of a block device (one queue): it takes the frontend's requests
  * off the ring, checks every field before it trusts it, hands the I/O to
  * the request queue, and pushes each response as its request completes,
@@ -67,25 +94,29 @@ export class BlkbackRing {
   private stopped = false;
   private pushScheduled = false;
   private drainWaiters: (() => void)[] = [];
-  /** Requests answered (for statistics). */
-  served = 0;
-
   constructor(
-    private readonly device: XenbusDevice,
+    private readonly host: RingHost,
     private readonly mapping: GrantMapping,
     remotePort: number,
     private readonly queue: RequestQueue,
     private readonly policy: RingPolicy,
     /** The ring is broken beyond repair: the device goes Closing with this error. */
     private readonly broken: (why: string) => void,
+    /** Requests answered, word 0: shared memory, so that the device's thread reads it without asking. */
+    private readonly stats: Uint32Array = new Uint32Array(1),
   ) {
     const layout = layoutOf(policy.abi);
     this.back = new BackRing(new SharedRing(mapping.pages, layout.entryBytes));
     this.entry = new Uint8Array(layout.entryBytes);
     this.response = new Uint8Array(layout.entryBytes);
-    this.port = device.bindEventChannel(remotePort, () => this.service());
+    this.port = host.bind(remotePort, () => this.service());
     // Requests may have been queued before we bound the channel.
     queueMicrotask(() => this.service());
+  }
+
+  /** Requests answered. */
+  get served(): number {
+    return Atomics.load(this.stats, 0);
   }
 
   /** Slots of the ring: the most requests it can hold. */
@@ -101,7 +132,7 @@ export class BlkbackRing {
     this.stopped = true;
     if (this.outstanding > 0) await new Promise<void>((resolve) => this.drainWaiters.push(resolve));
     this.pushResponses();
-    this.device.freeEventChannel(this.port);
+    this.host.unbind(this.port);
     this.mapping.unmap();
   }
 
@@ -132,7 +163,7 @@ export class BlkbackRing {
       io = refuse((err as Error).message);
     }
     if ('status' in io) {
-      this.device.log.debug(`${this.device.node}: request ${request.id} (operation ${request.operation}) answered at once: ${io.why}`);
+      this.host.log.debug(`${this.host.name}: request ${request.id} (operation ${request.operation}) answered at once: ${io.why}`);
       answer(io.status);
       return;
     }
@@ -230,7 +261,7 @@ export class BlkbackRing {
     if (pages > BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST) return refuse(`${pages} indirect pages`);
     let mapping: GrantMapping;
     try {
-      mapping = this.device.ctx.domain.grants.map(this.device.otherendId, grefs.slice(0, pages), false);
+      mapping = this.host.grants.map(this.host.frontend, grefs.slice(0, pages), false);
     } catch (err) {
       return refuse(`indirect pages ${grefs.slice(0, pages).join(',')}: ${(err as Error).message}`);
     }
@@ -252,7 +283,7 @@ export class BlkbackRing {
     encodeResponse(this.policy.abi, { id: request.id, operation: responseOperation(request), status }, this.response);
     this.back.putResponse(this.response);
     this.outstanding--;
-    this.served++;
+    Atomics.add(this.stats, 0, 1);
     // Responses completed together go out with one signal.
     if (!this.pushScheduled) {
       this.pushScheduled = true;
@@ -265,6 +296,6 @@ export class BlkbackRing {
   }
 
   private pushResponses(): void {
-    if (this.back.pushResponsesAndCheckNotify()) this.device.notify(this.port);
+    if (this.back.pushResponsesAndCheckNotify()) this.host.notify(this.port);
   }
 }

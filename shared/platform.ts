@@ -221,6 +221,13 @@ export interface PlatformLink {
   /** URL of the implementing module. */
   readonly module: string;
   readonly descriptor: unknown;
+  /**
+   * The thread whose death releases what the attaching worker maps and
+   * binds (default: the worker itself). A worker that serves its parent,
+   * and dies with it, names the parent, so that whoever cleans up after the
+   * parent cleans up after it too.
+   */
+  readonly holder?: number;
 }
 
 /** The toolstack's view of the platform, and the way into each domain. */

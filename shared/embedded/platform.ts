@@ -59,8 +59,8 @@ export class EmbeddedPlatform implements Platform {
   }
 
   /** Attaches to a machine another worker created, from the descriptor it was handed. */
-  static attach(descriptor: EmbeddedDescriptor): EmbeddedPlatform {
-    return new EmbeddedPlatform(descriptor, threadId);
+  static attach(descriptor: EmbeddedDescriptor, holder = threadId): EmbeddedPlatform {
+    return new EmbeddedPlatform(descriptor, holder);
   }
 
   /** Releases what a worker that died had open: its event channel handles and its grant mappings. */

@@ -1,0 +1,45 @@
+import type { Platform } from '../shared/platform.js';
+import { IO_THREADS, IoPool, type GrantAccess } from './io-pool.js';
+import { DEFAULT_QUEUE_LIMITS, type IoRunner, type QueueLimits } from './queue.js';
+import type { IoEngine, IoEngineChoice } from './ring-messages.js';
+
+/** The environment variable that picks the engine where the driver was not told (`uring`, `pool`, `auto`). */
+export const IO_ENGINE_ENV = 'XENMESH_IO_ENGINE';
+
+/** The engine a ring thread runs, the limits its queues use, and why it is not io_uring where it is not. */
+export interface RunningEngine {
+  readonly engine: IoEngine;
+  readonly reason?: string;
+  readonly runner: IoRunner;
+  readonly limits: QueueLimits;
+}
+
+/** The engine asked for: the driver's option, else the environment, else auto. */
+export function engineChoice(option: IoEngineChoice | undefined): IoEngineChoice {
+  const wanted = option ?? process.env[IO_ENGINE_ENV] ?? 'auto';
+  if (wanted !== 'uring' && wanted !== 'pool' && wanted !== 'auto') {
+    throw new RangeError(`${IO_ENGINE_ENV}=${wanted}: the I/O engine is one of uring, pool, auto`);
+  }
+  return wanted;
+}
+
+/**
+ * Starts the engine a ring thread does its I/O with. `auto` takes io_uring
+ * where it works and falls back to the pool, saying why; `uring` where it
+ * does not work is an error.
+ */
+export async function startEngine(choice: IoEngineChoice, platform: Platform, options: { grantAccess: GrantAccess }): Promise<RunningEngine> {
+  if (choice === 'pool') return poolEngine(platform, options.grantAccess, undefined);
+  const reason = 'this build has no io_uring binding';
+  if (choice === 'uring') throw new Error(reason);
+  return poolEngine(platform, options.grantAccess, reason);
+}
+
+function poolEngine(platform: Platform, grantAccess: GrantAccess, reason: string | undefined): RunningEngine {
+  return {
+    engine: 'pool',
+    ...(reason ? { reason } : {}),
+    runner: new IoPool(platform.link, IO_THREADS, grantAccess),
+    limits: DEFAULT_QUEUE_LIMITS,
+  };
+}

@@ -1,0 +1,235 @@
+import { constants } from 'node:os';
+import { nativeCalls } from '../shared/native.js';
+import { PAGE_SIZE, type GrantCopy, type GrantMapping, type GrantTable } from '../shared/platform.js';
+import { copiesGrants, type GrantAccess } from './io-pool.js';
+import type { IoOp, IoOutcome, IoTask, PageChunk } from './io-task.js';
+import type { IoRunner } from './queue.js';
+import type { StoreHandle } from './store.js';
+
+/** What the runner needs of an io_uring (shared/uring.ts). */
+export interface UringQueue {
+  readv(fd: number, views: readonly Uint8Array[], offset: number, tag: number): void;
+  writev(fd: number, views: readonly Uint8Array[], offset: number, tag: number): void;
+  fdatasync(fd: number, tag: number): void;
+  fallocate(fd: number, mode: number, offset: number, length: number, tag: number): void;
+  submit(): void;
+  onCompletions(listener: (tags: readonly number[], results: readonly number[]) => void): void;
+}
+
+/** fallocate's mode for a discard of a file: FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE (linux/falloc.h). */
+const PUNCH_HOLE_KEEP_SIZE = 0x02 | 0x01;
+
+/** Tags cycle below 2^31 (what the binding accepts). */
+const TAG_LIMIT = 0x8000_0000;
+
+/** Staging buffers kept for grant copies: enough for a ring's worth of small requests in flight. */
+const SPARE_STAGING_BUFFERS = 64;
+
+const ERRNO_NAMES = new Map(Object.entries(constants.errno).map(([name, value]) => [value, name]));
+
+/** The errno name of a negative io_uring result. */
+function errnoName(result: number): string {
+  return ERRNO_NAMES.get(-result) ?? 'EIO';
+}
+
+/** An error carrying an errno name, as the queue reads outcomes. */
+function failure(code: string, message: string): Error {
+  return Object.assign(new Error(message), { code });
+}
+
+/**
+ * The request queue's engine on a ring thread: each operation is submitted
+ * to io_uring from the thread itself and completes on its event loop, with
+ * no other thread involved. The frontend's pages are mapped for the
+ * operation (or, where the access mode copies, staged through a buffer of
+ * ours with grant copies) and let go only once the kernel is done with
+ * them, before the queue answers. Short transfers are resubmitted for the
+ * rest; a read past the end of a file that is shorter than it claims reads
+ * zeros, as a hole does.
+ */
+export class UringRunner implements IoRunner {
+  readonly threads = 1;
+  readonly perOperation = true;
+  private nextTag = 0;
+  private readonly waiting = new Map<number, (result: number) => void>();
+  private readonly spareStaging: Uint8Array[] = [];
+  private submitScheduled = false;
+
+  constructor(
+    private readonly uring: UringQueue,
+    /** Our grant table. */
+    private readonly grants: GrantTable,
+    private readonly grantAccess: GrantAccess,
+  ) {
+    uring.onCompletions((tags, results) => {
+      for (let i = 0; i < tags.length; i++) {
+        const done = this.waiting.get(tags[i]!);
+        if (!done) continue;
+        this.waiting.delete(tags[i]!);
+        done(results[i]!);
+      }
+    });
+  }
+
+  async run(task: IoTask): Promise<IoOutcome[]> {
+    const outcomes: IoOutcome[] = [];
+    // In order: a barrier's write completes before its flush starts.
+    for (const op of task.ops) {
+      try {
+        await this.runOp(task, op);
+        outcomes.push(null);
+      } catch (err) {
+        outcomes.push((err as NodeJS.ErrnoException).code ?? 'EIO');
+      }
+    }
+    return outcomes;
+  }
+
+  private async runOp(task: IoTask, op: IoOp): Promise<void> {
+    const { store } = task;
+    switch (op.op) {
+      case 'read':
+      case 'write':
+        if (copiesGrants(this.grantAccess, op.chunks.length)) await this.copyIo(task, op);
+        else await this.mappedIo(task, op);
+        return;
+      case 'flush':
+        if (store.kind === 'fd') this.check(await this.submit((tag) => this.uring.fdatasync(store.fd, tag)), 'fdatasync');
+        return;
+      case 'discard':
+        if (store.kind === 'memory') new Uint8Array(store.bytes, op.offset, op.length).fill(0);
+        // BLKDISCARD has no io_uring operation: the ioctl, on this thread (discards are rare and the device answers them quickly).
+        else if (store.blockDevice) nativeCalls().discardBlocks(store.fd, op.offset, op.length, op.secure);
+        else this.check(await this.submit((tag) => this.uring.fallocate(store.fd, PUNCH_HOLE_KEEP_SIZE, op.offset, op.length, tag)), 'fallocate');
+        return;
+    }
+  }
+
+  /** Reads or writes straight between the store and the frontend's pages, mapped for the while. */
+  private async mappedIo(task: IoTask, op: IoOp & { op: 'read' | 'write' }): Promise<void> {
+    let mapping: GrantMapping;
+    try {
+      // A read fills the frontend's pages: they must be granted writable.
+      mapping = this.grants.map(task.granter, op.chunks.map((c) => c.gref), op.op === 'read');
+    } catch (err) {
+      throw failure('EFAULT', (err as Error).message);
+    }
+    try {
+      const views = op.chunks.map((c, i) => mapping.pages[i]!.subarray(c.start, c.start + c.length));
+      await this.transfer(task.store, op.op, op.offset, views);
+    } finally {
+      mapping.unmap();
+    }
+  }
+
+  /** A read or write through a staging buffer of ours, the pages reached by grant copy. */
+  private async copyIo(task: IoTask, op: IoOp & { op: 'read' | 'write' }): Promise<void> {
+    const length = op.chunks.reduce((sum, chunk) => sum + chunk.length, 0);
+    const staging = this.takeStaging(op.chunks.length);
+    const buffer = staging.subarray(0, length);
+    const copies = (toPages: boolean): GrantCopy[] => {
+      let at = 0;
+      return op.chunks.map((chunk: PageChunk) => {
+        const local = { bytes: buffer, offset: at };
+        const granted = { domid: task.granter, gref: chunk.gref, offset: chunk.start };
+        at += chunk.length;
+        return toPages ? { source: local, dest: granted, length: chunk.length } : { source: granted, dest: local, length: chunk.length };
+      });
+    };
+    const copy = (toPages: boolean) => {
+      try {
+        this.grants.copy(copies(toPages));
+      } catch (err) {
+        throw failure('EFAULT', (err as Error).message);
+      }
+    };
+    try {
+      if (op.op === 'write') copy(false);
+      await this.transfer(task.store, op.op, op.offset, [buffer]);
+      if (op.op === 'read') copy(true);
+    } finally {
+      this.giveStaging(staging, op.chunks.length);
+    }
+  }
+
+  /** Moves every byte of `views`, resubmitting the rest of a short transfer. */
+  private async transfer(store: StoreHandle, kind: 'read' | 'write', offset: number, views: Uint8Array[]): Promise<void> {
+    if (store.kind === 'memory') {
+      memoryTransfer(store.bytes, kind, offset, views);
+      return;
+    }
+    let pending = views;
+    let at = offset;
+    while (pending.length > 0) {
+      const result = await this.submit((tag) => (kind === 'read' ? this.uring.readv(store.fd, pending, at, tag) : this.uring.writev(store.fd, pending, at, tag)));
+      this.check(result, kind === 'read' ? 'preadv' : 'pwritev');
+      if (result === 0) {
+        if (kind === 'write') throw failure('EIO', `pwritev at ${at} wrote nothing`);
+        for (const view of pending) view.fill(0);
+        return;
+      }
+      at += result;
+      pending = advance(pending, result);
+    }
+  }
+
+  /** Queues one operation under a fresh tag; its result once the kernel completes it. Submits once per turn of the loop. */
+  private submit(queue: (tag: number) => void): Promise<number> {
+    const tag = this.nextTag;
+    this.nextTag = (this.nextTag + 1) % TAG_LIMIT;
+    const result = new Promise<number>((resolve) => this.waiting.set(tag, resolve));
+    queue(tag);
+    if (!this.submitScheduled) {
+      this.submitScheduled = true;
+      // Everything the ring's pass queued goes to the kernel in one io_uring_enter.
+      queueMicrotask(() => {
+        this.submitScheduled = false;
+        this.uring.submit();
+      });
+    }
+    return result;
+  }
+
+  private check(result: number, call: string): void {
+    if (result < 0) throw failure(errnoName(result), `${call}: ${errnoName(result)}`);
+  }
+
+  /** A page-aligned buffer of `pages` pages (O_DIRECT wants aligned buffers); small ones are reused. */
+  private takeStaging(pages: number): Uint8Array {
+    if (pages <= 16) {
+      const spare = this.spareStaging.pop();
+      if (spare) return spare;
+    }
+    return alignedBuffer(Math.max(pages, 16) * PAGE_SIZE);
+  }
+
+  private giveStaging(buffer: Uint8Array, pages: number): void {
+    if (pages <= 16 && this.spareStaging.length < SPARE_STAGING_BUFFERS) this.spareStaging.push(buffer);
+  }
+}
+
+function alignedBuffer(bytes: number): Uint8Array {
+  const raw = new Uint8Array(bytes + PAGE_SIZE);
+  const misalignment = nativeCalls().addressOf(raw) % PAGE_SIZE;
+  return raw.subarray(misalignment === 0 ? 0 : PAGE_SIZE - misalignment, (misalignment === 0 ? 0 : PAGE_SIZE - misalignment) + bytes);
+}
+
+function memoryTransfer(bytes: SharedArrayBuffer, kind: 'read' | 'write', offset: number, views: Uint8Array[]): void {
+  let at = offset;
+  for (const view of views) {
+    const store = new Uint8Array(bytes, at, view.length);
+    if (kind === 'read') view.set(store);
+    else store.set(view);
+    at += view.length;
+  }
+}
+
+/** The views still to transfer after `done` bytes (a short read or write). */
+export function advance(views: Uint8Array[], done: number): Uint8Array[] {
+  let skip = done;
+  let first = 0;
+  while (first < views.length && skip >= views[first]!.length) skip -= views[first++]!.length;
+  const rest = views.slice(first);
+  if (rest.length > 0 && skip > 0) rest[0] = rest[0]!.subarray(skip);
+  return rest;
+}
