@@ -386,18 +386,25 @@ class Ring : public Napi::ObjectWrap<Ring> {
     return env.Undefined();
   }
 
-  // submit(): the SQEs the kernel took. One it could not take now (EAGAIN,
-  // EBUSY) stays queued and goes with the next submit.
+  // submit(): the SQEs the kernel took. The kernel stops at an SQE it
+  // fails to prepare (its CQE says why) and leaves the rest queued, so it
+  // is entered again for them; SQEs it cannot take now (EAGAIN, EBUSY) stay
+  // queued and go with the next submit.
   Napi::Value Submit(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     io_uring& ring = Open(env);
-    for (;;) {
+    uint32_t taken = 0;
+    while (io_uring_sq_ready(&ring) > 0) {
       const int rc = io_uring_submit(&ring);
-      if (rc >= 0) return Napi::Number::New(env, rc);
+      if (rc > 0) {
+        taken += static_cast<uint32_t>(rc);
+        continue;
+      }
+      if (rc == 0 || rc == -EAGAIN || rc == -EBUSY) break;
       if (rc == -EINTR) continue;
-      if (rc == -EAGAIN || rc == -EBUSY) return Napi::Number::New(env, 0);
       throw UringError(env, "io_uring_submit", std::to_string(io_uring_sq_ready(&ring)) + " SQEs", -rc);
     }
+    return Napi::Number::New(env, taken);
   }
 
   // close(): waits (bounded) for what is in flight, then tears the ring
