@@ -188,30 +188,40 @@ class Ring : public Napi::ObjectWrap<Ring> {
     std::vector<int32_t> results;
     Drain(&tags, &results);
     if (tags.empty()) return;
-    Napi::HandleScope scope(env_);
-    Napi::Array tagList = Napi::Array::New(env_, tags.size());
-    Napi::Array resultList = Napi::Array::New(env_, results.size());
-    for (uint32_t i = 0; i < tags.size(); i++) {
-      tagList.Set(i, Napi::Number::New(env_, tags[i]));
-      resultList.Set(i, Napi::Number::New(env_, results[i]));
-    }
     // The ring stays pinned while the listener runs (it may close the ring
     // and drop the last reference to it); whether it still needs to be is
     // decided after.
     reaping_ = true;
-    try {
-      listener_.MakeCallback(env_.Global(), {tagList, resultList}, *context_);
-    } catch (const Napi::Error& err) {
-      reaping_ = false;
-      UnpinIfIdle();
-      napi_fatal_exception(env_, err.Value());
-      return;
-    }
+    Report(tags, results);
     reaping_ = false;
     UnpinIfIdle();
   }
 
  private:
+  // Calls the listener with one batch. A worker that is exiting runs its
+  // loop once more with JavaScript disallowed, to close its handles: what
+  // completes then has nobody to tell.
+  void Report(const std::vector<uint32_t>& tags, const std::vector<int32_t>& results) {
+    Napi::Array tagList;
+    Napi::Array resultList;
+    try {
+      Napi::HandleScope scope(env_);
+      tagList = Napi::Array::New(env_, tags.size());
+      resultList = Napi::Array::New(env_, results.size());
+      for (uint32_t i = 0; i < tags.size(); i++) {
+        tagList.Set(i, Napi::Number::New(env_, tags[i]));
+        resultList.Set(i, Napi::Number::New(env_, results[i]));
+      }
+      try {
+        listener_.MakeCallback(env_.Global(), {tagList, resultList}, *context_);
+      } catch (const Napi::Error& err) {
+        napi_fatal_exception(env_, err.Value());
+      }
+    } catch (const Napi::Error&) {
+      // JavaScript cannot run: the worker is exiting.
+    }
+  }
+
   static void EnvCleanup(void* arg) {
     auto* ring = static_cast<Ring*>(arg);
     ring->cleanupHooked_ = false;
@@ -447,7 +457,10 @@ class Ring : public Napi::ObjectWrap<Ring> {
   void UnpinIfIdle() {
     if (pinned_ && inFlight_ == 0 && !reaping_) {
       pinned_ = false;
-      Unref();
+      // Not Unref(), which throws if the reference is gone: a worker that
+      // exits tears references down around its cleanup hooks.
+      uint32_t count;
+      napi_reference_unref(env_, static_cast<napi_ref>(*this), &count);
     }
   }
 
