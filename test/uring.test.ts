@@ -6,6 +6,7 @@
  */
 import t, { type Test } from 'tap';
 import { Worker } from 'node:worker_threads';
+import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { closeSync, fstatSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -346,6 +347,29 @@ test('close waits for operations in flight', async (t) => {
   }
   await new Promise((resolve) => setTimeout(resolve, 50));
   t.same(heard.calls, [], 'nothing is reported after close');
+});
+
+test('close gives up on an operation that never completes, keeping its buffer', async (t) => {
+  // A read from a FIFO nobody writes to waits for ever, as a request to a
+  // device that stopped answering would.
+  const fifo = join(dir, 'fifo');
+  execFileSync('mkfifo', [fifo]);
+  const fd = openSync(fifo, 'r+');
+  t.teardown(() => closeSync(fd));
+  const result = openUring(4);
+  if ('reason' in result) throw new Error(result.reason);
+  const uring = result.uring;
+  const heard = listen(uring);
+  const guest = new Uint8Array(new SharedArrayBuffer(16));
+  uring.readv(fd, [guest], 0, 1);
+  uring.submit();
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  const started = Date.now();
+  t.throws(() => uring.close(), { code: 'ETIMEDOUT', message: /1 operation still in flight after 10000 ms/ });
+  t.ok(Date.now() - started >= 9900, 'after waiting for it');
+  t.equal(uring.inFlight, 0);
+  t.throws(() => uring.submit(), { code: 'ERR_URING_CLOSED' }, 'the ring is closed all the same');
+  t.same(heard.calls, []);
 });
 
 test('a ring in a worker: used, then left to the worker exit', async (t) => {

@@ -425,8 +425,8 @@ class Ring : public Napi::ObjectWrap<Ring> {
     Napi::Env env = info.Env();
     const uint32_t abandoned = Shut();
     if (abandoned > 0) {
-      Napi::Error error = Napi::Error::New(env, "io_uring close: " + std::to_string(abandoned) + " operations still in flight after " +
-                                                    std::to_string(kCloseWaitMs) + " ms; their buffers are kept");
+      Napi::Error error = Napi::Error::New(env, "io_uring close: " + std::to_string(abandoned) + (abandoned == 1 ? " operation" : " operations") +
+                                                    " still in flight after " + std::to_string(kCloseWaitMs) + " ms; their buffers are kept");
       error.Set("code", Napi::String::New(env, "ETIMEDOUT"));
       throw error;
     }
