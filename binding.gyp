@@ -2,7 +2,10 @@
   "variables": {
     # The Xen platform is built only where Xen's development files are
     # (Debian's libxen-dev); everywhere else the embedded platform runs alone.
-    "have_xen%": "<!(test -f /usr/include/xengnttab.h -a -f /usr/include/xenevtchn.h && echo 1 || echo 0)"
+    "have_xen%": "<!(test -f /usr/include/xengnttab.h -a -f /usr/include/xenevtchn.h && echo 1 || echo 0)",
+    # The block backend's io_uring is built only where liburing's development
+    # files are (Debian's liburing-dev); elsewhere it does its I/O on its pool.
+    "have_liburing%": "<!(test -f /usr/include/liburing.h && echo 1 || echo 0)"
   },
   "target_defaults": {
     "include_dirs": ["<!@(node -p \"require('node-addon-api').include\")"],
@@ -22,6 +25,17 @@
         ["have_xen==1", {
           "sources": ["native/xen/xenmesh_xen.cc"],
           "libraries": ["-lxengnttab", "-lxenevtchn"]
+        }, {
+          "type": "none"
+        }]
+      ]
+    },
+    {
+      "target_name": "xenmesh_uring",
+      "conditions": [
+        ["have_liburing==1", {
+          "sources": ["native/uring/uring.cc"],
+          "libraries": ["-luring"]
         }, {
           "type": "none"
         }]
