@@ -106,6 +106,23 @@ test('writev then readv round trip through several views', async (t) => {
   t.same(parts.map((p) => Buffer.from(p).toString('latin1')), ['the ', 'quick ', 'brown fox jumps'], 'each view filled in turn');
 });
 
+test('up to IOV_MAX views in one operation, at offsets beyond 4 GiB', async (t) => {
+  const { fd } = tempFile(t);
+  const uring = ring(t);
+  const heard = listen(uring);
+  const FAR = 5 * 2 ** 30 + 7;
+  const views = Array.from({ length: 1024 }, (_, i) => new Uint8Array([i & 0xff]));
+  uring.writev(fd, views, FAR, 1);
+  uring.submit();
+  t.equal((await heard.done(1)).get(1), 1024, 'one byte from each of 1024 views');
+  t.equal(fstatSync(fd).size, FAR + 1024, 'where a 64-bit offset put it');
+  const back = new Uint8Array(1024);
+  uring.readv(fd, [back], FAR, 2);
+  uring.submit();
+  await heard.done(2);
+  t.ok(back.every((b, i) => b === (i & 0xff)), 'read back in order');
+});
+
 test('reads into and writes from SharedArrayBuffer views', async (t) => {
   const { fd } = tempFile(t, bytes('0123456789abcdef'));
   const uring = ring(t);
