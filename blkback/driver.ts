@@ -91,7 +91,7 @@ export class BlkbackDriver implements XenbusDriver {
   }
 
   private startThreads(device: XenbusDevice): RingThreads {
-    const threads = new RingThreads(device.ctx.link, this.options.ringThreads ?? DEFAULT_RING_THREADS, this.engine, this.options.grantAccess ?? 'map', threadId);
+    const threads = new RingThreads(device.ctx.link, device.ctx.domid, this.options.ringThreads ?? DEFAULT_RING_THREADS, this.engine, this.options.grantAccess ?? 'map', threadId);
     void threads.engine().then(
       ({ engine, reason }) => device.log.info(`block I/O through ${engine === 'uring' ? 'io_uring' : 'the I/O pool'}${reason ? ` (${reason})` : ''}`),
       () => {},

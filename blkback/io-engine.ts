@@ -1,7 +1,23 @@
 import type { Platform } from '../shared/platform.js';
+import { openUring } from '../shared/uring.js';
 import { IO_THREADS, IoPool, type GrantAccess } from './io-pool.js';
 import { DEFAULT_QUEUE_LIMITS, type IoRunner, type QueueLimits } from './queue.js';
 import type { IoEngine, IoEngineChoice } from './ring-messages.js';
+import { UringRunner } from './uring-runner.js';
+
+/**
+ * Submission slots of a ring thread's io_uring: every request of a 4-page
+ * ring (128 slots of x86_64 requests) twice over. Operations beyond it wait
+ * in the binding's backlog, never refused.
+ */
+export const URING_ENTRIES = 256;
+
+/**
+ * The request queue's limits on io_uring: many operations in flight (each
+ * is one SQE; the kernel or the backlog orders them), the retries and
+ * merging of the pool's limits.
+ */
+const URING_QUEUE_LIMITS: QueueLimits = { ...DEFAULT_QUEUE_LIMITS, tasksInFlight: URING_ENTRIES };
 
 /** The environment variable that picks the engine where the driver was not told (`uring`, `pool`, `auto`). */
 export const IO_ENGINE_ENV = 'XENMESH_IO_ENGINE';
@@ -28,11 +44,16 @@ export function engineChoice(option: IoEngineChoice | undefined): IoEngineChoice
  * where it works and falls back to the pool, saying why; `uring` where it
  * does not work is an error.
  */
-export async function startEngine(choice: IoEngineChoice, platform: Platform, options: { grantAccess: GrantAccess }): Promise<RunningEngine> {
+export async function startEngine(choice: IoEngineChoice, platform: Platform, options: { grantAccess: GrantAccess; domid: number }): Promise<RunningEngine> {
   if (choice === 'pool') return poolEngine(platform, options.grantAccess, undefined);
-  const reason = 'this build has no io_uring binding';
-  if (choice === 'uring') throw new Error(reason);
-  return poolEngine(platform, options.grantAccess, reason);
+  const opened = openUring(URING_ENTRIES);
+  if ('reason' in opened) {
+    if (choice === 'uring') throw new Error(`io_uring cannot be used here: ${opened.reason}`);
+    return poolEngine(platform, options.grantAccess, `io_uring cannot be used here: ${opened.reason}`);
+  }
+  // Each ring thread's rings are all of one domain (the driver domain's own): its grant table.
+  const grants = platform.domain(options.domid).grants;
+  return { engine: 'uring', runner: new UringRunner(opened.uring, grants, options.grantAccess), limits: URING_QUEUE_LIMITS };
 }
 
 function poolEngine(platform: Platform, grantAccess: GrantAccess, reason: string | undefined): RunningEngine {

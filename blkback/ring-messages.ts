@@ -16,6 +16,8 @@ export type IoEngineChoice = IoEngine | 'auto';
 /** What a ring thread is started with. */
 export interface RingThreadData {
   readonly link: PlatformLink;
+  /** The driver domain whose rings the thread serves. */
+  readonly domid: number;
   readonly engine: IoEngineChoice;
   readonly grantAccess: GrantAccess;
 }

@@ -150,6 +150,7 @@ export class RingThreads {
 
   constructor(
     link: PlatformLink,
+    domid: number,
     private readonly count: number,
     engine: IoEngineChoice,
     grantAccess: GrantAccess,
@@ -157,7 +158,7 @@ export class RingThreads {
     holder: number,
   ) {
     if (!Number.isInteger(count) || count < 1) throw new RangeError(`ring threads must be a positive integer, not ${count}`);
-    this.data = { link: { ...link, holder }, engine, grantAccess };
+    this.data = { link: { ...link, holder }, domid, engine, grantAccess };
   }
 
   private readonly data: RingThreadData;
