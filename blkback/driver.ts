@@ -90,8 +90,14 @@ export class BlkbackDriver implements XenbusDriver {
     return this.threads?.engine();
   }
 
+  /** Rings each ring thread serves (empty before any device attached). */
+  ringThreadLoad(): number[] {
+    return this.threads?.load() ?? [];
+  }
+
   private startThreads(device: XenbusDevice): RingThreads {
     const threads = new RingThreads(device.ctx.link, device.ctx.domid, this.options.ringThreads ?? DEFAULT_RING_THREADS, this.engine, this.options.grantAccess ?? 'map', threadId);
+    threads.start();
     void threads.engine().then(
       ({ engine, reason }) => device.log.info(`block I/O through ${engine === 'uring' ? 'io_uring' : 'the I/O pool'}${reason ? ` (${reason})` : ''}`),
       () => {},

@@ -44,9 +44,14 @@ export function engineChoice(option: IoEngineChoice | undefined): IoEngineChoice
  * where it works and falls back to the pool, saying why; `uring` where it
  * does not work is an error.
  */
-export async function startEngine(choice: IoEngineChoice, platform: Platform, options: { grantAccess: GrantAccess; domid: number }): Promise<RunningEngine> {
+export async function startEngine(
+  choice: IoEngineChoice,
+  platform: Platform,
+  options: { grantAccess: GrantAccess; domid: number },
+  open: typeof openUring = openUring,
+): Promise<RunningEngine> {
   if (choice === 'pool') return poolEngine(platform, options.grantAccess, undefined);
-  const opened = openUring(URING_ENTRIES);
+  const opened = open(URING_ENTRIES);
   if ('reason' in opened) {
     if (choice === 'uring') throw new Error(`io_uring cannot be used here: ${opened.reason}`);
     return poolEngine(platform, options.grantAccess, `io_uring cannot be used here: ${opened.reason}`);

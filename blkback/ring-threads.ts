@@ -51,7 +51,7 @@ class RingThread {
       this.worker.on('message', (message: FromRingThread) => {
         switch (message.type) {
           case 'ready':
-            resolve(message);
+            resolve(message.reason === undefined ? { engine: message.engine } : { engine: message.engine, reason: message.reason });
             break;
           case 'unusable':
             reject(new XsError('EINVAL', `the block backend's I/O engine cannot run: ${message.reason}`));
@@ -163,6 +163,14 @@ export class RingThreads {
 
   private readonly data: RingThreadData;
 
+  /**
+   * Starts every thread now, so that starting one (a worker, its platform
+   * attachment, its engine) is never on the way of a frontend connecting.
+   */
+  start(): void {
+    while (this.threads.length < this.count) this.spawn();
+  }
+
   /** The engine the threads run (starting one if none runs yet), with why it is not io_uring where it is not. */
   async engine(): Promise<{ engine: IoEngine; reason?: string }> {
     return this.pick('').ready;
@@ -176,12 +184,13 @@ export class RingThreads {
   async attach(request: RingRequest, broken: (why: string) => void): Promise<RingLease> {
     if (this.closed) throw new XsError('EIO', 'the block backend is closing');
     const thread = this.pick(request.name);
-    await thread.ready;
     const id = this.nextId++;
     const stats = new SharedArrayBuffer(4);
     const counter = new Uint32Array(stats);
+    // Counted at once, so that the device's next queue, picked before this one is up, goes elsewhere.
     thread.rings.set(id, { device: request.name, broken });
     try {
+      await thread.ready;
       await thread.ask(id, { type: 'attach', spec: { ...request, id, stats } });
     } catch (err) {
       thread.rings.delete(id);
@@ -199,6 +208,11 @@ export class RingThreads {
           () => void thread.rings.delete(id),
         )),
     };
+  }
+
+  /** Rings each live thread serves, in the order the threads started. */
+  load(): number[] {
+    return this.threads.map((thread) => thread.rings.size);
   }
 
   async close(): Promise<void> {
