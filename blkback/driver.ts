@@ -278,7 +278,7 @@ export class VbdBackend implements DeviceHandler {
     const attached = await Promise.allSettled(
       params.queues.map((q) =>
         this.threads.attach(
-          { name: device.node, backend: device.ctx.domid, frontend: device.otherendId, refs: q.refs, remotePort: q.port, policy, store: store.handle },
+          { name: device.node, backend: device.ctx.domid, frontend: device.otherendId, refs: q.refs, remotePort: q.port, policy, store: store.handle, persistent: params.persistent },
           (why) => void this.broken(why),
         ),
       ),

@@ -3,7 +3,8 @@ import { openUring } from '../shared/uring.js';
 import { IO_THREADS, IoPool, type GrantAccess } from './io-pool.js';
 import { DEFAULT_QUEUE_LIMITS, type IoRunner, type QueueLimits } from './queue.js';
 import type { IoEngine, IoEngineChoice } from './ring-messages.js';
-import { UringRunner } from './uring-runner.js';
+import { PersistentGrants } from './persistent-grants.js';
+import { UringRunner, UringSubmitter } from './uring-runner.js';
 
 /**
  * Submission slots of a ring thread's io_uring: every request of a 4-page
@@ -22,12 +23,20 @@ const URING_QUEUE_LIMITS: QueueLimits = { ...DEFAULT_QUEUE_LIMITS, tasksInFlight
 /** The environment variable that picks the engine where the driver was not told (`uring`, `pool`, `auto`). */
 export const IO_ENGINE_ENV = 'XENMESH_IO_ENGINE';
 
+/** How one ring does its I/O: the runner its queue uses, let go of when the ring stops. */
+export interface RingIo {
+  readonly runner: IoRunner;
+  /** Called once the ring's queue is idle. */
+  close(): void;
+}
+
 /** The engine a ring thread runs, the limits its queues use, and why it is not io_uring where it is not. */
 export interface RunningEngine {
   readonly engine: IoEngine;
   readonly reason?: string;
-  readonly runner: IoRunner;
   readonly limits: QueueLimits;
+  /** The I/O of one ring of `frontend`, which negotiated persistent grants or not. */
+  forRing(frontend: number, persistent: boolean): RingIo;
 }
 
 /** The engine asked for: the driver's option, else the environment, else auto. */
@@ -58,14 +67,26 @@ export async function startEngine(
   }
   // Each ring thread's rings are all of one domain (the driver domain's own): its grant table.
   const grants = platform.domain(options.domid).grants;
-  return { engine: 'uring', runner: new UringRunner(opened.uring, grants, options.grantAccess), limits: URING_QUEUE_LIMITS };
+  const submitter = new UringSubmitter(opened.uring);
+  return {
+    engine: 'uring',
+    limits: URING_QUEUE_LIMITS,
+    forRing(frontend, persistent) {
+      // Persistent grants are kept mapped unless the operator wants pages only ever copied.
+      const kept = persistent && options.grantAccess !== 'copy' ? new PersistentGrants(grants, frontend) : undefined;
+      const runner = new UringRunner(submitter, grants, options.grantAccess, kept);
+      return { runner, close: () => runner.close() };
+    },
+  };
 }
 
+/** The pool's threads map what each task names themselves: every ring of the thread shares them. */
 function poolEngine(platform: Platform, grantAccess: GrantAccess, reason: string | undefined): RunningEngine {
+  const pool = new IoPool(platform.link, IO_THREADS, grantAccess);
   return {
     engine: 'pool',
     ...(reason ? { reason } : {}),
-    runner: new IoPool(platform.link, IO_THREADS, grantAccess),
     limits: DEFAULT_QUEUE_LIMITS,
+    forRing: () => ({ runner: pool, close: () => {} }),
   };
 }

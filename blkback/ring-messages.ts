@@ -34,6 +34,8 @@ export interface RingSpec {
   readonly remotePort: number;
   readonly policy: RingPolicy;
   readonly store: StoreHandle;
+  /** The frontend uses persistent grants: its data pages may be kept mapped. */
+  readonly persistent: boolean;
   /** Word 0: requests answered, counted by the ring thread. */
   readonly stats: SharedArrayBuffer;
 }

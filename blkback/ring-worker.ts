@@ -11,7 +11,7 @@ import { attachPlatform } from '../shared/attach.js';
 import { EventDispatcher } from '../shared/event-dispatcher.js';
 import { createLogger, setLogSink } from '../shared/log.js';
 import { PlatformError, type GrantMapping, type GrantTable, type Platform } from '../shared/platform.js';
-import { startEngine, type RunningEngine } from './io-engine.js';
+import { startEngine, type RingIo, type RunningEngine } from './io-engine.js';
 import { RequestQueue } from './queue.js';
 import type { FromRingThread, RingSpec, RingThreadData, ToRingThread } from './ring-messages.js';
 import { BlkbackRing, type RingHost } from './ring.js';
@@ -32,6 +32,7 @@ interface DomainSide {
 interface Served {
   readonly ring: BlkbackRing;
   readonly queue: RequestQueue;
+  readonly io: RingIo;
 }
 
 const platform: Platform = await attachPlatform(data.link);
@@ -84,11 +85,13 @@ function attach(spec: RingSpec): void {
     },
     notify: (local) => side.events.channels.notify(local),
   };
-  const queue = new RequestQueue(engine.runner, spec.store, spec.frontend, spec.backend, engine.limits);
+  const io = engine.forRing(spec.frontend, spec.persistent);
+  const queue = new RequestQueue(io.runner, spec.store, spec.frontend, spec.backend, engine.limits);
   try {
     const ring = new BlkbackRing(host, mapping, spec.remotePort, queue, spec.policy, (why) => post({ type: 'broken', id: spec.id, why }), new Uint32Array(spec.stats));
-    rings.set(spec.id, { ring, queue });
+    rings.set(spec.id, { ring, queue, io });
   } catch (err) {
+    io.close();
     mapping.unmap();
     post(failure(spec.id, err, `binding event-channel ${spec.remotePort} of domain ${spec.frontend}`));
     return;
@@ -102,6 +105,7 @@ async function stop(id: number): Promise<void> {
     rings.delete(id);
     await served.ring.stop();
     await served.queue.idle();
+    served.io.close();
   }
   post({ type: 'stopped', id });
 }

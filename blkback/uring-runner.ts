@@ -1,7 +1,8 @@
-import { constants } from 'node:os';
 import { nativeCalls } from '../shared/native.js';
+import { URING_MAX_TAG, uringErrorName } from '../shared/uring.js';
 import { PAGE_SIZE, type GrantCopy, type GrantMapping, type GrantTable } from '../shared/platform.js';
-import { copiesGrants, type GrantAccess } from './io-pool.js';
+import { AUTO_COPY_MAX_PAGES, copiesGrants, type GrantAccess } from './io-pool.js';
+import type { PersistentGrants } from './persistent-grants.js';
 import type { IoOp, IoOutcome, IoTask, PageChunk } from './io-task.js';
 import type { IoRunner } from './queue.js';
 import type { StoreHandle } from './store.js';
@@ -19,18 +20,12 @@ export interface UringQueue {
 /** fallocate's mode for a discard of a file: FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE (linux/falloc.h). */
 const PUNCH_HOLE_KEEP_SIZE = 0x02 | 0x01;
 
-/** Tags cycle below 2^31 (what the binding accepts). */
-const TAG_LIMIT = 0x8000_0000;
+
+/** Staging buffers of up to this many pages are kept for reuse: what auto copies (AUTO_COPY_MAX_PAGES). */
+const SMALL_STAGING_PAGES = AUTO_COPY_MAX_PAGES;
 
 /** Staging buffers kept for grant copies: enough for a ring's worth of small requests in flight. */
 const SPARE_STAGING_BUFFERS = 64;
-
-const ERRNO_NAMES = new Map(Object.entries(constants.errno).map(([name, value]) => [value, name]));
-
-/** The errno name of a negative io_uring result. */
-function errnoName(result: number): string {
-  return ERRNO_NAMES.get(-result) ?? 'EIO';
-}
 
 /** An error carrying an errno name, as the queue reads outcomes. */
 function failure(code: string, message: string): Error {
@@ -38,29 +33,16 @@ function failure(code: string, message: string): Error {
 }
 
 /**
- * The request queue's engine on a ring thread: each operation is submitted
- * to io_uring from the thread itself and completes on its event loop, with
- * no other thread involved. The frontend's pages are mapped for the
- * operation (or, where the access mode copies, staged through a buffer of
- * ours with grant copies) and let go only once the kernel is done with
- * them, before the queue answers. Short transfers are resubmitted for the
- * rest; a read past the end of a file that is shorter than it claims reads
- * zeros, as a hole does.
+ * A ring thread's io_uring, shared by the rings it serves: it hands out
+ * tags, routes each completion to whoever waits for it, and submits what a
+ * pass over the rings queued in one io_uring_enter.
  */
-export class UringRunner implements IoRunner {
-  readonly threads = 1;
-  readonly perOperation = true;
+export class UringSubmitter {
   private nextTag = 0;
   private readonly waiting = new Map<number, (result: number) => void>();
-  private readonly spareStaging: Uint8Array[] = [];
   private submitScheduled = false;
 
-  constructor(
-    private readonly uring: UringQueue,
-    /** Our grant table. */
-    private readonly grants: GrantTable,
-    private readonly grantAccess: GrantAccess,
-  ) {
+  constructor(readonly uring: UringQueue) {
     uring.onCompletions((tags, results) => {
       for (let i = 0; i < tags.length; i++) {
         const done = this.waiting.get(tags[i]!);
@@ -69,6 +51,57 @@ export class UringRunner implements IoRunner {
         done(results[i]!);
       }
     });
+  }
+
+  /** Queues one operation under a fresh tag; its result once the kernel completes it. */
+  submit(queue: (tag: number) => void): Promise<number> {
+    const tag = this.nextTag;
+    this.nextTag = this.nextTag === URING_MAX_TAG ? 0 : this.nextTag + 1;
+    const result = new Promise<number>((resolve) => this.waiting.set(tag, resolve));
+    queue(tag);
+    if (!this.submitScheduled) {
+      this.submitScheduled = true;
+      // Everything the ring's pass queued goes to the kernel in one io_uring_enter.
+      queueMicrotask(() => {
+        this.submitScheduled = false;
+        this.uring.submit();
+      });
+    }
+    return result;
+  }
+}
+
+/**
+ * The request queue's engine for one ring on its ring thread: each
+ * operation is submitted to io_uring from the thread itself and completes
+ * on its event loop, with no other thread involved. The frontend's pages
+ * are reached as the access mode says: kept mapped for the ring's life
+ * when the frontend uses persistent grants, else mapped for the operation
+ * (or staged through a buffer of ours with grant copies) and let go only
+ * once the kernel is done with them, before the queue answers. Short
+ * transfers are resubmitted for the rest; a read past the end of a file
+ * that is shorter than it claims reads zeros, as a hole does.
+ */
+export class UringRunner implements IoRunner {
+  readonly threads = 1;
+  readonly perOperation = true;
+  private readonly spareStaging: Uint8Array[] = [];
+  private readonly uring: UringQueue;
+
+  constructor(
+    private readonly submitter: UringSubmitter,
+    /** Our grant table. */
+    private readonly grants: GrantTable,
+    private readonly grantAccess: GrantAccess,
+    /** The frontend's persistent grants, kept mapped; undefined without them (or where grants are only copied). */
+    private readonly persistent: PersistentGrants | undefined,
+  ) {
+    this.uring = submitter.uring;
+  }
+
+  /** Lets go of what the ring kept mapped (it is stopping and nothing is in flight). */
+  close(): void {
+    this.persistent?.clear();
   }
 
   async run(task: IoTask): Promise<IoOutcome[]> {
@@ -90,19 +123,34 @@ export class UringRunner implements IoRunner {
     switch (op.op) {
       case 'read':
       case 'write':
+        if (this.persistent && (await this.persistentIo(task, op))) return;
         if (copiesGrants(this.grantAccess, op.chunks.length)) await this.copyIo(task, op);
         else await this.mappedIo(task, op);
         return;
       case 'flush':
-        if (store.kind === 'fd') this.check(await this.submit((tag) => this.uring.fdatasync(store.fd, tag)), 'fdatasync');
+        if (store.kind === 'fd') this.check(await this.submitter.submit((tag) => this.uring.fdatasync(store.fd, tag)), 'fdatasync');
         return;
       case 'discard':
         if (store.kind === 'memory') new Uint8Array(store.bytes, op.offset, op.length).fill(0);
         // BLKDISCARD has no io_uring operation: the ioctl, on this thread (discards are rare and the device answers them quickly).
         else if (store.blockDevice) nativeCalls().discardBlocks(store.fd, op.offset, op.length, op.secure);
-        else this.check(await this.submit((tag) => this.uring.fallocate(store.fd, PUNCH_HOLE_KEEP_SIZE, op.offset, op.length, tag)), 'fallocate');
+        else this.check(await this.submitter.submit((tag) => this.uring.fallocate(store.fd, PUNCH_HOLE_KEEP_SIZE, op.offset, op.length, tag)), 'fallocate');
         return;
     }
+  }
+
+  /** Through pages kept mapped; false if they cannot be kept (granted read-only), and nothing was done. */
+  private async persistentIo(task: IoTask, op: IoOp & { op: 'read' | 'write' }): Promise<boolean> {
+    const grefs = op.chunks.map((c) => c.gref);
+    const pages = this.persistent!.acquire(grefs);
+    if (!pages) return false;
+    try {
+      const views = op.chunks.map((c, i) => pages[i]!.subarray(c.start, c.start + c.length));
+      await this.transfer(task.store, op.op, op.offset, views);
+    } finally {
+      this.persistent!.release(grefs);
+    }
+    return true;
   }
 
   /** Reads or writes straight between the store and the frontend's pages, mapped for the while. */
@@ -161,7 +209,7 @@ export class UringRunner implements IoRunner {
     let pending = views;
     let at = offset;
     while (pending.length > 0) {
-      const result = await this.submit((tag) => (kind === 'read' ? this.uring.readv(store.fd, pending, at, tag) : this.uring.writev(store.fd, pending, at, tag)));
+      const result = await this.submitter.submit((tag) => (kind === 'read' ? this.uring.readv(store.fd, pending, at, tag) : this.uring.writev(store.fd, pending, at, tag)));
       this.check(result, kind === 'read' ? 'preadv' : 'pwritev');
       if (result === 0) {
         if (kind === 'write') throw failure('EIO', `pwritev at ${at} wrote nothing`);
@@ -173,38 +221,21 @@ export class UringRunner implements IoRunner {
     }
   }
 
-  /** Queues one operation under a fresh tag; its result once the kernel completes it. Submits once per turn of the loop. */
-  private submit(queue: (tag: number) => void): Promise<number> {
-    const tag = this.nextTag;
-    this.nextTag = (this.nextTag + 1) % TAG_LIMIT;
-    const result = new Promise<number>((resolve) => this.waiting.set(tag, resolve));
-    queue(tag);
-    if (!this.submitScheduled) {
-      this.submitScheduled = true;
-      // Everything the ring's pass queued goes to the kernel in one io_uring_enter.
-      queueMicrotask(() => {
-        this.submitScheduled = false;
-        this.uring.submit();
-      });
-    }
-    return result;
-  }
-
   private check(result: number, call: string): void {
-    if (result < 0) throw failure(errnoName(result), `${call}: ${errnoName(result)}`);
+    if (result < 0) throw failure(uringErrorName(result), `${call}: ${uringErrorName(result)}`);
   }
 
   /** A page-aligned buffer of `pages` pages (O_DIRECT wants aligned buffers); small ones are reused. */
   private takeStaging(pages: number): Uint8Array {
-    if (pages <= 16) {
+    if (pages <= SMALL_STAGING_PAGES) {
       const spare = this.spareStaging.pop();
       if (spare) return spare;
     }
-    return alignedBuffer(Math.max(pages, 16) * PAGE_SIZE);
+    return alignedBuffer(Math.max(pages, SMALL_STAGING_PAGES) * PAGE_SIZE);
   }
 
   private giveStaging(buffer: Uint8Array, pages: number): void {
-    if (pages <= 16 && this.spareStaging.length < SPARE_STAGING_BUFFERS) this.spareStaging.push(buffer);
+    if (pages <= SMALL_STAGING_PAGES && this.spareStaging.length < SPARE_STAGING_BUFFERS) this.spareStaging.push(buffer);
   }
 }
 

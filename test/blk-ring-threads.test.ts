@@ -8,6 +8,7 @@
 import t from 'tap';
 import { EmbeddedPlatform } from '../shared/embedded/platform.js';
 import { startEngine } from '../blkback/io-engine.js';
+import type { IoPool } from '../blkback/io-pool.js';
 import { openUring } from '../shared/uring.js';
 import { XenbusState } from '../xenbus/state.js';
 import { captureLogs } from './helpers/logs.js';
@@ -40,7 +41,7 @@ t.test('auto falls back to the pool where io_uring cannot run, and says why; uri
   const auto = await startEngine('auto', platform, { grantAccess: 'map', domid: 0 }, refused);
   t.equal(auto.engine, 'pool', 'auto runs the pool');
   t.match(auto.reason, /EPERM \(a seccomp filter\)/, 'and says why');
-  await (auto.runner as unknown as { close(): Promise<void> }).close();
+  await (auto.forRing(2, false).runner as IoPool).close();
   await t.rejects(startEngine('uring', platform, { grantAccess: 'map', domid: 0 }, refused), /io_uring cannot be used here: io_uring_setup: EPERM/, 'uring asked for and refused is an error');
 });
 
