@@ -15,6 +15,26 @@ import type { FromRingThread, IoEngine, IoEngineChoice, RingSpec, RingThreadData
  */
 export const DEFAULT_RING_THREADS = Math.max(1, Math.min(4, availableParallelism()));
 
+/** Node options that load modules before the program (instrumentation, test harnesses' module hooks). */
+const PRELOAD_OPTIONS = /^--(import|require|loader|experimental-loader)(=|$)|^-r$/;
+
+/**
+ * The process's Node options without its preloads: a ring thread runs the
+ * data path and nothing else, and module hooks (a test harness's, an
+ * instrumentation's) made starting one take seconds, since each of its
+ * imports went through the hooks' thread.
+ */
+export function withoutPreloads(execArgv: readonly string[]): string[] {
+  const kept: string[] = [];
+  for (let i = 0; i < execArgv.length; i++) {
+    const option = execArgv[i]!;
+    if (!PRELOAD_OPTIONS.test(option)) kept.push(option);
+    // The option's value as the next argument (`--import x`, `-r x`).
+    else if (!option.includes('=')) i++;
+  }
+  return kept;
+}
+
 /** A ring being served by a ring thread. */
 export interface RingLease {
   /** Requests answered so far. */
@@ -45,7 +65,7 @@ class RingThread {
     private readonly log: Logger,
     private readonly onGone: (thread: RingThread) => void,
   ) {
-    this.worker = new Worker(new URL('./ring-worker.js', import.meta.url), { workerData: data });
+    this.worker = new Worker(new URL('./ring-worker.js', import.meta.url), { workerData: data, execArgv: withoutPreloads(process.execArgv) });
     this.worker.unref();
     this.ready = new Promise((resolve, reject) => {
       this.worker.on('message', (message: FromRingThread) => {

@@ -70,3 +70,12 @@ t.test('ring threads that die break their rings: the device reports it and goes 
   t.match(error, /ring thread/, `the error node says why: ${error}`);
   t.ok(logs.some((line) => /ring thread/.test(line)), 'and so does the log');
 });
+
+t.test("ring threads start without the process's preloaded modules", async (t) => {
+  const { withoutPreloads } = await import('../blkback/ring-threads.js');
+  t.same(
+    withoutPreloads(['--import=file:///hooks.mjs', '--enable-source-maps', '--import', 'x.mjs', '-r', 'y.cjs', '--require=z.cjs', '--loader', 'l.mjs', '--max-old-space-size=512']),
+    ['--enable-source-maps', '--max-old-space-size=512'],
+    'module preloads go, other options stay',
+  );
+});
