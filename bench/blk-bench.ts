@@ -10,6 +10,11 @@
  * - nbdkit's file plugin serving the image on a Unix socket, driven by
  *   fio's nbd engine.
  *
+ * The stack runs as two candidates: `ours` with the backend's default I/O
+ * engine, and `ours-pool` with XENMESH_IO_ENGINE=pool in the environment
+ * its workers start with, which sends every request through the piscina
+ * pool.
+ *
  * Workloads: 4 KiB random reads and writes at depths 1, 32 and 128, and
  * 1 MiB sequential reads and writes at depth 4; each with the image on
  * tmpfs (what the stack itself costs) and on a disk-backed file system.
@@ -17,18 +22,54 @@
  * the page cache for every run; after each write run it is synced, so that
  * every run starts with no dirty pages.
  *
+ * Rounds: a workload is measured in BENCH_ROUNDS rounds (at least 3); each
+ * round runs every candidate once, in an order rotated by one from round to
+ * round, so that no candidate always runs first or right after a write
+ * flush, and a burst of load on the machine hits several candidates rather
+ * than all runs of one. Every figure is the median over the rounds with the
+ * range (min–max); a ratio (ours / fs, ...) is taken within each round,
+ * between runs seconds apart, and then given as the median and range of
+ * those per-round ratios.
+ *
  * CPU time per request is that of every process taking part, over the
  * measured window: for ours the whole host process (every worker: the
  * guest's load generator, blkfront, blkback, the I/O pool, xenstored);
  * for fs this process; for fio what fio and its job processes used, as
  * their parent sees it when they exit (this includes io_uring's kernel
  * workers, which fio's own usr_cpu/sys_cpu do not); for nbdkit that plus
- * nbdkit's own from /proc/<pid>/stat.
+ * nbdkit's own from /proc/<pid>/stat. Both stacks live in this process,
+ * so the CPU time of ours, ours-pool and fs includes the other stack's
+ * idle threads (asleep: next to nothing).
+ *
+ * `--json` prints the results on stdout as one JSON document (the tables
+ * go to stderr with the progress lines). npm writes a banner of its own to
+ * stdout first: `npm run -s bench:blk -- --json` leaves stdout to the
+ * document alone.
+ *
+ *
+ *   { "method": { cores, node, fioEngine, imageMiB, seconds, warmupSeconds,
+ *                 rounds, candidates, skipped: [{ candidate, reason }] },
+ *     "results": [ one object per (workload, location, candidate):
+ *       { workload, location, candidate, unit: "IOPS" | "MB/s",
+ *         rounds: [ { round, position, rate, cpuUsPerRequest,
+ *                     switchesPerRequest, ratioToFs,
+ *                     operations, bytes, seconds } ],
+ *         rate, cpuUsPerRequest, switchesPerRequest, ratioToFs } ] }
+ *
+ * `rate` is in `unit`; `position` is where in its round the run came (0:
+ * first). Each summary is { median, min, max } over the rounds;
+ * switchesPerRequest is null where it is not known (fio, nbdkit), and
+ * ratioToFs (this candidate's rate over fs's in the same round) is null
+ * for fs itself or when fs was not run.
+ *
+ * A candidate whose tool is missing (fio; nbdkit, or a fio without the nbd
+ * engine) is skipped with a note, and listed under method.skipped.
  *
  * Environment: BENCH_SECONDS (measured seconds per run, default 2.5),
- * BENCH_WARMUP (seconds, default 0.5), BENCH_IMAGE_MIB (default 1024),
- * BENCH_LOCATIONS (tmpfs,disk), BENCH_CANDIDATES (ours,fs,fio,nbdkit),
- * BENCH_ONLY (a regular expression on the workload's name).
+ * BENCH_WARMUP (seconds, default 0.5), BENCH_ROUNDS (default 3),
+ * BENCH_IMAGE_MIB (default 1024), BENCH_LOCATIONS (tmpfs,disk),
+ * BENCH_CANDIDATES (ours,ours-pool,fs,fio,nbdkit), BENCH_ONLY (a regular
+ * expression on the workload's name).
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
@@ -37,6 +78,7 @@ import {
   existsSync,
   fsyncSync,
   ftruncateSync,
+  mkdirSync,
   mkdtempSync,
   openSync,
   read,
@@ -57,6 +99,10 @@ import { XenbusState, stateName } from '../xenbus/state.js';
 import { RESULT_NODE, WORKLOAD_NODE, closedLoop, type Measured, type Workload, type WorkloadResult } from './blk-bench-kernel.js';
 
 const SECONDS = Number(process.env['BENCH_SECONDS'] ?? 2.5);
+const ROUNDS = Number(process.env['BENCH_ROUNDS'] ?? 3);
+/** Fewer rounds give no median worth the name and no range. */
+const MIN_ROUNDS = 3;
+const JSON_OUTPUT = process.argv.includes('--json');
 const WARMUP_SECONDS = Number(process.env['BENCH_WARMUP'] ?? 0.5);
 const IMAGE_BYTES = Number(process.env['BENCH_IMAGE_MIB'] ?? 1024) * 2 ** 20;
 const ONLY = process.env['BENCH_ONLY'] ? new RegExp(process.env['BENCH_ONLY']) : undefined;
@@ -70,9 +116,12 @@ const GUEST_PAGES = 8192;
 const DRIVER_PAGES = 1024;
 const CONNECT_TIMEOUT_MS = 15_000;
 
-type Candidate = 'ours' | 'fs' | 'fio' | 'nbdkit';
-const ALL_CANDIDATES: Candidate[] = ['ours', 'fs', 'fio', 'nbdkit'];
-const CANDIDATES = (process.env['BENCH_CANDIDATES']?.split(',') ?? ALL_CANDIDATES) as Candidate[];
+type Candidate = 'ours' | 'ours-pool' | 'fs' | 'fio' | 'nbdkit';
+const ALL_CANDIDATES: Candidate[] = ['ours', 'ours-pool', 'fs', 'fio', 'nbdkit'];
+const WANTED_CANDIDATES = (process.env['BENCH_CANDIDATES']?.split(',') ?? ALL_CANDIDATES) as Candidate[];
+/** The candidates that run the stack, and the I/O engine each asks the backend for (undefined: its default). */
+const STACK_ENGINES: Partial<Record<Candidate, string | undefined>> = { ours: undefined, 'ours-pool': 'pool' };
+const isStack = (c: Candidate) => c in STACK_ENGINES;
 
 interface Spec {
   readonly name: string;
@@ -115,7 +164,8 @@ interface Figure {
 
 const children = new Set<ChildProcess>();
 const tempDirs = new Set<string>();
-let liveHost: Host | undefined;
+/** Hosts booted and not yet shut down: the signal handler shuts them down. */
+const liveHosts = new Set<Host>();
 /** A signal came: the handler cleans up and exits; the main flow just unwinds. */
 let aborting = false;
 
@@ -151,9 +201,9 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
     process.stderr.write(`\n${signal}: cleaning up\n`);
     aborting = true;
     killChildren();
-    const host = liveHost;
-    liveHost = undefined;
-    const stopped = host ? host.shutdown().catch(() => {}) : Promise.resolve();
+    const hosts = [...liveHosts];
+    liveHosts.clear();
+    const stopped = Promise.all(hosts.map((host) => host.shutdown().catch(() => {})));
     void Promise.race([stopped, new Promise((resolve) => setTimeout(resolve, 10_000))]).then(() => {
       removeTempDirs();
       process.exit(130);
@@ -361,10 +411,26 @@ interface Stack {
   readonly device: string;
 }
 
-/** An embedded host: dom0 with xenstored, a driver domain serving the image, a guest with it as xvda. */
-async function bootStack(image: string, dir: string): Promise<Stack> {
+/**
+ * An embedded host: dom0 with xenstored, a driver domain serving the image,
+ * a guest with it as xvda. With an I/O engine, XENMESH_IO_ENGINE holds it
+ * while the host and its domains start: each worker takes a copy of the
+ * environment when it starts, so the backend sees it and the next host
+ * does not.
+ */
+async function bootStack(image: string, dir: string, ioEngine: string | undefined): Promise<Stack> {
+  if (ioEngine === undefined) return bootHost(image, dir);
+  process.env['XENMESH_IO_ENGINE'] = ioEngine;
+  try {
+    return await bootHost(image, dir);
+  } finally {
+    delete process.env['XENMESH_IO_ENGINE'];
+  }
+}
+
+async function bootHost(image: string, dir: string): Promise<Stack> {
   const host = new Host({ socket: join(dir, 'xenstored.sock'), frames: FRAMES, kernelModule: new URL('./blk-bench-kernel.js', import.meta.url) });
-  liveHost = host;
+  liveHosts.add(host);
   await host.boot();
   const driver = await host.startDomain({ name: 'driver', pages: DRIVER_PAGES }, { backDrivers: ['vbd'] });
   const guest = await host.startDomain({ name: 'guest', pages: GUEST_PAGES }, { frontDrivers: ['vbd'] });
@@ -383,6 +449,13 @@ async function bootStack(image: string, dir: string): Promise<Stack> {
     );
   }
   return { host, guest: guest.domid, device: String(spec.devid) };
+}
+
+/** Shuts down every host still up (unless a signal handler took them over). */
+async function shutdownHosts(): Promise<void> {
+  const hosts = [...liveHosts];
+  liveHosts.clear();
+  await Promise.all(hosts.map((host) => host.shutdown().catch(() => {})));
 }
 
 let nextId = 0;
@@ -502,13 +575,50 @@ async function runNbdkit(nbdkit: Nbdkit, spec: Spec, dir: string): Promise<Figur
   return fioFigure(json, cpuSeconds + server);
 }
 
-// ---- the run -------------------------------------------------------------------------
+// ---- rounds and their summaries --------------------------------------------------------
 
-type Results = Map<string, Partial<Record<Candidate, Figure>>>;
+/** One run of one candidate, and where in its round it came. */
+interface Run {
+  readonly round: number;
+  readonly position: number;
+  readonly figure: Figure;
+}
+
+interface Spread {
+  readonly median: number;
+  readonly min: number;
+  readonly max: number;
+}
+
+/** Per workload, per candidate: its runs, one per round, in round order. */
+type Results = Map<string, Partial<Record<Candidate, Run[]>>>;
 
 const rate = (spec: Spec, f: Figure) => (spec.unit === 'IOPS' ? f.operations / f.seconds : f.bytes / 1e6 / f.seconds);
-const fmt = (n: number) => Math.round(n).toLocaleString('en-US');
 const cpuPerRequest = (f: Figure) => (f.operations > 0 ? (f.cpuSeconds * 1e6) / f.operations : NaN);
+
+function median(sorted: number[]): number {
+  const middle = Math.floor(sorted.length / 2);
+  return sorted.length % 2 === 1 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
+}
+
+function spread(values: number[]): Spread {
+  const sorted = [...values].sort((a, b) => a - b);
+  return { median: median(sorted), min: sorted[0]!, max: sorted[sorted.length - 1]! };
+}
+
+/** The candidates in the order of round `round`: rotated by one each round. */
+function rotated<T>(items: readonly T[], round: number): T[] {
+  const shift = round % items.length;
+  return [...items.slice(shift), ...items.slice(0, shift)];
+}
+
+/** `of`'s rate over `to`'s, taken within each round (undefined unless both ran in every round). */
+function roundRatios(spec: Spec, of: Run[] | undefined, to: Run[] | undefined): number[] | undefined {
+  if (!of || !to || of.length !== to.length) return undefined;
+  return of.map((run, i) => rate(spec, run.figure) / rate(spec, to[i]!.figure));
+}
+
+// ---- the run -------------------------------------------------------------------------
 
 function describe(spec: Spec, candidate: Candidate, f: Figure): string {
   const extra =
@@ -517,10 +627,49 @@ function describe(spec: Spec, candidate: Candidate, f: Figure): string {
       : f.systemSeconds !== undefined
         ? ` (${((100 * f.systemSeconds) / f.cpuSeconds).toFixed(0)}% in the kernel; ${f.switchesPerRequest!.toFixed(1)} context switches per request)`
         : '';
-  return `${candidate.padEnd(6)} ${fmt(rate(spec, f)).padStart(9)} ${spec.unit}, ${cpuPerRequest(f).toFixed(1)} µs CPU per request${extra}`;
+  return `${candidate.padEnd(9)} ${fmt(rate(spec, f)).padStart(9)} ${spec.unit}, ${cpuPerRequest(f).toFixed(1)} µs CPU per request${extra}`;
 }
 
-async function measureLocation(location: Location, engine: string): Promise<Results> {
+/** What a location's runs need: the image, and the servers booted for it. */
+interface Bench {
+  readonly image: string;
+  readonly control: string;
+  readonly engine: string;
+  readonly stacks: Partial<Record<Candidate, Stack>>;
+  readonly nbdkit?: Nbdkit;
+}
+
+async function runCandidate(bench: Bench, candidate: Candidate, spec: Spec): Promise<Figure> {
+  switch (candidate) {
+    case 'ours':
+    case 'ours-pool':
+      return runOurs(bench.stacks[candidate]!, spec);
+    case 'fs':
+      return runFs(bench.image, spec);
+    case 'fio':
+      return runFio(bench.engine, bench.image, spec, bench.control);
+    case 'nbdkit':
+      return runNbdkit(bench.nbdkit!, spec, bench.control);
+  }
+}
+
+/** Every round of one workload: each candidate once per round, the order rotated from round to round. */
+async function measureWorkload(bench: Bench, candidates: Candidate[], spec: Spec, location: Location): Promise<Partial<Record<Candidate, Run[]>>> {
+  const runs: Partial<Record<Candidate, Run[]>> = {};
+  for (let round = 0; round < ROUNDS; round++) {
+    const order = rotated(candidates, round);
+    for (const [position, candidate] of order.entries()) {
+      const figure = await runCandidate(bench, candidate, spec);
+      (runs[candidate] ??= []).push({ round, position, figure });
+      process.stderr.write(`${location.name}, ${spec.name}, round ${round + 1}/${ROUNDS}: ${describe(spec, candidate, figure)}\n`);
+      // Every run starts with no dirty pages.
+      if (spec.op === 'write') syncImage(bench.image);
+    }
+  }
+  return runs;
+}
+
+async function measureLocation(location: Location, candidates: Candidate[], engine: string): Promise<Results> {
   const dir = tempDir(location.dir);
   const control = tempDir(tmpdir());
   const image = join(dir, 'disk.img');
@@ -532,42 +681,22 @@ async function measureLocation(location: Location, engine: string): Promise<Resu
       `${cached === undefined ? '' : `, ${cached.toFixed(0)}% in the page cache`}\n`,
   );
   const results: Results = new Map();
-  let stack: Stack | undefined;
+  const stacks: Partial<Record<Candidate, Stack>> = {};
   let nbdkit: Nbdkit | undefined;
   try {
-    if (CANDIDATES.includes('ours')) stack = await bootStack(image, control);
-    if (CANDIDATES.includes('nbdkit')) nbdkit = await startNbdkit(image, control);
-    for (const spec of WORKLOADS) {
-      const row: Partial<Record<Candidate, Figure>> = {};
-      results.set(spec.name, row);
-      for (const candidate of CANDIDATES) {
-        let figure: Figure;
-        switch (candidate) {
-          case 'ours':
-            figure = await runOurs(stack!, spec);
-            break;
-          case 'fs':
-            figure = await runFs(image, spec);
-            break;
-          case 'fio':
-            figure = await runFio(engine, image, spec, control);
-            break;
-          case 'nbdkit':
-            figure = await runNbdkit(nbdkit!, spec, control);
-            break;
-        }
-        row[candidate] = figure;
-        process.stderr.write(`${location.name}, ${spec.name}: ${describe(spec, candidate, figure)}\n`);
-        // Every run starts with no dirty pages.
-        if (spec.op === 'write') syncImage(image);
-      }
+    for (const candidate of candidates.filter(isStack)) {
+      const stackDir = join(control, candidate);
+      mkdirSync(stackDir);
+      stacks[candidate] = await bootStack(image, stackDir, STACK_ENGINES[candidate]);
     }
+    if (candidates.includes('nbdkit')) nbdkit = await startNbdkit(image, control);
+    const bench: Bench = { image, control, engine, stacks, ...(nbdkit ? { nbdkit } : {}) };
+    for (const spec of WORKLOADS) results.set(spec.name, await measureWorkload(bench, candidates, spec, location));
   } finally {
     if (nbdkit) await stop(nbdkit.process);
-    // Unless a signal handler took it over.
-    if (stack && liveHost === stack.host) {
-      liveHost = undefined;
-      await stack.host.shutdown();
+    for (const stack of Object.values(stacks)) {
+      // Unless a signal handler took it over.
+      if (liveHosts.delete(stack.host)) await stack.host.shutdown();
     }
     for (const d of [dir, control]) {
       rmSync(d, { recursive: true, force: true });
@@ -577,52 +706,174 @@ async function measureLocation(location: Location, engine: string): Promise<Resu
   return results;
 }
 
-const LABEL: Record<Candidate, string> = { ours: 'ours', fs: 'Node fs', fio: 'fio', nbdkit: 'nbdkit (fio nbd)' };
+// ---- output --------------------------------------------------------------------------
 
-function table(results: Results, engine: string): string {
-  const lines: string[] = [];
+const LABEL: Record<Candidate, string> = { ours: 'ours', 'ours-pool': 'ours-pool', fs: 'Node fs', fio: 'fio', nbdkit: 'nbdkit (fio nbd)' };
+const fmt = (n: number) => Math.round(n).toLocaleString('en-US');
+/** A median with its range, e.g. `66,312 (61,004–70,118)`. */
+const withRange = (s: Spread, format: (n: number) => string) => `${format(s.median)} (${format(s.min)}–${format(s.max)})`;
+const fixed = (digits: number) => (n: number) => n.toFixed(digits);
+
+/** Which ratios the tables show: each stack over each baseline, and the pool engine over the default one. */
+function ratioPairs(candidates: Candidate[]): [Candidate, Candidate][] {
+  const stacks = candidates.filter(isStack);
+  const baselines = candidates.filter((c) => !isStack(c));
+  const pairs = stacks.flatMap((s) => baselines.map((b): [Candidate, Candidate] => [s, b]));
+  if (stacks.includes('ours') && stacks.includes('ours-pool')) pairs.push(['ours-pool', 'ours']);
+  return pairs;
+}
+
+function tables(results: Results, candidates: Candidate[], engine: string): string {
   const label = (c: Candidate) => (c === 'fio' ? `fio (${engine})` : LABEL[c]);
-  const baselines = CANDIDATES.filter((c) => c !== 'ours');
-  const withOurs = CANDIDATES.includes('ours');
-  lines.push(`| workload | ${CANDIDATES.map(label).join(' | ')} |${withOurs ? baselines.map((b) => ` ours / ${LABEL[b]} |`).join('') : ''}`);
-  lines.push(`| --- |${CANDIDATES.map(() => ' ---: |').join('')}${withOurs ? baselines.map(() => ' ---: |').join('') : ''}`);
-  for (const spec of WORKLOADS) {
-    const row = results.get(spec.name);
-    if (!row) continue;
-    const cells = CANDIDATES.map((c) => (row[c] ? fmt(rate(spec, row[c])) : '–'));
-    const ratios = withOurs ? baselines.map((b) => (row.ours && row[b] ? (rate(spec, row.ours) / rate(spec, row[b])).toFixed(2) : '–')) : [];
-    lines.push(`| ${spec.name} (${spec.unit}) | ${[...cells, ...ratios].join(' | ')} |`);
+  const lines: string[] = [];
+  const section = (title: string, columns: string[], cell: (spec: Spec, row: Partial<Record<Candidate, Run[]>>, column: number) => string, withUnit: boolean) => {
+    lines.push(`| ${title} | ${columns.join(' | ')} |`);
+    lines.push(`| --- |${columns.map(() => ' ---: |').join('')}`);
+    for (const spec of WORKLOADS) {
+      const row = results.get(spec.name);
+      if (!row) continue;
+      lines.push(`| ${spec.name}${withUnit ? ` (${spec.unit})` : ''} | ${columns.map((_, i) => cell(spec, row, i)).join(' | ')} |`);
+    }
+    lines.push('');
+  };
+  const figureCell = (value: (spec: Spec, f: Figure) => number | undefined, format: (n: number) => string) => (spec: Spec, row: Partial<Record<Candidate, Run[]>>, c: Candidate) => {
+    const values = row[c]?.map((run) => value(spec, run.figure));
+    return values && values.every((v) => v !== undefined) ? withRange(spread(values as number[]), format) : '–';
+  };
+
+  const rateCell = figureCell(rate, fmt);
+  section('workload', candidates.map(label), (spec, row, i) => rateCell(spec, row, candidates[i]!), true);
+
+  const pairs = ratioPairs(candidates);
+  if (pairs.length > 0) {
+    section('ratio of rates, per round', pairs.map(([of, to]) => `${LABEL[of]} / ${LABEL[to]}`), (spec, row, i) => {
+      const [of, to] = pairs[i]!;
+      const ratios = roundRatios(spec, row[of], row[to]);
+      return ratios ? withRange(spread(ratios), fixed(2)) : '–';
+    }, false);
   }
-  lines.push('');
-  lines.push(`| CPU µs per request | ${CANDIDATES.map((c) => (c === 'nbdkit' ? 'nbdkit + fio' : label(c))).join(' | ')} |`);
-  lines.push(`| --- |${CANDIDATES.map(() => ' ---: |').join('')}`);
-  for (const spec of WORKLOADS) {
-    const row = results.get(spec.name);
-    if (!row) continue;
-    lines.push(`| ${spec.name} | ${CANDIDATES.map((c) => (row[c] ? cpuPerRequest(row[c]).toFixed(1) : '–')).join(' | ')} |`);
+
+  const cpuCell = figureCell((_, f) => cpuPerRequest(f), fixed(1));
+  section('CPU µs per request', candidates.map((c) => (c === 'nbdkit' ? 'nbdkit + fio' : label(c))), (spec, row, i) => cpuCell(spec, row, candidates[i]!), false);
+
+  const switching = candidates.filter((c) => isStack(c) || c === 'fs');
+  if (switching.length > 0) {
+    const switchCell = figureCell((_, f) => f.switchesPerRequest, fixed(2));
+    section('context switches per request', switching.map(label), (spec, row, i) => switchCell(spec, row, switching[i]!), false);
   }
   return lines.join('\n');
 }
 
-async function main(): Promise<void> {
-  setLogLevel('warn');
-  const unknown = CANDIDATES.filter((c) => !ALL_CANDIDATES.includes(c));
-  if (unknown.length > 0) throw new Error(`unknown candidates ${unknown.join(', ')} (known: ${ALL_CANDIDATES.join(', ')})`);
-  if (WORKLOADS.length === 0) throw new Error(`BENCH_ONLY=${process.env['BENCH_ONLY']} matches no workload`);
-  let engine = 'io_uring';
-  if (CANDIDATES.includes('fio') || CANDIDATES.includes('nbdkit')) {
-    requireTool('fio', ['--version'], 'fio');
-    const engines = requireTool('fio', ['--enghelp'], 'fio');
-    if (CANDIDATES.includes('nbdkit') && !/\bnbd\b/.test(engines)) throw new Error("this fio has no nbd engine (fio --enghelp); Debian's fio 3.33 has it");
-    if (CANDIDATES.includes('nbdkit')) {
-      requireTool('nbdkit', ['--version'], 'nbdkit');
-      requireTool('nbdkit', ['file', '--version'], 'nbdkit');
+/** One JSON object per (workload, location, candidate); the schema is in the file's header. */
+function jsonResults(location: Location, results: Results, candidates: Candidate[]): object[] {
+  const objects: object[] = [];
+  for (const spec of WORKLOADS) {
+    const row = results.get(spec.name);
+    if (!row) continue;
+    for (const candidate of candidates) {
+      const runs = row[candidate];
+      if (!runs) continue;
+      const ratios = candidate === 'fs' ? undefined : roundRatios(spec, runs, row.fs);
+      const switches = runs.map((run) => run.figure.switchesPerRequest);
+      const knownSwitches = switches.every((v) => v !== undefined) ? (switches as number[]) : undefined;
+      objects.push({
+        workload: spec.name,
+        location: location.name,
+        candidate,
+        unit: spec.unit,
+        rounds: runs.map((run, i) => ({
+          round: run.round,
+          position: run.position,
+          rate: rate(spec, run.figure),
+          cpuUsPerRequest: cpuPerRequest(run.figure),
+          switchesPerRequest: run.figure.switchesPerRequest ?? null,
+          ratioToFs: ratios?.[i] ?? null,
+          operations: run.figure.operations,
+          bytes: run.figure.bytes,
+          seconds: run.figure.seconds,
+        })),
+        rate: spread(runs.map((run) => rate(spec, run.figure))),
+        cpuUsPerRequest: spread(runs.map((run) => cpuPerRequest(run.figure))),
+        switchesPerRequest: knownSwitches ? spread(knownSwitches) : null,
+        ratioToFs: ratios ? spread(ratios) : null,
+      });
     }
-    const probeDir = tempDir(tmpdir());
-    engine = /\bio_uring\b/.test(engines) ? await pickEngine(probeDir) : 'libaio';
+  }
+  return objects;
+}
+
+// ---- setup ---------------------------------------------------------------------------
+
+interface Skipped {
+  readonly candidate: Candidate;
+  readonly reason: string;
+}
+
+/** Why a tool cannot be used here, or undefined if it can. */
+function toolProblem(command: string, args: string[], pkg: string): string | undefined {
+  try {
+    requireTool(command, args, pkg);
+    return undefined;
+  } catch (err) {
+    return (err as Error).message;
+  }
+}
+
+/** The wanted candidates whose tools are here; the others with the reason. */
+function availableCandidates(): { candidates: Candidate[]; skipped: Skipped[] } {
+  const skipped: Skipped[] = [];
+  const skip = (candidate: Candidate, reason: string) => WANTED_CANDIDATES.includes(candidate) && skipped.push({ candidate, reason });
+  if (WANTED_CANDIDATES.includes('fio') || WANTED_CANDIDATES.includes('nbdkit')) {
+    const fioProblem = toolProblem('fio', ['--version'], 'fio');
+    if (fioProblem) {
+      skip('fio', fioProblem);
+      skip('nbdkit', `it is driven by fio's nbd engine, and ${fioProblem}`);
+    } else if (WANTED_CANDIDATES.includes('nbdkit')) {
+      const engines = requireTool('fio', ['--enghelp'], 'fio');
+      const nbdkitProblem = !/\bnbd\b/.test(engines)
+        ? "this fio has no nbd engine (fio --enghelp); Debian's fio 3.33 has it"
+        : (toolProblem('nbdkit', ['--version'], 'nbdkit') ?? toolProblem('nbdkit', ['file', '--version'], 'nbdkit'));
+      if (nbdkitProblem) skip('nbdkit', nbdkitProblem);
+    }
+  }
+  const candidates = WANTED_CANDIDATES.filter((c) => !skipped.some((s) => s.candidate === c));
+  return { candidates, skipped };
+}
+
+/** What stands for fio's engine when fio does not run. */
+const NO_FIO = 'none';
+
+/** The engine fio runs with: io_uring if it works here, else libaio. */
+async function fioEngine(): Promise<string> {
+  const engines = requireTool('fio', ['--enghelp'], 'fio');
+  if (!/\bio_uring\b/.test(engines)) return 'libaio';
+  const probeDir = tempDir(tmpdir());
+  try {
+    return await pickEngine(probeDir);
+  } finally {
     rmSync(probeDir, { recursive: true, force: true });
     tempDirs.delete(probeDir);
   }
+}
+
+function checkSettings(): void {
+  const unknown = WANTED_CANDIDATES.filter((c) => !ALL_CANDIDATES.includes(c));
+  if (unknown.length > 0) throw new Error(`unknown candidates ${unknown.join(', ')} (known: ${ALL_CANDIDATES.join(', ')})`);
+  if (WORKLOADS.length === 0) throw new Error(`BENCH_ONLY=${process.env['BENCH_ONLY']} matches no workload`);
+  if (!Number.isInteger(ROUNDS) || ROUNDS < MIN_ROUNDS) {
+    throw new Error(
+      `BENCH_ROUNDS=${process.env['BENCH_ROUNDS']}: at least ${MIN_ROUNDS} rounds are needed, so that every figure is a median with a range rather than a single run`,
+    );
+  }
+}
+
+async function main(): Promise<void> {
+  setLogLevel('warn');
+  checkSettings();
+  const { candidates, skipped } = availableCandidates();
+  for (const { candidate, reason } of skipped) process.stderr.write(`skipping ${candidate}: ${reason}\n`);
+  if (candidates.length === 0) throw new Error('no candidate is left to run');
+  const engine = candidates.includes('fio') || candidates.includes('nbdkit') ? await fioEngine() : NO_FIO;
 
   const wanted = (process.env['BENCH_LOCATIONS'] ?? 'tmpfs,disk').split(',');
   const locations: Location[] = [];
@@ -632,18 +883,37 @@ async function main(): Promise<void> {
 
   const began = Date.now();
   const all: [Location, Results][] = [];
-  for (const location of locations) all.push([location, await measureLocation(location, engine)]);
+  for (const location of locations) all.push([location, await measureLocation(location, candidates, engine)]);
 
-  console.log(
-    `block devices, ${cpus().length} cores, Node ${process.version}, fio ${engine}; image ${IMAGE_BYTES / MIB} MiB, ` +
-      `in the page cache; each figure one run of ${SECONDS} s (after ${WARMUP_SECONDS} s of warm-up for ours and fs); ` +
+  // In JSON mode stdout carries the document alone; the tables go with the progress lines.
+  const print = JSON_OUTPUT ? (line: string) => process.stderr.write(`${line}\n`) : (line: string) => console.log(line);
+  print(
+    `block devices, ${cpus().length} cores, Node ${process.version}${engine === NO_FIO ? '' : `, fio ${engine}`}; image ${IMAGE_BYTES / MIB} MiB, ` +
+      `in the page cache; each figure the median (min–max) of ${ROUNDS} interleaved rounds, a run of ${SECONDS} s per candidate ` +
+      `per round (after ${WARMUP_SECONDS} s of warm-up for ours and fs), the order rotated each round; ratios taken per round; ` +
       `whole benchmark ${((Date.now() - began) / 1000).toFixed(0)} s`,
   );
+  for (const { candidate, reason } of skipped) print(`skipped ${candidate}: ${reason}`);
   for (const [location, results] of all) {
-    console.log('');
-    console.log(`### image on ${location.name === 'tmpfs' ? 'tmpfs (/dev/shm)' : `disk (${location.dir}, ${fsTypeName(location.dir)})`}`);
-    console.log('');
-    console.log(table(results, engine));
+    print('');
+    print(`### image on ${location.name === 'tmpfs' ? 'tmpfs (/dev/shm)' : `disk (${location.dir}, ${fsTypeName(location.dir)})`}`);
+    print('');
+    print(tables(results, candidates, engine));
+  }
+  if (JSON_OUTPUT) {
+    const method = {
+      cores: cpus().length,
+      node: process.version,
+      fioEngine: engine,
+      imageMiB: IMAGE_BYTES / MIB,
+      seconds: SECONDS,
+      warmupSeconds: WARMUP_SECONDS,
+      rounds: ROUNDS,
+      candidates,
+      skipped,
+    };
+    const results = all.flatMap(([location, r]) => jsonResults(location, r, candidates));
+    process.stdout.write(`${JSON.stringify({ method, results }, null, 2)}\n`);
   }
 }
 
@@ -659,7 +929,7 @@ try {
   if (aborting) await new Promise(() => {}); // the signal handler exits
   process.stderr.write(`bench:blk: ${(err as Error).message}\n`);
   killChildren();
-  if (liveHost) await liveHost.shutdown().catch(() => {});
+  await shutdownHosts();
   removeTempDirs();
   process.exitCode = 1;
 }

@@ -13,6 +13,8 @@ import type { StartInfo } from '../host/domain-builder.js';
 type Job =
   | { job: 'atomics-ping'; flag: SharedArrayBuffer; durationMs: number }
   | { job: 'atomics-pong'; flag: SharedArrayBuffer }
+  | { job: 'atomics-async-ping'; flag: SharedArrayBuffer; durationMs: number }
+  | { job: 'atomics-async-pong'; flag: SharedArrayBuffer }
   | { job: 'evtchn-ping'; descriptor: EmbeddedDescriptor; domid: number; port: number; durationMs: number }
   | { job: 'evtchn-pong'; descriptor: EmbeddedDescriptor; domid: number; remoteDomid: number; remotePort: number }
   | { job: 'xenstore-ring-reads'; descriptor: EmbeddedDescriptor; start: StartInfo; inFlight: number; durationMs: number }
@@ -63,12 +65,65 @@ function atomicsPong(flag: Int32Array): void {
   done({});
 }
 
+/**
+ * A pending Atomics.waitAsync does not keep a thread's event loop alive; a
+ * timer that never fires does, as an open event channel handle holds one.
+ */
+function keepEventLoopAlive(): NodeJS.Timeout {
+  return setInterval(() => {}, 2 ** 30);
+}
+
+/** Sleeps until flag[0] is no longer `value`, keeping the event loop: what a worker that also serves other events can do. */
+async function waitUntilChanged(flag: Int32Array, value: number): Promise<void> {
+  const waited = Atomics.waitAsync(flag, 0, value);
+  if (waited.async) await waited.value;
+}
+
+/**
+ * The floor for a worker that keeps its event loop: the same hand-off as
+ * atomicsPing, each side sleeping in Atomics.waitAsync as an event
+ * channel's receiver does, with no event channel around it.
+ */
+async function atomicsAsyncPing(flag: Int32Array, durationMs: number): Promise<void> {
+  const keepAlive = keepEventLoopAlive();
+  const end = Date.now() + durationMs;
+  let trips = 0;
+  while (Date.now() < end) {
+    for (let i = 0; i < 1000; i++) {
+      Atomics.store(flag, 0, 1);
+      Atomics.notify(flag, 0);
+      await waitUntilChanged(flag, 1);
+      trips++;
+    }
+  }
+  Atomics.store(flag, 0, 2);
+  Atomics.notify(flag, 0);
+  clearInterval(keepAlive);
+  done({ trips });
+}
+
+async function atomicsAsyncPong(flag: Int32Array): Promise<void> {
+  const keepAlive = keepEventLoopAlive();
+  for (;;) {
+    await waitUntilChanged(flag, 0);
+    if (Atomics.load(flag, 0) === 2) break;
+    Atomics.store(flag, 0, 0);
+    Atomics.notify(flag, 0);
+  }
+  clearInterval(keepAlive);
+  done({});
+}
+
 async function main(): Promise<void> {
   switch (job.job) {
     case 'atomics-ping':
       return atomicsPing(new Int32Array(job.flag), job.durationMs);
     case 'atomics-pong':
       return atomicsPong(new Int32Array(job.flag));
+    case 'atomics-async-ping':
+      return atomicsAsyncPing(new Int32Array(job.flag), job.durationMs);
+    case 'atomics-async-pong':
+      return atomicsAsyncPong(new Int32Array(job.flag));
     case 'evtchn-pong': {
       const channels = EmbeddedPlatform.attach(job.descriptor).domain(job.domid).openEventChannels();
       const port = channels.bindInterdomain(job.remoteDomid, job.remotePort);
