@@ -118,6 +118,8 @@ export class VbdBackend implements DeviceHandler {
   private transition: Promise<void> = Promise.resolve();
   /** Connections made over the device's life. */
   connections = 0;
+  /** Requests answered on connections that are over. */
+  private servedBefore = 0;
 
   constructor(
     readonly device: XenbusDevice,
@@ -140,6 +142,11 @@ export class VbdBackend implements DeviceHandler {
   /** Requests answered on the current connection. */
   get served(): number {
     return this.connection?.rings.reduce((sum, ring) => sum + ring.served, 0) ?? 0;
+  }
+
+  /** Requests answered over the device's life, every connection's. */
+  get totalServed(): number {
+    return this.servedBefore + this.served;
   }
 
   /** blkif.h's backend features, published before InitWait. */
@@ -289,6 +296,7 @@ export class VbdBackend implements DeviceHandler {
     if (!connection) return;
     this.connection = undefined;
     for (const ring of connection.rings) await ring.stop();
+    this.servedBefore += connection.rings.reduce((sum, ring) => sum + ring.served, 0);
     await connection.queue.idle();
     if (!connection.store.readOnly) {
       const status = await new Promise<number>((resolve) => connection.queue.submit({ kind: 'flush' }, resolve));

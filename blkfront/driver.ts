@@ -7,7 +7,7 @@ import { XenbusState } from '../xenbus/state.js';
 import { BlockDevice, type ConnectedQueue, type DiskInfo, type DiskPiece } from './disk.js';
 import { DEFAULT_FRONTEND_LIMITS, negotiate, protocolName, ringRefKeys, ringSizeKeys, type FrontendLimits, type Negotiated } from './negotiate.js';
 import { GrantedPages } from './pages.js';
-import { BackendProtocolError, FrontQueue } from './ring.js';
+import { BackendProtocolError, FrontQueue, type RingReport } from './ring.js';
 
 /** How long a frontend that shuts down waits for its backend to answer what it has in flight. */
 export const SHUTDOWN_DRAIN_MS = 5000;
@@ -98,6 +98,11 @@ export class VbdFrontend implements DeviceHandler {
   /** What this connection negotiated, while connected. */
   get negotiated(): Negotiated | undefined {
     return this.connection?.negotiated;
+  }
+
+  /** Each ring's indexes and unanswered requests (by queue), for diagnosing a request that is never answered. */
+  ringReports(): (RingReport & { port: number })[] {
+    return this.connection?.rings.map((ring) => ({ ...ring.queue.report(), port: ring.port })) ?? [];
   }
 
   async otherendChanged(state: number): Promise<void> {
