@@ -187,7 +187,7 @@ export class VbdFrontend implements DeviceHandler {
     try {
       for (let q = 0; q < negotiated.queues; q++) {
         const granted = device.grantRing(negotiated.ringPages);
-        const ring = FrontRing.create(new SharedRing(granted.pages, layoutOf(negotiated.abi).entryBytes));
+        const ring = FrontRing.create(new SharedRing(granted.pages, layoutOf(negotiated.abi).entryBytes), limits.firstRingIndex);
         const queue = new FrontQueue<DiskPiece>(ring, negotiated.abi, pages, negotiated.segmentsPerRequest, Number(device.id) || 0);
         const port = device.allocEventChannel(() => this.responses(queue));
         connection.rings.push({ granted, queue, port });
