@@ -80,7 +80,7 @@ export class BlkbackRing {
     private readonly broken: (why: string) => void,
   ) {
     const layout = layoutOf(policy.abi);
-    this.back = new BackRing(new SharedRing(mapping.pages, layout.entryBytes));
+    this.back = BackRing.attach(new SharedRing(mapping.pages, layout.entryBytes));
     this.entry = new Uint8Array(layout.entryBytes);
     this.response = new Uint8Array(layout.entryBytes);
     this.port = device.bindEventChannel(remotePort, () => this.service());

@@ -190,6 +190,19 @@ export class BackRing {
 
   constructor(readonly sring: SharedRing) {}
 
+  /**
+   * BACK_RING_ATTACH at the shared response producer: on a ring the
+   * frontend has just initialised that is where every index stands, 0 for
+   * FRONT_RING_INIT (so this is BACK_RING_INIT), or wherever its
+   * FRONT_RING_ATTACH put them.
+   */
+  static attach(sring: SharedRing): BackRing {
+    const ring = new BackRing(sring);
+    ring.rspProdPvt = sring.rspProd;
+    ring.reqCons = sring.rspProd;
+    return ring;
+  }
+
   get size(): number {
     return this.sring.size;
   }
