@@ -146,6 +146,8 @@ export class VbdBackend implements DeviceHandler {
   private transition: Promise<void> = Promise.resolve();
   /** Connections made over the device's life. */
   connections = 0;
+  /** Requests answered on connections that are over. */
+  private servedBefore = 0;
 
   constructor(
     readonly device: XenbusDevice,
@@ -168,6 +170,11 @@ export class VbdBackend implements DeviceHandler {
   /** Requests answered on the current connection. */
   get served(): number {
     return this.connection?.rings.reduce((sum, ring) => sum + ring.served, 0) ?? 0;
+  }
+
+  /** Requests answered over the device's life, every connection's. */
+  get totalServed(): number {
+    return this.servedBefore + this.served;
   }
 
   /** blkif.h's backend features, published before InitWait. */
@@ -316,6 +323,7 @@ export class VbdBackend implements DeviceHandler {
     if (!connection) return;
     this.connection = undefined;
     await Promise.all(connection.rings.map((ring) => ring.stop()));
+    this.servedBefore += connection.rings.reduce((sum, ring) => sum + ring.served, 0);
     const { handle } = connection.store;
     if (!connection.store.readOnly && handle.kind === 'fd') {
       const failed = await new Promise<Error | null>((resolve) => fdatasync(handle.fd, resolve));

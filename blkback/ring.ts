@@ -106,7 +106,7 @@ export class BlkbackRing {
     private readonly stats: Uint32Array = new Uint32Array(1),
   ) {
     const layout = layoutOf(policy.abi);
-    this.back = new BackRing(new SharedRing(mapping.pages, layout.entryBytes));
+    this.back = BackRing.attach(new SharedRing(mapping.pages, layout.entryBytes));
     this.entry = new Uint8Array(layout.entryBytes);
     this.response = new Uint8Array(layout.entryBytes);
     this.port = host.bind(remotePort, () => this.service());

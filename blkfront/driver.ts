@@ -7,7 +7,7 @@ import { XenbusState } from '../xenbus/state.js';
 import { BlockDevice, type ConnectedQueue, type DiskInfo, type DiskPiece } from './disk.js';
 import { DEFAULT_FRONTEND_LIMITS, negotiate, protocolName, ringRefKeys, ringSizeKeys, type FrontendLimits, type Negotiated } from './negotiate.js';
 import { GrantedPages } from './pages.js';
-import { BackendProtocolError, FrontQueue } from './ring.js';
+import { BackendProtocolError, FrontQueue, type RingReport } from './ring.js';
 
 /** How long a frontend that shuts down waits for its backend to answer what it has in flight. */
 export const SHUTDOWN_DRAIN_MS = 5000;
@@ -100,6 +100,11 @@ export class VbdFrontend implements DeviceHandler {
     return this.connection?.negotiated;
   }
 
+  /** Each ring's indexes and unanswered requests (by queue), for diagnosing a request that is never answered. */
+  ringReports(): (RingReport & { port: number })[] {
+    return this.connection?.rings.map((ring) => ({ ...ring.queue.report(), port: ring.port })) ?? [];
+  }
+
   async otherendChanged(state: number): Promise<void> {
     const own = this.device.state;
     switch (state) {
@@ -182,7 +187,7 @@ export class VbdFrontend implements DeviceHandler {
     try {
       for (let q = 0; q < negotiated.queues; q++) {
         const granted = device.grantRing(negotiated.ringPages);
-        const ring = FrontRing.create(new SharedRing(granted.pages, layoutOf(negotiated.abi).entryBytes));
+        const ring = FrontRing.create(new SharedRing(granted.pages, layoutOf(negotiated.abi).entryBytes), limits.firstRingIndex);
         const queue = new FrontQueue<DiskPiece>(ring, negotiated.abi, pages, negotiated.segmentsPerRequest, Number(device.id) || 0);
         const port = device.allocEventChannel(() => this.responses(queue));
         connection.rings.push({ granted, queue, port });

@@ -17,6 +17,12 @@ export interface FrontendLimits {
    * the older `num-ring-pages`, or both with the same size (blkif.h's note 3).
    */
   readonly ringKeys: 'order' | 'pages' | 'both';
+  /**
+   * Where each ring's free-running indexes start (ring.h's
+   * FRONT_RING_ATTACH): 0, as Linux does; tests start them just below 2^32
+   * to cross the wrap-around.
+   */
+  readonly firstRingIndex: number;
 }
 
 /**
@@ -31,6 +37,7 @@ export const DEFAULT_FRONTEND_LIMITS: FrontendLimits = {
   persistent: true,
   abi: 'x86_64',
   ringKeys: 'both',
+  firstRingIndex: 0,
 };
 
 /** What this connection uses: the lesser of both ends, each missing key read as the original protocol. */

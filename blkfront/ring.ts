@@ -42,6 +42,34 @@ interface Shadow<P extends Piece> {
   readonly answeredAs: readonly number[];
   readonly data: GrantedPage[];
   readonly indirect: GrantedPage[];
+  /** The ring index its request went in at, and when. */
+  readonly index: number;
+  readonly issuedAt: number;
+}
+
+/** A request on the ring not yet answered, as a diagnostic names it. */
+export interface UnansweredRequest {
+  readonly id: number;
+  /** The free-running ring index the request went in at. */
+  readonly index: number;
+  readonly kind: Piece['kind'];
+  readonly sector: number;
+  readonly sectors: number;
+  readonly seq: number;
+  /** How long ago it was put on the ring. */
+  readonly ageMs: number;
+}
+
+/** A ring's indexes, private and shared, with what is unanswered on it. */
+export interface RingReport {
+  readonly size: number;
+  readonly reqProdPvt: number;
+  readonly rspCons: number;
+  readonly reqProd: number;
+  readonly reqEvent: number;
+  readonly rspProd: number;
+  readonly rspEvent: number;
+  readonly unanswered: UnansweredRequest[];
 }
 
 /** What the frontend must not take from a backend: a response that does not answer a request it made. */
@@ -110,11 +138,12 @@ export class FrontQueue<P extends Piece = Piece> {
       }));
       const request = this.request(piece, BigInt(id), segments, (count) => (indirect = this.pages.take(count, false)));
       encodeRequest(this.abi, request, this.entry);
+      const index = this.ring.reqProdPvt;
       this.ring.putRequest(this.entry);
       // Linux's blkback answers an indirect request with the operation it
       // carries; blkif.h does not say, so BLKIF_OP_INDIRECT is taken too.
       const answeredAs = request.kind === 'indirect' ? [request.indirectOp, request.operation] : [request.operation];
-      this.shadows[id] = { piece, answeredAs, data, indirect };
+      this.shadows[id] = { piece, answeredAs, data, indirect, index, issuedAt: performance.now() };
     } catch (err) {
       this.pages.give(data);
       this.pages.give(indirect);
@@ -149,6 +178,28 @@ export class FrontQueue<P extends Piece = Piece> {
         this.finish(id, shadow, response.status);
       }
     } while (this.ring.finalCheckForResponses());
+  }
+
+  /** The ring's indexes and its unanswered requests, oldest first (for diagnostics: nothing here changes). */
+  report(): RingReport {
+    const { sring } = this.ring;
+    const now = performance.now();
+    const unanswered: UnansweredRequest[] = [];
+    this.shadows.forEach((shadow, id) => {
+      if (!shadow) return;
+      const { piece } = shadow;
+      unanswered.push({ id, index: shadow.index, kind: piece.kind, sector: piece.sector, sectors: piece.sectors, seq: piece.seq, ageMs: now - shadow.issuedAt });
+    });
+    return {
+      size: this.ring.size,
+      reqProdPvt: this.ring.reqProdPvt,
+      rspCons: this.ring.rspCons,
+      reqProd: sring.reqProd,
+      reqEvent: sring.reqEvent,
+      rspProd: sring.rspProd,
+      rspEvent: sring.rspEvent,
+      unanswered: unanswered.sort((a, b) => b.ageMs - a.ageMs),
+    };
   }
 
   /** The connection is over: every unanswered piece, in the order they were made, for the next one. */

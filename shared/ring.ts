@@ -50,12 +50,17 @@ export class SharedRing {
     if (this.size < 1) throw new Error(`entries of ${entryBytes} bytes do not fit ${pages.length} pages`);
   }
 
-  /** SHARED_RING_INIT: empty, with both event indexes at 1. */
-  init(): void {
-    Atomics.store(this.header, REQ_PROD, 0);
-    Atomics.store(this.header, RSP_PROD, 0);
-    Atomics.store(this.header, REQ_EVENT, 1);
-    Atomics.store(this.header, RSP_EVENT, 1);
+  /**
+   * SHARED_RING_INIT: empty, with both event indexes one past the
+   * producers. ring.h starts the producers at 0; FRONT_RING_ATTACH lets a
+   * front ring start anywhere, and `start` puts the shared indexes there
+   * with it (tests start just below 2^32 to cross the wrap-around).
+   */
+  init(start = 0): void {
+    Atomics.store(this.header, REQ_PROD, start | 0);
+    Atomics.store(this.header, RSP_PROD, start | 0);
+    Atomics.store(this.header, REQ_EVENT, (start + 1) | 0);
+    Atomics.store(this.header, RSP_EVENT, (start + 1) | 0);
     this.pages[0]!.fill(0, 16, SRING_HEADER_BYTES);
   }
 
@@ -117,10 +122,16 @@ export class FrontRing {
 
   constructor(readonly sring: SharedRing) {}
 
-  /** FRONT_RING_INIT on a freshly initialised shared ring. */
-  static create(sring: SharedRing): FrontRing {
-    sring.init();
-    return new FrontRing(sring);
+  /**
+   * SHARED_RING_INIT then FRONT_RING_ATTACH at `start` (FRONT_RING_INIT
+   * when it is 0, as every frontend does by default).
+   */
+  static create(sring: SharedRing, start = 0): FrontRing {
+    sring.init(start);
+    const ring = new FrontRing(sring);
+    ring.reqProdPvt = u32(start);
+    ring.rspCons = u32(start);
+    return ring;
   }
 
   get size(): number {
@@ -178,6 +189,19 @@ export class BackRing {
   reqCons = 0;
 
   constructor(readonly sring: SharedRing) {}
+
+  /**
+   * BACK_RING_ATTACH at the shared response producer: on a ring the
+   * frontend has just initialised that is where every index stands, 0 for
+   * FRONT_RING_INIT (so this is BACK_RING_INIT), or wherever its
+   * FRONT_RING_ATTACH put them.
+   */
+  static attach(sring: SharedRing): BackRing {
+    const ring = new BackRing(sring);
+    ring.rspProdPvt = sring.rspProd;
+    ring.reqCons = sring.rspProd;
+    return ring;
+  }
 
   get size(): number {
     return this.sring.size;

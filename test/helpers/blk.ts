@@ -4,6 +4,7 @@ import { BlkbackDriver, type BlkbackOptions } from '../../blkback/driver.js';
 import type { BlockDevice } from '../../blkfront/disk.js';
 import { BlkfrontDriver } from '../../blkfront/driver.js';
 import type { FrontendLimits } from '../../blkfront/negotiate.js';
+import type { BackBus } from '../../xenbus/back-bus.js';
 import { XenbusState } from '../../xenbus/state.js';
 import { startBusTestbed, type BusTestbed, type TestDomain } from './xenbus.js';
 
@@ -16,6 +17,8 @@ export interface BlkTestbed {
   readonly guest: TestDomain;
   readonly front: BlkfrontDriver;
   readonly back: BlkbackDriver;
+  /** The driver domain's back bus (suspend and resume it to close and reopen every backend). */
+  readonly backBus: BackBus;
   /** A disk from the driver domain to the guest, as libxl describes it. */
   disk(vdev: string, target?: string, options?: Partial<DiskSpec>): DeviceSpec;
   /** Plugs a disk and waits until both ends are Connected; its BlockDevice. */
@@ -32,7 +35,7 @@ export interface BlkTestbed {
  */
 export async function startBlkTestbed(
   t: { teardown(fn: () => unknown): void },
-  options: { front?: Partial<FrontendLimits>; back?: BlkbackOptions; frames?: number; frontBusLater?: boolean } = {},
+  options: { front?: Partial<FrontendLimits>; back?: BlkbackOptions; frames?: number; frontBusLater?: boolean; guestPages?: number } = {},
 ): Promise<BlkTestbed> {
   const bed = await startBusTestbed({ frames: options.frames ?? 16384 });
   const front = new BlkfrontDriver(options.front);
@@ -42,15 +45,16 @@ export async function startBlkTestbed(
     await back.close();
   });
   const driver = await bed.domain('driver');
-  const guest = await bed.domain('guest');
+  const guest = await bed.domain('guest', options.guestPages);
   const startFrontBus = async () => void (await guest.frontBus(front));
-  await Promise.all([options.frontBusLater ? undefined : startFrontBus(), driver.backBus(back)]);
+  const [, backBus] = await Promise.all([options.frontBusLater ? undefined : startFrontBus(), driver.backBus(back)]);
   return {
     bed,
     driver,
     guest,
     front,
     back,
+    backBus,
     disk: (vdev, target = TEST_DISK, more = {}) => diskDevice({ frontendDomid: guest.domid, backendDomid: driver.domid, vdev, target, ...more }),
     async connect(spec) {
       await bed.plug(spec);

@@ -46,8 +46,8 @@ export interface BusTestbed {
   /** Replaces xenstored with one that takes over its state, under the running buses. */
   restartXenstored(): Promise<void>;
   readonly toolstack: Toolstack;
-  /** Creates a domain through the toolstack and connects its kernel (in this process). */
-  domain(name: string): Promise<TestDomain>;
+  /** Creates a domain (of BUS_TEST_DOMAIN_PAGES unless told) through the toolstack and connects its kernel (in this process). */
+  domain(name: string, pages?: number): Promise<TestDomain>;
   /** A domain's kernel again after the previous one died (a restarted worker). */
   restartKernel(domain: TestDomain): Promise<TestDomain>;
   plug(spec: DeviceSpec): Promise<DevicePaths>;
@@ -130,8 +130,8 @@ export async function startBusTestbed(options: TestDaemonOptions = {}): Promise<
       await env.restart();
       dom0 = await env.client();
     },
-    async domain(name) {
-      return connect(await toolstack.createDomain({ name, pages: BUS_TEST_DOMAIN_PAGES }));
+    async domain(name, pages = BUS_TEST_DOMAIN_PAGES) {
+      return connect(await toolstack.createDomain({ name, pages }));
     },
     async restartKernel(domain) {
       await domain.crash();
