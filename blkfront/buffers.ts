@@ -17,7 +17,7 @@ export class BufferNotAllocatedError extends Error {
  * request carries such a buffer's pages as they are (granted to the
  * backend, no copy) when it starts on a page boundary. Buffers come from
  * allocate(); any other page-aligned view of the domain's memory is taken
- * as well. The pages of an operation are held (pinned) until it settles,
+ * as well, its pages granted for one request at a time. The pages of an operation are held (pinned) until it settles,
  * so that freeing its buffer meanwhile is refused instead of handing the
  * backend pages the domain may already be using for something else.
  */
@@ -26,10 +26,13 @@ export class DeviceBuffers {
   private readonly allocations = new Map<number, number>();
   /** Outstanding operations per page of the domain's memory. */
   private readonly pins: Int32Array;
+  /** 1 for each page of a buffer allocate() made and free() has not taken back. */
+  private readonly owned: Uint8Array;
   private readonly freed = new WeakSet<Uint8Array>();
 
   constructor(private readonly memory: GuestMemory | undefined) {
     this.pins = new Int32Array(memory?.pages ?? 0);
+    this.owned = new Uint8Array(memory?.pages ?? 0);
   }
 
   /** A page-aligned buffer of `bytes` over pages of the domain's memory (zeroed). */
@@ -39,6 +42,7 @@ export class DeviceBuffers {
     const pages = Math.ceil(bytes / PAGE_SIZE);
     const pfn = memory.allocContiguousPages(pages);
     this.allocations.set(pfn, pages);
+    this.owned.fill(1, pfn, pfn + pages);
     return memory.range(pfn, pages).subarray(0, bytes);
   }
 
@@ -63,6 +67,7 @@ export class DeviceBuffers {
   /** Gives a claimed buffer's pages back to the domain, but for `held` (still granted: freed once their grants end). */
   release(buffer: Uint8Array, pfn: number, pages: number, held: readonly number[]): void {
     this.allocations.delete(pfn);
+    this.owned.fill(0, pfn, pfn + pages);
     this.freed.add(buffer);
     const free: number[] = [];
     for (let p = pfn; p < pfn + pages; p++) if (!held.includes(p)) free.push(p);
@@ -79,6 +84,17 @@ export class DeviceBuffers {
     if (!this.memory || buffer.length === 0) return -1;
     const address = this.memory.addressOf(buffer);
     return address >= 0 && address % PAGE_SIZE === 0 ? address / PAGE_SIZE : -1;
+  }
+
+  /**
+   * Whether `pages` pages from `pfn` all lie in buffers allocate() made:
+   * grants of such pages may outlive a request (persistent grants), since
+   * free() ends them before the pages go back to the domain. Pages the
+   * caller got elsewhere are granted for one request at a time.
+   */
+  allOwned(pfn: number, pages: number): boolean {
+    for (let p = pfn; p < pfn + pages; p++) if (this.owned[p] !== 1) return false;
+    return true;
   }
 
   /** An operation on `pages` pages from `pfn` is outstanding. */

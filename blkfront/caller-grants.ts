@@ -11,13 +11,16 @@ export const PERSISTENT_CALLER_GRANTS_PER_QUEUE = 1056;
  * Grants of the pages callers' buffers lie in, for requests that carry them
  * as they are (zero-copy), over one connection. Without persistent grants a
  * page is granted for one request, read-only unless the backend writes it,
- * and the grant ended after the response (blkif.h). With them, a page's
- * grant is kept (pfn → gref, up to a limit) and offered again whenever the
- * page is, writable whatever the request (blkif.h's note 8), so that the
- * backend sees the same references again; they are ended when the
- * connection goes, or when the buffer is freed. A grant the backend still
- * has mapped cannot be ended yet: it is kept and tried again, and a freed
- * page under it goes back to the domain only then.
+ * and the grant ended after the response (blkif.h). With them, the grant
+ * of a page of a buffer the device allocated is kept (pfn → gref, up to a
+ * limit) and offered again whenever the page is, writable whatever the
+ * request (blkif.h's note 8), so that the backend sees the same references
+ * again; they are ended when the connection goes, or when the buffer is
+ * freed. Other pages of the domain are granted per request as without
+ * persistent grants: nothing would end their grants before the caller
+ * reuses them. A grant the backend still has mapped cannot be ended yet:
+ * it is kept and tried again, and a freed page under it goes back to the
+ * domain only then.
  */
 export class CallerPageGrants {
   /** pfn → gref of kept grants, -1 for none. */
@@ -35,9 +38,13 @@ export class CallerPageGrants {
     this.kept = new Int32Array(persistent ? domain.memory.pages : 0).fill(-1);
   }
 
-  /** The grant reference for a request's page `pfn`. */
-  grant(pfn: number, backendWrites: boolean): number {
-    if (this.persistent) {
+  /**
+   * The grant reference for a request's page `pfn`. Only a page whose
+   * grant will be revoked before it leaves the caller (`keepable`: a
+   * buffer the device allocated, see revoke()) is kept.
+   */
+  grant(pfn: number, backendWrites: boolean, keepable: boolean): number {
+    if (this.persistent && keepable) {
       const kept = this.kept[pfn]!;
       if (kept >= 0) return kept;
       if (this.keptCount < this.keepLimit) {

@@ -225,10 +225,11 @@ export class BlockDevice implements QueueListener {
     if (data && this.buffers.wasFreed(data)) return Promise.reject(new BufferNotAllocatedError('the buffer was freed: allocate another'));
     const firstPfn = data ? this.buffers.firstPfn(data) : -1;
     const pinnedPages = firstPfn >= 0 ? Math.ceil(data!.length / PAGE_SIZE) : 0;
+    const ownBuffer = pinnedPages > 0 && this.buffers.allOwned(firstPfn, pinnedPages);
     return new Promise<void>((resolve, reject) => {
       if (pinnedPages > 0) this.buffers.pin(firstPfn, pinnedPages);
       const op: Operation = { open: Math.max(1, sectors), failure: undefined, pinnedPfn: firstPfn, pinnedPages, resolve, reject };
-      this.waiting.push({ kind, operation, sector, sectors, data, dataOffset: 0, firstPfn, secure, seq: this.nextSeq++, op });
+      this.waiting.push({ kind, operation, sector, sectors, data, dataOffset: 0, firstPfn, ownBuffer, secure, seq: this.nextSeq++, op });
       this.pump();
     });
   }

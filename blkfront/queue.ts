@@ -63,6 +63,7 @@ class Shadow {
   data: Uint8Array | undefined = undefined;
   dataOffset = 0;
   firstPfn = -1;
+  ownBuffer = false;
   secure = false;
   seq = 0;
   /** The page of the domain's memory the request's data starts in, if carried as it is; -1 through bounce pages. */
@@ -163,6 +164,7 @@ export class BlkfrontQueue {
     s.data = work.data;
     s.dataOffset = work.dataOffset;
     s.firstPfn = work.firstPfn;
+    s.ownBuffer = work.ownBuffer;
     s.secure = work.secure;
     s.seq = work.seq;
     s.piecePfn = pageCount > 0 && work.firstPfn >= 0 ? work.firstPfn + work.dataOffset / PAGE_SIZE : -1;
@@ -250,6 +252,7 @@ export class BlkfrontQueue {
         data: s.data,
         dataOffset: s.dataOffset,
         firstPfn: s.firstPfn,
+        ownBuffer: s.ownBuffer,
         secure: s.secure,
         seq: s.seq,
         op,
@@ -279,7 +282,7 @@ export class BlkfrontQueue {
     if (s.piecePfn >= 0) {
       const callerPages = this.pages.callerPages;
       for (let i = 0; i < pageCount; i++) {
-        s.grefs[i] = callerPages.grant(s.piecePfn + i, backendWrites);
+        s.grefs[i] = callerPages.grant(s.piecePfn + i, backendWrites, s.ownBuffer);
         s.granted = i + 1;
       }
       return;

@@ -35,6 +35,8 @@ export interface Work {
    * (zero-copy). -1: data goes through bounce pages.
    */
   readonly firstPfn: number;
+  /** data lies in buffers the device allocated: their pages' grants may be kept across requests (persistent grants). */
+  readonly ownBuffer: boolean;
   readonly secure: boolean;
   /** Submission order, kept when pieces are replayed. */
   readonly seq: number;
