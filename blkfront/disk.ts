@@ -40,6 +40,11 @@ export class DiskNotSupportedError extends Error {
  * after it goes until it is. While no backend is connected operations
  * wait; those in flight when the backend went are replayed, exactly once,
  * on the next connection (perhaps cut differently, if its limits differ).
+ *
+ * Data travels in the caller's own pages when they are page-aligned memory
+ * of the domain (allocateBuffer gives such buffers): granted to the backend
+ * as they are, with no allocation or copy per request. Any other buffer is
+ * copied through bounce pages.
  */
 export class BlockDevice implements QueueListener {
   private waiting: Work[] = [];
@@ -140,9 +145,12 @@ export class BlockDevice implements QueueListener {
     }
     const sectors = data.length / SECTOR_SIZE;
     if (!options.barrier) return this.submit('write', BlkifOp.WRITE, sector, sectors, data, false);
-    // A barrier cannot be indirect: all but its last pages go first as plain writes.
-    const lastPiece = Math.min(sectors, BLKIF_MAX_SEGMENTS_PER_REQUEST * SECTORS_PER_PAGE);
-    const lead = sectors - lastPiece;
+    // A barrier cannot be indirect: all but its last pages go first as plain
+    // writes, cut on a page boundary so that a device buffer's barrier part
+    // still starts on a page of its own (and goes without a copy).
+    const beyond = Math.max(0, sectors - BLKIF_MAX_SEGMENTS_PER_REQUEST * SECTORS_PER_PAGE);
+    const lead = Math.ceil(beyond / SECTORS_PER_PAGE) * SECTORS_PER_PAGE;
+    const lastPiece = sectors - lead;
     const parts: Promise<void>[] = [];
     if (lead > 0) parts.push(this.submit('write', BlkifOp.WRITE, sector, lead, data.subarray(0, lead * SECTOR_SIZE), false));
     parts.push(this.submit('barrier', BlkifOp.WRITE_BARRIER, sector + lead, lastPiece, data.subarray(lead * SECTOR_SIZE), false));

@@ -176,6 +176,31 @@ t.test('a 1 MiB operation is one ring request of 256 segments, on the buffer\'s 
   disk.freeBuffer(big);
 });
 
+t.test('a barrier write from a device buffer: its lead and its barrier both leave from the buffer', async (t) => {
+  const blk = await startBlkTestbed(t, { front: { maxQueues: 1 } });
+  const spec = blk.disk('xvda');
+  const disk = await blk.connect(spec);
+  const domain = blk.guest.ctx.domain;
+  const requests = watchRequests(queuesOf(blk, spec.devid)[0]!);
+  const grants = watchGrants(domain);
+  // 100 sectors: more than a barrier carries (88), not a whole number of pages.
+  const buffer = disk.allocateBuffer(100 * SECTOR_SIZE);
+  const data = randomBytes(buffer.length);
+  buffer.set(data);
+  await disk.write(40, buffer, { barrier: true });
+  t.same(
+    requests.map((r) => [r.kind === 'indirect' ? r.indirectOp : r.operation, r.kind === 'rw' ? r.segments.reduce((n, g) => n + g.lastSect - g.firstSect + 1, 0) : -1]),
+    [
+      [BlkifOp.WRITE, 16],
+      [BlkifOp.WRITE_BARRIER, 84],
+    ],
+    'two pages as a plain write, then the barrier of the rest, cut on a page boundary',
+  );
+  t.same(grants.granted.map((g) => g.pfn).sort((a, b) => a - b), pfnsOf(domain, buffer), "both from the buffer's own pages");
+  t.ok(Buffer.compare(await disk.read(40, 100), data) === 0, 'and it reads back');
+  disk.freeBuffer(buffer);
+});
+
 t.test('aligned and unaligned buffers mixed, each read back through the other kinds', async (t) => {
   const blk = await startBlkTestbed(t, { front: { maxQueues: 2 } });
   const disk = await blk.connect(blk.disk('xvda'));
