@@ -18,6 +18,7 @@ import { isMainThread } from 'node:worker_threads';
 import { BlkfrontDriver } from '../blkfront/driver.js';
 import type { BlockDevice } from '../blkfront/disk.js';
 import { SECTOR_SIZE } from '../shared/blkif.js';
+import type { Logger } from '../shared/log.js';
 import { runRole, type RoleInstance } from '../shared/mesh/worker-runtime.js';
 import { startKernel, type KernelRoleConfig } from '../host/kernel.js';
 
@@ -126,22 +127,43 @@ export async function closedLoop(
   return { operations: counted, bytes: counted * blockBytes, elapsedMs, cpuUserUs: cpu.user, cpuSystemUs: cpu.system, contextSwitches: switches };
 }
 
+/**
+ * One buffer per worker, as a kernel's I/O has its pages: in the domain's
+ * own memory, so that blkfront grants them as they are (no copy), unless
+ * the domain has no room for them in a row; then plain ones, which go
+ * through bounce pages.
+ */
+function workerBuffers(disk: BlockDevice, workload: Workload, log: Logger): { buffers: Uint8Array[]; free(): void } {
+  const buffers: Uint8Array[] = [];
+  try {
+    for (let i = 0; i < workload.depth; i++) buffers.push(disk.allocateBuffer(workload.blockBytes));
+    return { buffers, free: () => buffers.forEach((buffer) => disk.freeBuffer(buffer)) };
+  } catch (err) {
+    for (const buffer of buffers) disk.freeBuffer(buffer);
+    log.warn(`bench: no room for ${workload.depth} device buffers of ${workload.blockBytes} bytes (${(err as Error).message}): copying through bounce pages`);
+    return { buffers: Array.from({ length: workload.depth }, () => new Uint8Array(workload.blockBytes)), free: () => {} };
+  }
+}
+
 /** The same workload on the guest's disk through blkfront. */
-async function runOnDisk(disk: BlockDevice, workload: Workload): Promise<Measured> {
+async function runOnDisk(disk: BlockDevice, workload: Workload, log: Logger): Promise<Measured> {
   await disk.whenConnected();
   const info = disk.info;
   if (!info) throw new Error('the disk is not connected');
   const sectors = workload.blockBytes / SECTOR_SIZE;
   if (!Number.isInteger(sectors) || sectors < 1) throw new Error(`${workload.blockBytes} bytes is not a whole number of sectors`);
-  // One buffer per worker for writes, filled once (the data is not what is measured).
-  const payloads = workload.op === 'write' ? Array.from({ length: workload.depth }, () => randomFillSync(new Uint8Array(workload.blockBytes))) : [];
+  const { buffers, free } = workerBuffers(disk, workload, log);
+  // A write's buffer is filled once (the data is not what is measured).
+  if (workload.op === 'write') for (const buffer of buffers) randomFillSync(buffer);
   const op: Operation =
     workload.op === 'read'
-      ? async (_worker, offset) => {
-          await disk.read(offset / SECTOR_SIZE, sectors);
-        }
-      : (worker, offset) => disk.write(offset / SECTOR_SIZE, payloads[worker]!);
-  return closedLoop(workload, info.sectors * SECTOR_SIZE, op);
+      ? (worker, offset) => disk.readInto(offset / SECTOR_SIZE, buffers[worker]!)
+      : (worker, offset) => disk.write(offset / SECTOR_SIZE, buffers[worker]!);
+  try {
+    return await closedLoop(workload, info.sectors * SECTOR_SIZE, op);
+  } finally {
+    free();
+  }
 }
 
 /** The BlockDevice of a frontend device, once the front bus has attached it. */
@@ -179,7 +201,7 @@ if (!isMainThread) {
         last = workload.id;
         let result: WorkloadResult;
         try {
-          result = { id: workload.id, ...(await runOnDisk(await findDisk(blkfront, workload.device), workload)) };
+          result = { id: workload.id, ...(await runOnDisk(await findDisk(blkfront, workload.device), workload, ctx.log)) };
         } catch (err) {
           result = { id: workload.id, error: (err as Error).message };
         }

@@ -94,7 +94,7 @@ function stagingBuffer(length: number): Uint8Array {
     const misalignment = nativeCalls().addressOf(raw) % 4096;
     staging = raw.subarray(misalignment === 0 ? 0 : 4096 - misalignment);
   }
-  if (length > staging.length - 4096) throw Object.assign(new Error(`an operation of ${length} bytes is larger than the staging buffer`), { code: 'EINVAL' });
+  if (length > staging.length) throw Object.assign(new Error(`an operation of ${length} bytes is larger than the staging buffer`), { code: 'EINVAL' });
   return staging.subarray(0, length);
 }
 

@@ -1,5 +1,11 @@
 import { BlkifOp, BlkifStatus, BLKIF_MAX_SEGMENTS_PER_REQUEST, SECTOR_SIZE, SECTORS_PER_PAGE } from '../shared/blkif.js';
-import type { FrontQueue, Piece } from './ring.js';
+import { PAGE_SIZE, type GuestMemory } from '../shared/platform.js';
+import { DeviceBuffers, BufferNotAllocatedError } from './buffers.js';
+import type { CallerPageGrants } from './caller-grants.js';
+import type { BlkfrontQueue, QueueListener } from './queue.js';
+import type { Operation, Work, WorkKind } from './work.js';
+
+export { BufferInUseError, BufferNotAllocatedError } from './buffers.js';
 
 /** What the backend says of the disk once connected. */
 export interface DiskInfo {
@@ -15,17 +21,6 @@ export interface DiskInfo {
   readonly discard: { readonly granularity: number; readonly alignment: number; readonly secure: boolean } | undefined;
 }
 
-/** A piece of a caller's operation, as the rings carry it. */
-export interface DiskPiece extends Piece {
-  readonly op: Operation;
-}
-
-/** A ring of the current connection and how to signal its backend. */
-export interface ConnectedQueue {
-  readonly queue: FrontQueue<DiskPiece>;
-  readonly notify: () => void;
-}
-
 /** An I/O error the backend reported (BLKIF_RSP_ERROR). */
 export class DiskIoError extends Error {
   readonly code = 'EIO';
@@ -34,27 +29,6 @@ export class DiskIoError extends Error {
 /** An operation the backend does not support (BLKIF_RSP_EOPNOTSUPP, or a feature it never offered). */
 export class DiskNotSupportedError extends Error {
   readonly code = 'EOPNOTSUPP';
-}
-
-/** A caller's operation: done once every piece of it is answered. */
-export interface Operation {
-  /** Sectors not yet cut into pieces, plus pieces not yet answered. */
-  open: number;
-  failure: Error | undefined;
-  resolve(): void;
-  reject(err: Error): void;
-}
-
-/** Work waiting for a ring: the rest of an operation, cut into pieces as rings have room. */
-interface Work {
-  readonly kind: Piece['kind'];
-  readonly operation: number;
-  sector: number;
-  sectors: number;
-  data: Uint8Array | undefined;
-  readonly secure: boolean;
-  readonly seq: number;
-  readonly op: Operation;
 }
 
 /**
@@ -66,10 +40,16 @@ interface Work {
  * after it goes until it is. While no backend is connected operations
  * wait; those in flight when the backend went are replayed, exactly once,
  * on the next connection (perhaps cut differently, if its limits differ).
+ *
+ * Data travels in the caller's own pages when they are page-aligned memory
+ * of the domain (allocateBuffer gives such buffers): granted to the backend
+ * as they are, with no allocation or copy per request. Any other buffer is
+ * copied through bounce pages.
  */
-export class BlockDevice {
+export class BlockDevice implements QueueListener {
   private waiting: Work[] = [];
-  private connection: { queues: ConnectedQueue[]; info: DiskInfo; sectorsPerPiece: number } | undefined;
+  private connection: { queues: BlkfrontQueue[]; info: DiskInfo; sectorsPerPiece: number; callerPages: CallerPageGrants } | undefined;
+  private readonly buffers: DeviceBuffers;
   /** Pieces on the rings now. */
   private inFlight = 0;
   /** An ordering point is on a ring: nothing else goes until it is answered. */
@@ -81,6 +61,11 @@ export class BlockDevice {
   private closed: Error | undefined;
   /** Suspended: nothing new goes to the rings until resumed. */
   private paused = false;
+
+  /** `memory`: the domain's, which zero-copy buffers lie in (without it every buffer goes through bounce pages). */
+  constructor(memory?: GuestMemory) {
+    this.buffers = new DeviceBuffers(memory);
+  }
 
   /** What the backend said of the disk, while connected. */
   get info(): DiskInfo | undefined {
@@ -108,13 +93,49 @@ export class BlockDevice {
     return new Promise((resolve) => this.connectedWaiters.push(resolve));
   }
 
-  read(sector: number, count: number): Promise<Uint8Array> {
-    const data = new Uint8Array(count * SECTOR_SIZE);
-    return this.submit('read', BlkifOp.READ, sector, count, data, false).then(() => data);
+  /**
+   * A page-aligned buffer of `bytes` (zeroed) in the domain's own memory:
+   * reads into it and writes from it carry its pages to the backend as
+   * they are, with no copy. Give it back with freeBuffer().
+   */
+  allocateBuffer(bytes: number): Uint8Array {
+    return this.buffers.allocate(bytes);
   }
 
   /**
-   * Writes whole sectors. With `barrier`, every operation made before it is
+   * Gives back a buffer allocateBuffer() made. Refused (BufferInUseError)
+   * while an operation on it is outstanding, and (BufferNotAllocatedError)
+   * for any other buffer.
+   */
+  freeBuffer(buffer: Uint8Array): void {
+    const { pfn, pages } = this.buffers.claimForFree(buffer);
+    const held = this.connection?.callerPages.revoke(pfn, pages) ?? [];
+    this.buffers.release(buffer, pfn, pages, held);
+  }
+
+  /** Reads `count` sectors into a new array (copied out of bounce pages). */
+  read(sector: number, count: number): Promise<Uint8Array> {
+    const data = new Uint8Array(count * SECTOR_SIZE);
+    return this.readInto(sector, data).then(() => data);
+  }
+
+  /**
+   * Reads whole sectors into `buffer`. A buffer of the domain's memory
+   * that starts on a page boundary (allocateBuffer's) receives the data
+   * directly; any other is filled from bounce pages. Either way it is
+   * settled only after the backend answered.
+   */
+  readInto(sector: number, buffer: Uint8Array): Promise<void> {
+    if (buffer.length === 0 || buffer.length % SECTOR_SIZE !== 0) {
+      return Promise.reject(new RangeError(`a read into ${buffer.length} bytes is not a whole number of sectors`));
+    }
+    return this.submit('read', BlkifOp.READ, sector, buffer.length / SECTOR_SIZE, buffer, false);
+  }
+
+  /**
+   * Writes whole sectors, from the buffer's own pages when it is
+   * page-aligned memory of the domain (allocateBuffer's), else through
+   * bounce pages. With `barrier`, every operation made before it is
    * complete before it is written, and it is durable before anything made
    * after it starts.
    */
@@ -124,9 +145,12 @@ export class BlockDevice {
     }
     const sectors = data.length / SECTOR_SIZE;
     if (!options.barrier) return this.submit('write', BlkifOp.WRITE, sector, sectors, data, false);
-    // A barrier cannot be indirect: all but its last pages go first as plain writes.
-    const lastPiece = Math.min(sectors, BLKIF_MAX_SEGMENTS_PER_REQUEST * SECTORS_PER_PAGE);
-    const lead = sectors - lastPiece;
+    // A barrier cannot be indirect: all but its last pages go first as plain
+    // writes, cut on a page boundary so that a device buffer's barrier part
+    // still starts on a page of its own (and goes without a copy).
+    const beyond = Math.max(0, sectors - BLKIF_MAX_SEGMENTS_PER_REQUEST * SECTORS_PER_PAGE);
+    const lead = Math.ceil(beyond / SECTORS_PER_PAGE) * SECTORS_PER_PAGE;
+    const lastPiece = sectors - lead;
     const parts: Promise<void>[] = [];
     if (lead > 0) parts.push(this.submit('write', BlkifOp.WRITE, sector, lead, data.subarray(0, lead * SECTOR_SIZE), false));
     parts.push(this.submit('barrier', BlkifOp.WRITE_BARRIER, sector + lead, lastPiece, data.subarray(lead * SECTOR_SIZE), false));
@@ -142,9 +166,10 @@ export class BlockDevice {
     return this.submit('discard', BlkifOp.DISCARD, sector, count, undefined, options.secure ?? false);
   }
 
-  /** A connection is up: what waits (replays first, being oldest) goes out. */
-  connect(queues: ConnectedQueue[], info: DiskInfo, segmentsPerRequest: number): void {
-    this.connection = { queues, info, sectorsPerPiece: segmentsPerRequest * SECTORS_PER_PAGE };
+  /** A connection is up, over these queues: what waits (replays first, being oldest) goes out. */
+  connect(queues: BlkfrontQueue[], info: DiskInfo, callerPages: CallerPageGrants): void {
+    const segments = Math.min(...queues.map((queue) => queue.segmentsPerRequest));
+    this.connection = { queues, info, sectorsPerPiece: segments * SECTORS_PER_PAGE, callerPages };
     for (const resolve of this.connectedWaiters.splice(0)) resolve();
     this.pump();
   }
@@ -158,16 +183,7 @@ export class BlockDevice {
     if (!connection) return;
     this.connection = undefined;
     const replays: Work[] = [];
-    for (const { queue } of connection.queues) {
-      // Answers the backend gave before it went count: only the unanswered
-      // are sent again, so that each request is done exactly once.
-      try {
-        queue.takeResponses();
-      } catch {
-        // A ring the backend broke: what it says is not believed.
-      }
-      for (const piece of queue.abandon()) replays.push(workOf(piece));
-    }
+    for (const queue of connection.queues) replays.push(...queue.close());
     this.inFlight = 0;
     this.holding = false;
     this.waiting = [...replays, ...this.waiting].sort((a, b) => a.seq - b.seq);
@@ -192,15 +208,21 @@ export class BlockDevice {
     for (const resolve of this.idleWaiters.splice(0)) resolve();
   }
 
-  /** Responses arrived on a ring: settle them, then send what waits. */
-  responsesArrived(queue: FrontQueue<DiskPiece>): void {
-    queue.takeResponses();
+  /** A request's response (QueueListener). */
+  requestAnswered(op: Operation, kind: WorkKind, sectors: number, status: number): void {
+    this.inFlight--;
+    if (kind === 'flush' || kind === 'barrier') this.holding = false;
+    this.settlePiece(op, status, sectors);
+  }
+
+  /** Responses were taken off a ring: send what waits (QueueListener). */
+  responsesTaken(): void {
     this.pump();
   }
 
-  private submit(kind: Piece['kind'], operation: number, sector: number, sectors: number, data: Uint8Array | undefined, secure: boolean): Promise<void> {
+  private submit(kind: WorkKind, operation: number, sector: number, sectors: number, data: Uint8Array | undefined, secure: boolean): Promise<void> {
     if (this.closed) return Promise.reject(this.closed);
-    if (!Number.isSafeInteger(sector) || sector < 0 || !Number.isSafeInteger(sectors) || sectors < 0) {
+    if (!Number.isSafeInteger(sector) || sector < 0 || !Number.isSafeInteger(sectors) || sectors < 0 || !Number.isSafeInteger(sector + sectors)) {
       return Promise.reject(new RangeError(`sectors ${sector} + ${sectors} are not a valid range`));
     }
     const info = this.connection?.info;
@@ -208,15 +230,20 @@ export class BlockDevice {
       const refusal = this.refusal(info, kind, sector, sectors);
       if (refusal) return Promise.reject(refusal);
     }
+    if (data && this.buffers.wasFreed(data)) return Promise.reject(new BufferNotAllocatedError('the buffer was freed: allocate another'));
+    const firstPfn = data ? this.buffers.firstPfn(data) : -1;
+    const pinnedPages = firstPfn >= 0 ? Math.ceil(data!.length / PAGE_SIZE) : 0;
+    const ownBuffer = pinnedPages > 0 && this.buffers.allOwned(firstPfn, pinnedPages);
     return new Promise<void>((resolve, reject) => {
-      const op: Operation = { open: Math.max(1, sectors), failure: undefined, resolve, reject };
-      this.waiting.push({ kind, operation, sector, sectors, data, secure, seq: this.nextSeq++, op });
+      if (pinnedPages > 0) this.buffers.pin(firstPfn, pinnedPages);
+      const op: Operation = { open: Math.max(1, sectors), failure: undefined, pinnedPfn: firstPfn, pinnedPages, resolve, reject };
+      this.waiting.push({ kind, operation, sector, sectors, data, dataOffset: 0, firstPfn, ownBuffer, secure, seq: this.nextSeq++, op });
       this.pump();
     });
   }
 
   /** Why the backend would refuse this anyway, said before it goes anywhere. */
-  private refusal(info: DiskInfo, kind: Piece['kind'], sector: number, sectors: number): Error | undefined {
+  private refusal(info: DiskInfo, kind: WorkKind, sector: number, sectors: number): Error | undefined {
     if (sector + sectors > info.sectors) return new RangeError(`sectors ${sector}..${sector + sectors} are past the end of the disk (${info.sectors})`);
     if (info.readOnly && (kind === 'write' || kind === 'barrier' || kind === 'discard')) return new DiskIoError('the disk is read-only');
     if (kind === 'discard' && !info.discard) return new DiskNotSupportedError('the backend does not offer discard');
@@ -234,7 +261,6 @@ export class BlockDevice {
   private sendWaiting(): void {
     const connection = this.connection;
     if (!connection || this.holding || this.paused) return;
-    const touched = new Set<ConnectedQueue>();
     while (this.waiting.length > 0) {
       const work = this.waiting[0]!;
       const ordering = work.kind === 'flush' || work.kind === 'barrier';
@@ -246,75 +272,48 @@ export class BlockDevice {
         continue;
       }
       const target = ordering ? connection.queues[0]! : this.queueWithRoom(connection.queues);
-      if (!target || target.queue.free === 0) break;
-      const sectors = this.pieceSectors(work, connection);
-      if (!target.queue.canCarry(sectors)) {
+      if (!target || target.free === 0) break;
+      // A discard goes whole; data goes at most one request's worth at a time.
+      const sectors = work.kind === 'discard' ? work.sectors : Math.min(work.sectors, connection.sectorsPerPiece);
+      if (!target.canCarry(work, sectors)) {
         // Short of pages: wait for answers to bring some back, unless none can.
         if (this.inFlight > 0) break;
         this.waiting.shift();
-        this.settleFailure(work.op, new DiskIoError('the domain has no memory left for the request'));
+        this.settleFailure(work, new DiskIoError('the domain has no memory left for the request'));
         continue;
       }
-      const piece = this.cut(work, connection);
+      const operation = work.kind === 'flush' ? (connection.info.flush === 'barrier' ? BlkifOp.WRITE_BARRIER : BlkifOp.FLUSH_DISKCACHE) : work.operation;
       try {
-        target.queue.issue(piece);
+        target.issue(work, sectors, operation);
       } catch (err) {
-        this.settleFailure(work.op, err as Error);
+        this.waiting.shift();
+        this.settleFailure(work, err as Error);
         continue;
       }
       this.inFlight++;
-      touched.add(target);
+      if (sectors >= work.sectors) this.waiting.shift();
+      else {
+        work.sector += sectors;
+        work.sectors -= sectors;
+        work.dataOffset += sectors * SECTOR_SIZE;
+      }
       if (ordering) {
         this.holding = true;
         break;
       }
     }
-    for (const target of touched) if (target.queue.push()) target.notify();
+    for (const queue of connection.queues) queue.push();
   }
 
-  private queueWithRoom(queues: ConnectedQueue[]): ConnectedQueue | undefined {
+  private queueWithRoom(queues: BlkfrontQueue[]): BlkfrontQueue | undefined {
     for (let i = 0; i < queues.length; i++) {
       const candidate = queues[(this.nextQueue + i) % queues.length]!;
-      if (candidate.queue.free > 0) {
+      if (candidate.free > 0) {
         this.nextQueue = (this.nextQueue + i + 1) % queues.length;
         return candidate;
       }
     }
     return undefined;
-  }
-
-  /** The next piece of the work at the head of the queue (all of it, if it fits). */
-  /** Sectors of data the next piece of `work` carries: at most what one request takes. */
-  private pieceSectors(work: Work, connection: NonNullable<BlockDevice['connection']>): number {
-    if (work.kind === 'flush' || work.kind === 'discard') return 0;
-    return Math.min(work.sectors, connection.sectorsPerPiece);
-  }
-
-  private cut(work: Work, connection: NonNullable<BlockDevice['connection']>): DiskPiece {
-    const sectors = work.kind === 'discard' ? work.sectors : this.pieceSectors(work, connection);
-    const operation = work.kind === 'flush' ? (connection.info.flush === 'barrier' ? BlkifOp.WRITE_BARRIER : BlkifOp.FLUSH_DISKCACHE) : work.operation;
-    const piece: DiskPiece = {
-      op: work.op,
-      kind: work.kind,
-      operation,
-      sector: work.sector,
-      sectors,
-      data: work.data?.subarray(0, sectors * SECTOR_SIZE),
-      secure: work.secure,
-      seq: work.seq,
-      settle: (status) => {
-        this.inFlight--;
-        if (work.kind === 'flush' || work.kind === 'barrier') this.holding = false;
-        this.settlePiece(work.op, status, sectors);
-      },
-    };
-    if (sectors >= work.sectors) this.waiting.shift();
-    else {
-      work.sector += sectors;
-      work.sectors -= sectors;
-      work.data = work.data?.subarray(sectors * SECTOR_SIZE);
-    }
-    return piece;
   }
 
   private settlePiece(op: Operation, status: number, sectors = 0): void {
@@ -324,27 +323,24 @@ export class BlockDevice {
     if (op.open <= 0) this.settle(op, op.failure);
   }
 
-  private settleFailure(op: Operation, err: Error): void {
-    op.open = 0;
-    this.settle(op, err);
+  /**
+   * What is left of `work` cannot be sent: its operation fails, once the
+   * pieces of it already on the rings are answered (a read's buffer is
+   * the backend's until then).
+   */
+  private settleFailure(work: Work, err: Error): void {
+    const { op } = work;
+    op.failure ??= err;
+    op.open -= Math.max(1, work.sectors);
+    if (op.open <= 0) this.settle(op, op.failure);
   }
 
   private settle(op: Operation, failure: Error | undefined): void {
+    if (op.pinnedPages > 0) {
+      this.buffers.unpin(op.pinnedPfn, op.pinnedPages);
+      op.pinnedPages = 0;
+    }
     if (failure) op.reject(failure);
     else op.resolve();
   }
-}
-
-/** A piece handed back unanswered, as work to send again. */
-function workOf(piece: DiskPiece): Work {
-  return {
-    kind: piece.kind,
-    operation: piece.kind === 'flush' ? BlkifOp.FLUSH_DISKCACHE : piece.operation,
-    sector: piece.sector,
-    sectors: piece.sectors,
-    data: piece.data,
-    secure: piece.secure,
-    seq: piece.seq,
-    op: piece.op,
-  };
 }

@@ -1,13 +1,13 @@
 import { XsError } from '../shared/errors.js';
-import { SECTOR_SIZE, VDisk, layoutOf } from '../shared/blkif.js';
-import { FrontRing, SharedRing } from '../shared/ring.js';
+import { SECTOR_SIZE, VDisk } from '../shared/blkif.js';
 import type { GrantedRing, XenbusDevice } from '../xenbus/device.js';
 import type { DeviceHandler, XenbusDriver } from '../xenbus/driver.js';
 import { XenbusState } from '../xenbus/state.js';
-import { BlockDevice, type ConnectedQueue, type DiskInfo, type DiskPiece } from './disk.js';
+import { PERSISTENT_CALLER_GRANTS_PER_QUEUE } from './caller-grants.js';
+import { BlockDevice, type DiskInfo } from './disk.js';
 import { DEFAULT_FRONTEND_LIMITS, negotiate, protocolName, ringRefKeys, ringSizeKeys, type FrontendLimits, type Negotiated } from './negotiate.js';
 import { GrantedPages } from './pages.js';
-import { BackendProtocolError, FrontQueue, type RingReport } from './ring.js';
+import { BlkfrontQueue, type BackendProtocolError, type RingReport } from './queue.js';
 
 /** How long a frontend that shuts down waits for its backend to answer what it has in flight. */
 export const SHUTDOWN_DRAIN_MS = 5000;
@@ -68,8 +68,8 @@ export class BlkfrontDriver implements XenbusDriver {
 
 interface Ring {
   readonly granted: GrantedRing;
-  readonly queue: FrontQueue<DiskPiece>;
   readonly port: number;
+  readonly queue: BlkfrontQueue;
 }
 
 interface Connection {
@@ -80,7 +80,7 @@ interface Connection {
 
 /** The frontend of one virtual block device. */
 export class VbdFrontend implements DeviceHandler {
-  readonly disk = new BlockDevice();
+  readonly disk: BlockDevice;
   private connection: Connection | undefined;
   /** Pages no grant names now, reused across connections and given back to the domain when the device is detached. */
   private readonly sparePages: number[] = [];
@@ -93,11 +93,18 @@ export class VbdFrontend implements DeviceHandler {
     readonly device: XenbusDevice,
     private readonly limits: FrontendLimits,
     private readonly onDetach: () => void,
-  ) {}
+  ) {
+    this.disk = new BlockDevice(device.ctx.domain.memory);
+  }
 
   /** What this connection negotiated, while connected. */
   get negotiated(): Negotiated | undefined {
     return this.connection?.negotiated;
+  }
+
+  /** This connection's queues, one per ring (for diagnostics and tests). */
+  get queues(): readonly BlkfrontQueue[] {
+    return this.connection?.rings.map((ring) => ring.queue) ?? [];
   }
 
   /** Each ring's indexes and unanswered requests (by queue), for diagnosing a request that is never answered. */
@@ -176,21 +183,49 @@ export class VbdFrontend implements DeviceHandler {
     this.disk.unpause();
   }
 
-  /** Negotiates with the backend's offer, grants the rings, and publishes them (InitWait's work). */
+  /**
+   * Negotiates with the backend's offer, grants the rings, builds a queue
+   * on each from its handles, and publishes them (InitWait's work).
+   */
   private async initialise(): Promise<void> {
     const { device, limits } = this;
     this.teardown();
     const negotiated = await negotiate(device, limits);
-    const pages = new GrantedPages(device.ctx.domain, device.otherendId, negotiated.persistent, this.sparePages);
+    const pages = new GrantedPages(
+      device.ctx.domain,
+      device.otherendId,
+      negotiated.persistent,
+      this.sparePages,
+      PERSISTENT_CALLER_GRANTS_PER_QUEUE * negotiated.queues,
+    );
     const connection: Connection = { negotiated, rings: [], pages };
     this.connection = connection;
     try {
       for (let q = 0; q < negotiated.queues; q++) {
         const granted = device.grantRing(negotiated.ringPages);
-        const ring = FrontRing.create(new SharedRing(granted.pages, layoutOf(negotiated.abi).entryBytes), limits.firstRingIndex);
-        const queue = new FrontQueue<DiskPiece>(ring, negotiated.abi, pages, negotiated.segmentsPerRequest, Number(device.id) || 0);
-        const port = device.allocEventChannel(() => this.responses(queue));
-        connection.rings.push({ granted, queue, port });
+        let port: number;
+        try {
+          // Unbound for the backend; the queue binds its own handler to it.
+          port = device.ctx.events.channels.allocUnbound(device.otherendId);
+        } catch (err) {
+          device.releaseRing(granted);
+          throw err;
+        }
+        const queue = new BlkfrontQueue(
+          {
+            ringPages: granted.pages,
+            port,
+            events: device.ctx.events,
+            abi: negotiated.abi,
+            handle: Number(device.id) || 0,
+            segmentsPerRequest: negotiated.segmentsPerRequest,
+            pages,
+            firstRingIndex: limits.firstRingIndex,
+          },
+          this.disk,
+          (err) => this.backendBroke(err),
+        );
+        connection.rings.push({ granted, port, queue });
       }
     } catch (err) {
       this.teardown();
@@ -219,8 +254,11 @@ export class VbdFrontend implements DeviceHandler {
     await this.device.switchState(XenbusState.Connected);
     if (this.device.state !== XenbusState.Connected) return;
     this.connections++;
-    const queues: ConnectedQueue[] = connection.rings.map((ring) => ({ queue: ring.queue, notify: () => this.device.notify(ring.port) }));
-    this.disk.connect(queues, info, connection.negotiated.segmentsPerRequest);
+    this.disk.connect(
+      connection.rings.map((ring) => ring.queue),
+      info,
+      connection.pages.callerPages,
+    );
     this.device.log.info(
       `${this.device.node}: ${info.sectors} sectors${info.readOnly ? ' (read-only)' : ''} over ${connection.rings.length} ring(s) of ` +
         `${connection.negotiated.ringPages} page(s), ${connection.negotiated.segmentsPerRequest} segments per request` +
@@ -259,15 +297,10 @@ export class VbdFrontend implements DeviceHandler {
     };
   }
 
-  /** Responses on a ring; a backend that breaks the protocol is cut off. */
-  private responses(queue: FrontQueue<DiskPiece>): void {
-    try {
-      this.disk.responsesArrived(queue);
-    } catch (err) {
-      if (!(err instanceof BackendProtocolError)) throw err;
-      this.teardown();
-      void this.device.fatal('EIO', err.message);
-    }
+  /** A backend that broke the protocol on a ring is cut off. */
+  private backendBroke(err: BackendProtocolError): void {
+    this.teardown();
+    void this.device.fatal('EIO', err.message);
   }
 
   /** Lets go of the rings; unanswered requests wait for the next connection. */
@@ -276,7 +309,10 @@ export class VbdFrontend implements DeviceHandler {
     if (!connection) return;
     this.connection = undefined;
     this.disk.disconnect();
-    for (const ring of connection.rings) this.device.freeEventChannel(ring.port);
+    for (const ring of connection.rings) {
+      ring.queue.close();
+      this.device.freeEventChannel(ring.port);
+    }
     connection.pages.releaseAll();
     const rings = connection.rings.flatMap((ring) => {
       const left = this.device.releaseRing(ring.granted);

@@ -26,14 +26,25 @@ export interface FrontendLimits {
 }
 
 /**
- * A frontend's limits unless told otherwise: Linux blkfront's queues (4)
- * and indirect segments (32), and rings of 4 pages (128 requests each)
- * where Linux stays with one page unless told otherwise.
+ * Segments per indirect request a frontend asks for unless told otherwise:
+ * 256, Linux blkback's MAX_INDIRECT_SEGMENTS (drivers/block/xen-blkback/
+ * common.h), the most a Linux backend offers; with 4 KiB pages a 1 MiB
+ * I/O is then one request (one indirect page of 256 segments) where
+ * Linux blkfront's own default of 32 (its max_indirect_segments) cuts it
+ * into 8.
+ */
+export const BLKFRONT_MAX_INDIRECT_SEGMENTS = 256;
+
+/**
+ * A frontend's limits unless told otherwise: Linux blkfront's queues (4),
+ * indirect requests as large as a Linux backend takes, and rings of 4
+ * pages (128 requests each) where Linux stays with one page unless told
+ * otherwise.
  */
 export const DEFAULT_FRONTEND_LIMITS: FrontendLimits = {
   maxRingPageOrder: 2,
   maxQueues: 4,
-  maxIndirectSegments: 32,
+  maxIndirectSegments: BLKFRONT_MAX_INDIRECT_SEGMENTS,
   persistent: true,
   abi: 'x86_64',
   ringKeys: 'both',

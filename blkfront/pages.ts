@@ -1,4 +1,5 @@
 import type { DomainInterface } from '../shared/platform.js';
+import { CallerPageGrants, PERSISTENT_CALLER_GRANTS_PER_QUEUE } from './caller-grants.js';
 
 /** A page of the frontend's memory granted to the backend. */
 export interface GrantedPage {
@@ -19,6 +20,8 @@ export interface GrantedPage {
 export class GrantedPages {
   private readonly persistentPool: GrantedPage[] = [];
   private readonly lingering: GrantedPage[] = [];
+  /** The grants of callers' own pages, for requests that carry them as they are. */
+  readonly callerPages: CallerPageGrants;
 
   constructor(
     private readonly domain: DomainInterface,
@@ -26,13 +29,21 @@ export class GrantedPages {
     readonly persistent: boolean,
     /** Pages of ours no grant names now, kept across connections for the next requests. */
     private readonly spare: number[] = [],
-  ) {}
+    /** Grants of callers' pages kept at most, with persistent grants. */
+    callerGrantLimit = PERSISTENT_CALLER_GRANTS_PER_QUEUE,
+  ) {
+    this.callerPages = new CallerPageGrants(domain, backendDomid, persistent, callerGrantLimit);
+  }
 
-  /** `count` pages granted to the backend; read-only for it unless it must write them (a read). */
-  take(count: number, backendWrites: boolean): GrantedPage[] {
-    const out: GrantedPage[] = [];
+  /**
+   * `count` pages granted to the backend, appended to `out` (an array a
+   * request reuses); read-only for the backend unless it must write them
+   * (a read).
+   */
+  take(count: number, backendWrites: boolean, out: GrantedPage[] = []): GrantedPage[] {
+    const start = out.length;
     try {
-      while (out.length < count) {
+      while (out.length < start + count) {
         if (this.persistent && this.persistentPool.length > 0) {
           out.push(this.persistentPool.pop()!);
           continue;
@@ -42,7 +53,7 @@ export class GrantedPages {
         out.push({ pfn, gref, bytes: this.domain.memory.page(pfn) });
       }
     } catch (err) {
-      this.give(out);
+      this.give(out.splice(start));
       throw err;
     }
     return out;
@@ -78,11 +89,12 @@ export class GrantedPages {
   releaseAll(): void {
     for (const page of this.persistentPool.splice(0)) this.end(page);
     for (const page of this.lingering.splice(0)) this.end(page);
+    this.callerPages.releaseAll();
   }
 
   /** Grants still held because the backend had the page mapped when they were to end. */
   get lingeringGrants(): number {
-    return this.lingering.length;
+    return this.lingering.length + this.callerPages.lingeringGrants;
   }
 
   private end(page: GrantedPage): void {

@@ -499,3 +499,332 @@ export function encodeSegments(segments: readonly BlkifSegment[], page: Uint8Arr
     page[at + SEG_LAST_SECT + 2] = 0;
   }
 }
+
+// ---- The hot path: numbers in and out, nothing allocated per request --------
+//
+// The object codec above is what tests and tools use. What follows writes
+// and reads the same bytes field by field from plain numbers, in place (a
+// ring slot, or a slot copied out of the ring), so that a request costs no
+// object, no array and no BigInt. 64-bit fields travel as JS numbers where
+// a number is exact (below 2^53: sector numbers, the frontend's small ids)
+// and as two 32-bit words where every bit matters (an id echoed back).
+
+/** 2^32: a 64-bit field's high word counts these. */
+const TWO_POW_32 = 0x1_0000_0000;
+
+/**
+ * The largest sector number the number-based codec carries: a JS number is
+ * exact up to 2^53 - 1, far past any disk (2^53 sectors are 4 EiB), so a
+ * sector at or above 2^53 is refused when writing and, when reading, is
+ * past the end of any disk however it rounds.
+ */
+export const BLKIF_MAX_EXACT_SECTOR = Number.MAX_SAFE_INTEGER;
+
+function putU16(bytes: Uint8Array, at: number, value: number): void {
+  bytes[at] = value;
+  bytes[at + 1] = value >>> 8;
+}
+
+function putU32(bytes: Uint8Array, at: number, value: number): void {
+  bytes[at] = value;
+  bytes[at + 1] = value >>> 8;
+  bytes[at + 2] = value >>> 16;
+  bytes[at + 3] = value >>> 24;
+}
+
+function getU16(bytes: Uint8Array, at: number): number {
+  return bytes[at]! | (bytes[at + 1]! << 8);
+}
+
+function getU32(bytes: Uint8Array, at: number): number {
+  return (bytes[at]! | (bytes[at + 1]! << 8) | (bytes[at + 2]! << 16) | (bytes[at + 3]! << 24)) >>> 0;
+}
+
+/** Writes a uint64 field from a number; only exact non-negative integers (below 2^53) are taken. */
+function putU64(bytes: Uint8Array, at: number, value: number, field: string): void {
+  if (!(value >= 0 && value <= Number.MAX_SAFE_INTEGER && Number.isInteger(value))) {
+    throw new RangeError(`${field} ${value} is not an integer in 0..2^53-1`);
+  }
+  putU32(bytes, at, value >>> 0);
+  putU32(bytes, at + 4, Math.floor(value / TWO_POW_32));
+}
+
+/** Reads a uint64 field as a number: exact below 2^53, the nearest double (so still ≥ 2^53) above. */
+function getU64(bytes: Uint8Array, at: number): number {
+  return getU32(bytes, at + 4) * TWO_POW_32 + getU32(bytes, at);
+}
+
+function needSlot(bytes: Uint8Array, at: number, length: number, what: string): void {
+  if (!(at >= 0 && at + length <= bytes.length)) throw new RangeError(`${what} needs ${length} bytes at ${at} of ${bytes.length}`);
+}
+
+/**
+ * Writes requests of one ABI into a ring slot (or any entry-sized place) at
+ * `at` of `into`, from numbers. Each request starts with rw(), indirect()
+ * or discard(), which zero the whole entry first so that nothing of an
+ * earlier request leaks to the other end; segment() and indirectPage() then
+ * fill in the arrays. Like encodeRequest, fields are written modulo their
+ * width, except the 64-bit ones (id, sector_number, nr_sectors), which must
+ * be exact integers below 2^53 (RangeError otherwise).
+ */
+export class BlkifRequestWriter {
+  private readonly o: Readonly<BlkifStructOffsets>;
+
+  constructor(readonly abi: BlkifAbi) {
+    this.o = BLKIF_STRUCT_OFFSETS[abi];
+  }
+
+  /** struct blkif_request: READ, WRITE, WRITE_BARRIER, FLUSH_DISKCACHE. */
+  rw(into: Uint8Array, at: number, operation: number, nrSegments: number, handle: number, id: number, sector: number): void {
+    const r = this.o.request;
+    this.start(into, at);
+    into[at + r.operation] = operation;
+    into[at + r.nrSegments] = nrSegments;
+    putU16(into, at + r.handle, handle);
+    putU64(into, at + r.id, id, 'id');
+    putU64(into, at + r.sectorNumber, sector, 'sector_number');
+  }
+
+  /** seg[index] of a struct blkif_request (index below BLKIF_MAX_SEGMENTS_PER_REQUEST). */
+  segment(into: Uint8Array, at: number, index: number, gref: number, firstSect: number, lastSect: number): void {
+    if (!(index >= 0 && index < BLKIF_MAX_SEGMENTS_PER_REQUEST)) {
+      throw new RangeError(`segment ${index} of a request of at most ${BLKIF_MAX_SEGMENTS_PER_REQUEST}`);
+    }
+    const s = at + this.o.request.seg + index * BLKIF_SEGMENT_BYTES;
+    putU32(into, s, gref);
+    into[s + SEG_FIRST_SECT] = firstSect;
+    into[s + SEG_LAST_SECT] = lastSect;
+  }
+
+  /** struct blkif_request_indirect; its pages follow with indirectPage(). */
+  indirect(into: Uint8Array, at: number, indirectOp: number, nrSegments: number, handle: number, id: number, sector: number): void {
+    const x = this.o.indirect;
+    this.start(into, at);
+    into[at + x.operation] = BlkifOp.INDIRECT;
+    into[at + x.indirectOp] = indirectOp;
+    putU16(into, at + x.nrSegments, nrSegments);
+    putU64(into, at + x.id, id, 'id');
+    putU64(into, at + x.sectorNumber, sector, 'sector_number');
+    putU16(into, at + x.handle, handle);
+  }
+
+  /** indirect_grefs[index] (index below BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST). */
+  indirectPage(into: Uint8Array, at: number, index: number, gref: number): void {
+    if (!(index >= 0 && index < BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST)) {
+      throw new RangeError(`indirect page ${index} of a request of at most ${BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST}`);
+    }
+    putU32(into, at + this.o.indirect.indirectGrefs + index * 4, gref);
+  }
+
+  /** struct blkif_request_discard. */
+  discard(into: Uint8Array, at: number, flag: number, handle: number, id: number, sector: number, nrSectors: number): void {
+    const d = this.o.discard;
+    this.start(into, at);
+    into[at + d.operation] = BlkifOp.DISCARD;
+    into[at + d.flag] = flag;
+    putU16(into, at + d.handle, handle);
+    putU64(into, at + d.id, id, 'id');
+    putU64(into, at + d.sectorNumber, sector, 'sector_number');
+    putU64(into, at + d.nrSectors, nrSectors, 'nr_sectors');
+  }
+
+  private start(into: Uint8Array, at: number): void {
+    needSlot(into, at, this.o.entryBytes, `a ${this.abi} blkif request`);
+    into.fill(0, at, at + this.o.entryBytes);
+  }
+}
+
+/**
+ * Writes segment `index` of an indirect page (struct blkif_request_segment,
+ * the same in every ABI), its padding zeroed; the rest of the page is left
+ * alone.
+ */
+export function writeIndirectSegment(page: Uint8Array, index: number, gref: number, firstSect: number, lastSect: number): void {
+  const at = index * BLKIF_SEGMENT_BYTES;
+  if (!(index >= 0 && at + BLKIF_SEGMENT_BYTES <= page.length)) throw new RangeError(`segment ${index} does not fit ${page.length} bytes`);
+  putU32(page, at, gref);
+  page[at + SEG_FIRST_SECT] = firstSect;
+  page[at + SEG_LAST_SECT] = lastSect;
+  page[at + SEG_LAST_SECT + 1] = 0;
+  page[at + SEG_LAST_SECT + 2] = 0;
+}
+
+/**
+ * A response read in place, into fields reused from one response to the
+ * next. The id stays two 32-bit words, as the backend wrote them.
+ */
+export class BlkifResponseView {
+  idLow = 0;
+  idHigh = 0;
+  operation = 0;
+  /** A BlkifStatus code (int16). */
+  status = 0;
+  private readonly r: Readonly<BlkifResponseOffsets>;
+
+  constructor(readonly abi: BlkifAbi) {
+    this.r = BLKIF_STRUCT_OFFSETS[abi].response;
+  }
+
+  /** Reads the response at `at` of `from`; whatever the backend wrote is reported, not judged. */
+  read(from: Uint8Array, at = 0): this {
+    const r = this.r;
+    needSlot(from, at, r.bytes, `a ${this.abi} blkif response`);
+    this.idLow = getU32(from, at + r.id);
+    this.idHigh = getU32(from, at + r.id + 4);
+    this.operation = from[at + r.operation]!;
+    this.status = (getU16(from, at + r.status) << 16) >> 16;
+    return this;
+  }
+
+  /** The id as a number: exact below 2^53, which every id a frontend of ours makes is. */
+  get id(): number {
+    return this.idHigh * TWO_POW_32 + this.idLow;
+  }
+}
+
+/** Writes a response at `at` of `into`, zeroing the rest of the entry; the id is echoed as the two words the request had. */
+export function writeResponse(abi: BlkifAbi, into: Uint8Array, at: number, idLow: number, idHigh: number, operation: number, status: number): void {
+  const o = BLKIF_STRUCT_OFFSETS[abi];
+  needSlot(into, at, o.response.bytes, `a ${abi} blkif response`);
+  into.fill(0, at, at + Math.min(o.entryBytes, into.length - at));
+  putU32(into, at + o.response.id, idLow);
+  putU32(into, at + o.response.id + 4, idHigh);
+  into[at + o.response.operation] = operation;
+  putU16(into, at + o.response.status, status);
+}
+
+/**
+ * A request read into fields reused from one request to the next: what a
+ * backend decodes each slot copy with instead of decodeRequest's objects.
+ * Like decodeRequest it reports what the frontend wrote, however hostile,
+ * and never throws on the bytes; checking is the backend's job.
+ *
+ * - `sector` (and a discard's `nrSectors`) is a number: exact below 2^53;
+ *   a larger value reads as the nearest double, which is still at least
+ *   2^53 and so past the end of any disk.
+ * - the id stays two 32-bit words (`idLow`, `idHigh`), echoed exactly in
+ *   the response (writeResponse).
+ * - segments go into preallocated arrays (`grefs`, `firstSects`,
+ *   `lastSects`, `segmentCount` of them): a direct request's
+ *   min(nr_segments, 11) on read(), an indirect request's from its pages
+ *   with readIndirectSegments(), up to the capacity given at construction.
+ */
+export class BlkifRequestView {
+  kind: BlkifRequest['kind'] = 'rw';
+  operation = 0;
+  /** The raw nr_segments: uint8 for a direct request, uint16 for an indirect one, 0 for a discard. */
+  nrSegments = 0;
+  handle = 0;
+  idLow = 0;
+  idHigh = 0;
+  sector = 0;
+  /** A discard's nr_sectors (0 otherwise). */
+  nrSectors = 0;
+  /** A discard's flag (0 otherwise). */
+  flag = 0;
+  /** An indirect request's indirect_op (0 otherwise). */
+  indirectOp = 0;
+  /** An indirect request's indirect_grefs, all of them as read; only the first ceil(nrSegments / 512) mean anything. */
+  readonly indirectGrefs = new Uint32Array(BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST);
+  segmentCount = 0;
+  readonly grefs: Uint32Array;
+  readonly firstSects: Uint8Array;
+  readonly lastSects: Uint8Array;
+  private readonly o: Readonly<BlkifStructOffsets>;
+
+  constructor(
+    readonly abi: BlkifAbi,
+    /** Segments the arrays hold: at least a direct request's 11; a backend gives its feature-max-indirect-segments. */
+    readonly segmentCapacity: number = BLKIF_MAX_SEGMENTS_PER_REQUEST,
+  ) {
+    if (!Number.isInteger(segmentCapacity) || segmentCapacity < BLKIF_MAX_SEGMENTS_PER_REQUEST) {
+      throw new RangeError(`a request view needs room for at least ${BLKIF_MAX_SEGMENTS_PER_REQUEST} segments, not ${segmentCapacity}`);
+    }
+    this.o = BLKIF_STRUCT_OFFSETS[abi];
+    this.grefs = new Uint32Array(segmentCapacity);
+    this.firstSects = new Uint8Array(segmentCapacity);
+    this.lastSects = new Uint8Array(segmentCapacity);
+  }
+
+  /** Reads the request at `at` of `from` (a copy of the slot: RING_COPY_REQUEST). */
+  read(from: Uint8Array, at = 0): this {
+    const o = this.o;
+    needSlot(from, at, o.request.bytes, `a ${this.abi} blkif request`);
+    const operation = from[at]!;
+    this.operation = operation;
+    this.segmentCount = 0;
+    this.nrSectors = 0;
+    this.flag = 0;
+    this.indirectOp = 0;
+    if (operation === BlkifOp.DISCARD) {
+      const d = o.discard;
+      this.kind = 'discard';
+      this.nrSegments = 0;
+      this.flag = from[at + d.flag]!;
+      this.handle = getU16(from, at + d.handle);
+      this.readId(from, at + d.id);
+      this.sector = getU64(from, at + d.sectorNumber);
+      this.nrSectors = getU64(from, at + d.nrSectors);
+      this.indirectGrefs.fill(0);
+      return this;
+    }
+    if (operation === BlkifOp.INDIRECT) {
+      const x = o.indirect;
+      this.kind = 'indirect';
+      this.indirectOp = from[at + x.indirectOp]!;
+      this.nrSegments = getU16(from, at + x.nrSegments);
+      this.handle = getU16(from, at + x.handle);
+      this.readId(from, at + x.id);
+      this.sector = getU64(from, at + x.sectorNumber);
+      for (let i = 0; i < BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST; i++) this.indirectGrefs[i] = getU32(from, at + x.indirectGrefs + i * 4);
+      return this;
+    }
+    const r = o.request;
+    this.kind = 'rw';
+    this.nrSegments = from[at + r.nrSegments]!;
+    this.handle = getU16(from, at + r.handle);
+    this.readId(from, at + r.id);
+    this.sector = getU64(from, at + r.sectorNumber);
+    this.indirectGrefs.fill(0);
+    const count = Math.min(this.nrSegments, BLKIF_MAX_SEGMENTS_PER_REQUEST);
+    for (let i = 0, s = at + r.seg; i < count; i++, s += BLKIF_SEGMENT_BYTES) {
+      this.grefs[i] = getU32(from, s);
+      this.firstSects[i] = from[s + SEG_FIRST_SECT]!;
+      this.lastSects[i] = from[s + SEG_LAST_SECT]!;
+    }
+    this.segmentCount = count;
+    return this;
+  }
+
+  /**
+   * Appends `count` segments of an indirect page to the segment arrays, so
+   * that those of all of a request's pages gather in order. The caller
+   * checks nr_segments against its limits first; more than the page holds,
+   * or than the view has room for, throws.
+   */
+  readIndirectSegments(page: Uint8Array, count: number): void {
+    if (!Number.isInteger(count) || count < 0 || count * BLKIF_SEGMENT_BYTES > page.length) {
+      throw new RangeError(`${count} segments do not fit ${page.length} bytes`);
+    }
+    if (this.segmentCount + count > this.segmentCapacity) {
+      throw new RangeError(`${this.segmentCount + count} segments exceed the view's ${this.segmentCapacity}`);
+    }
+    let n = this.segmentCount;
+    for (let i = 0, s = 0; i < count; i++, s += BLKIF_SEGMENT_BYTES, n++) {
+      this.grefs[n] = getU32(page, s);
+      this.firstSects[n] = page[s + SEG_FIRST_SECT]!;
+      this.lastSects[n] = page[s + SEG_LAST_SECT]!;
+    }
+    this.segmentCount = n;
+  }
+
+  /** The id as a bigint, for logs and tests (allocates). */
+  get id(): bigint {
+    return (BigInt(this.idHigh) << 32n) | BigInt(this.idLow);
+  }
+
+  private readId(from: Uint8Array, at: number): void {
+    this.idLow = getU32(from, at);
+    this.idHigh = getU32(from, at + 4);
+  }
+}

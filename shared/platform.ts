@@ -108,6 +108,21 @@ export interface GuestMemory {
   freePages(pfns: readonly number[]): void;
   /** A view of one of the domain's own pages. */
   page(pfn: number): Uint8Array;
+  /**
+   * Takes `count` free pages in a row (a kernel's higher-order allocation),
+   * for a buffer that spans them; returns the first. Throws ENOSPC when no
+   * such run is free.
+   */
+  allocContiguousPages(count: number): number;
+  /** A view of `count` of the domain's pages in a row, from `pfn`. */
+  range(pfn: number, count: number): Uint8Array;
+  /**
+   * Where a view lies in the domain's memory: its byte offset from the start
+   * of page 0 (its guest-physical address), or -1 when it is not wholly in
+   * this domain's memory. What lets a driver grant a caller's buffer by its
+   * pages instead of copying it.
+   */
+  addressOf(bytes: Uint8Array): number;
 }
 
 /** Pages of another domain mapped through its grants; unmap when done. */

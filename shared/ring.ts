@@ -89,6 +89,23 @@ export class SharedRing {
     Atomics.store(this.header, RSP_EVENT, value | 0);
   }
 
+  /**
+   * The page that holds all of entry `index` (modulo the ring size), to be
+   * read or written in place at entryOffset(index); undefined when the
+   * entry straddles two pages, which must then be copied with readEntry or
+   * writeEntry.
+   */
+  entryPage(index: number): Uint8Array | undefined {
+    const offset = SRING_HEADER_BYTES + (index & (this.size - 1)) * this.entryBytes;
+    const at = offset % PAGE_SIZE;
+    return at + this.entryBytes <= PAGE_SIZE ? this.pages[(offset - at) / PAGE_SIZE] : undefined;
+  }
+
+  /** Where entry `index` starts in its page (see entryPage). */
+  entryOffset(index: number): number {
+    return (SRING_HEADER_BYTES + (index & (this.size - 1)) * this.entryBytes) % PAGE_SIZE;
+  }
+
   /** Copies entry `index` (taken modulo the ring size) out into `into`. */
   readEntry(index: number, into: Uint8Array): void {
     this.copy(index, into, false);
@@ -154,6 +171,18 @@ export class FrontRing {
     this.reqProdPvt = u32(this.reqProdPvt + 1);
   }
 
+  /**
+   * Claims the next request's slot for the caller to write in place (see
+   * SharedRing.entryPage) and advances the private producer index; returns
+   * the slot's index.
+   */
+  claimRequest(): number {
+    if (this.full) throw new Error('ring full');
+    const index = this.reqProdPvt;
+    this.reqProdPvt = u32(index + 1);
+    return index;
+  }
+
   /** RING_PUSH_REQUESTS_AND_CHECK_NOTIFY: publishes requests; true if the backend must be signalled. */
   pushRequestsAndCheckNotify(): boolean {
     const old = this.sring.reqProd;
@@ -173,6 +202,13 @@ export class FrontRing {
   takeResponse(into: Uint8Array): void {
     this.sring.readEntry(this.rspCons, into);
     this.rspCons = u32(this.rspCons + 1);
+  }
+
+  /** The index of the next response, to be read in place, and advances the consumer index. */
+  consumeResponse(): number {
+    const index = this.rspCons;
+    this.rspCons = u32(index + 1);
+    return index;
   }
 
   /** RING_FINAL_CHECK_FOR_RESPONSES: asks to be woken for the next response, then checks again. */

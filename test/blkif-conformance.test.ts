@@ -17,7 +17,13 @@
  *   through so that they wrap;
  * - sizeof and offsetof of every struct and field, the constants, and
  *   __CONST_RING_SIZE against layoutOf and ringSize;
- * - indirect segment pages written by either side and read by the other.
+ * - indirect segment pages written by either side and read by the other;
+ * - the number-based codec of the hot path (BlkifRequestWriter,
+ *   BlkifRequestView, BlkifResponseView, writeResponse,
+ *   writeIndirectSegment): what the writer puts on our front ring is what
+ *   C's back ring reads, byte for byte the same as encodeRequest; the views
+ *   read every entry C wrote, and every random entry, as decodeRequest
+ *   does.
  *
  * Where -m32 does not build (no gcc-multilib), the x86_32 exchanges are
  * skipped and BLKIF_STRUCT_OFFSETS.x86_32 is checked against the documented
@@ -31,7 +37,11 @@
  * decodeRequest, which must agree), request and response producer indexes
  * more than a ring ahead or behind the consumer (RING_*_PROD_OVERFLOW
  * against our -1), and a few thousand random entries per ABI that
- * decodeRequest must read without throwing.
+ * decodeRequest must read without throwing. For the number-based codec:
+ * sector numbers and ids of 2^53 and above (refused when writing, read as
+ * at least 2^53), negative and fractional ones, nr_segments 0 and 255,
+ * indirect nr_segments 0, 257 and 65535, more indirect segments than the
+ * view holds, ids with the high word set, statuses at the ends of int16.
  */
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { closeSync, mkdtempSync, openSync, readSync, rmSync, writeFileSync, writeSync } from 'node:fs';
@@ -43,6 +53,7 @@ import t, { type Test } from 'tap';
 import {
   abiForProtocol,
   BLKIF_DISCARD_SECURE,
+  BLKIF_MAX_EXACT_SECTOR,
   BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST,
   BLKIF_MAX_SEGMENTS_PER_REQUEST,
   BLKIF_SEGMENT_BYTES,
@@ -50,6 +61,9 @@ import {
   BLKIF_SEGS_PER_INDIRECT_FRAME,
   BLKIF_STRUCT_OFFSETS,
   BlkifOp,
+  BlkifRequestView,
+  BlkifRequestWriter,
+  BlkifResponseView,
   BlkifStatus,
   decodeRequest,
   decodeResponse,
@@ -64,6 +78,8 @@ import {
   SECTOR_SIZE,
   SECTORS_PER_PAGE,
   VDisk,
+  writeIndirectSegment,
+  writeResponse,
   XEN_IO_PROTO_ABI_X86_32,
   XEN_IO_PROTO_ABI_X86_64,
   type BlkifAbi,
@@ -523,6 +539,12 @@ for (const abi of ABIS) {
           t.equal(back.finalCheckForRequests(), 0, 'and nothing more');
           t.strictSame(raw, encoded, 'the slots hold what C wrote');
           t.strictSame(decoded, requests, 'decodeRequest reads what C wrote');
+          const view = new BlkifRequestView(abi);
+          t.strictSame(
+            raw.map((h) => viewDisagrees(view.read(Buffer.from(h, 'hex')), decodeRequest(abi, Buffer.from(h, 'hex')))).filter((d) => d),
+            [],
+            'BlkifRequestView reads what C wrote as decodeRequest does',
+          );
 
           const responses = requests.map((r, i) => ({ id: r.id, operation: r.operation, status: STATUSES[(sent + i) % STATUSES.length]! }));
           const responseHex = responses.map((r) => {
@@ -561,6 +583,21 @@ for (const abi of ABIS) {
       });
     }
   }
+
+  withPeer(t, abi, `${abi}: our number writer, C back ring`, async (t, binary) => {
+    const writer = new BlkifRequestWriter(abi);
+    const entry = new Uint8Array(layoutOf(abi).entryBytes);
+    const viaObjects = new Uint8Array(entry.length);
+    let differs = 0;
+    await ourFrontCBack(t, abi, binary, 4, 0xfffffff0, (random, n) => {
+      const request = exactRequest(makeRequest(random, n), random);
+      writeWithWriter(writer, request, entry, 0);
+      encodeRequest(abi, request, viaObjects);
+      if (hex(entry) !== hex(viaObjects) && differs++ === 0) t.fail(`the writer and encodeRequest disagree on ${requestCommand(request)}`);
+      return entry.slice();
+    });
+    t.equal(differs, 0, 'BlkifRequestWriter writes the bytes encodeRequest writes');
+  });
 
   withPeer(t, abi, `${abi}: C reads entries of random bytes as decodeRequest does`, async (t, binary) => {
     const opcodes = [0, 1, 2, 3, 4, 5, 6, 7, 255];
@@ -811,6 +848,9 @@ for (const abi of ABIS) {
     const entries = 4000;
     let thrown = 0;
     let wrong = 0;
+    let viewWrong = 0;
+    const view = new BlkifRequestView(abi);
+    const responseView = new BlkifResponseView(abi);
     const kinds = { rw: 0, discard: 0, indirect: 0 };
     for (let i = 0; i < entries; i++) {
       const at = random.below(memory.length - entryBytes);
@@ -833,6 +873,12 @@ for (const abi of ABIS) {
         const again = decodeRequest(abi, scratch);
         encodeRequest(abi, request, scratch);
         const roundTrip = decodeRequest(abi, scratch);
+        const inPlace = viewDisagrees(view.read(memory, at), request);
+        const answer = responseView.read(memory, at);
+        const responseOk =
+          answer.status === response.status && answer.operation === response.operation && ((BigInt(answer.idHigh) << 32n) | BigInt(answer.idLow)) === response.id;
+        if (inPlace !== undefined && viewWrong++ === 0) t.fail(`entry ${hex(slot)}: BlkifRequestView ${inPlace}`);
+        if (!responseOk && viewWrong++ === 0) t.fail(`entry ${hex(slot)}: BlkifResponseView read ${JSON.stringify(answer)}`);
         if (
           !kindOk ||
           !shapeOk ||
@@ -850,6 +896,7 @@ for (const abi of ABIS) {
     }
     t.equal(thrown, 0, `none of ${entries} random entries throws`);
     t.equal(wrong, 0, 'each reads as its operation byte says, and encodes back to the same');
+    t.equal(viewWrong, 0, 'the views, reading in place, agree with decodeRequest and decodeResponse');
     t.ok(kinds.rw > 0 && kinds.discard > 0 && kinds.indirect > 0, `every kind met: ${JSON.stringify(kinds)}`);
     t.throws(() => decodeRequest(abi, new Uint8Array(requestBytes - 1)), RangeError, 'a buffer shorter than a request is a caller error');
     t.throws(() => decodeResponse(abi, new Uint8Array(responseBytes - 1)), RangeError);
@@ -890,4 +937,143 @@ for (const abi of ABIS) {
 /** JSON.stringify replacer for bigints. */
 function big(_key: string, value: unknown): unknown {
   return typeof value === 'bigint' ? `${value}n` : value;
+}
+
+const TWO_POW_53 = 2n ** 53n;
+
+/** How a view's fields differ from what decodeRequest made of the same bytes; undefined if they agree. */
+function viewDisagrees(view: BlkifRequestView, request: BlkifRequest): string | undefined {
+  const sectorOk = (n: number, b: bigint) => (b < TWO_POW_53 ? BigInt(n) === b : n >= 2 ** 53);
+  if (view.kind !== request.kind) return `kind ${view.kind}, not ${request.kind}`;
+  if (view.operation !== request.operation || view.handle !== request.handle) return 'operation or handle';
+  if (view.id !== request.id) return `id ${view.id}, not ${request.id}`;
+  if (!sectorOk(view.sector, request.sectorNumber)) return `sector ${view.sector}, not ${request.sectorNumber}`;
+  switch (request.kind) {
+    case 'rw': {
+      if (view.nrSegments !== request.nrSegments || view.segmentCount !== request.segments.length) return `${view.segmentCount} of ${view.nrSegments} segments`;
+      const bad = request.segments.findIndex((g, i) => view.grefs[i] !== g.gref || view.firstSects[i] !== g.firstSect || view.lastSects[i] !== g.lastSect);
+      return bad < 0 ? undefined : `segment ${bad}`;
+    }
+    case 'discard':
+      if (view.flag !== request.flag) return `flag ${view.flag}`;
+      return sectorOk(view.nrSectors, request.nrSectors) ? undefined : `nr_sectors ${view.nrSectors}, not ${request.nrSectors}`;
+    case 'indirect':
+      if (view.indirectOp !== request.indirectOp || view.nrSegments !== request.nrSegments || view.segmentCount !== 0) return 'indirect_op or nr_segments';
+      return [...view.indirectGrefs].join() === request.indirectGrefs.join() ? undefined : 'indirect_grefs';
+  }
+}
+
+/** The request with its 64-bit fields cut to 53 bits, as the number-based writer takes them. */
+function exactRequest(request: BlkifRequest, random: Random): BlkifRequest {
+  const cut = (n: bigint) => n & (TWO_POW_53 - 1n);
+  // Now and then the largest exact values, not only random ones.
+  const edge = random.below(8) === 0;
+  const id = edge ? TWO_POW_53 - 1n : cut(request.id);
+  const sectorNumber = edge ? TWO_POW_53 - 1n : cut(request.sectorNumber);
+  if (request.kind === 'discard') return { ...request, id, sectorNumber, nrSectors: edge ? TWO_POW_53 - 1n : cut(request.nrSectors) };
+  return { ...request, id, sectorNumber };
+}
+
+/** Writes a request (64-bit fields below 2^53) with the number-based writer. */
+function writeWithWriter(writer: BlkifRequestWriter, request: BlkifRequest, into: Uint8Array, at: number): void {
+  const id = Number(request.id);
+  const sector = Number(request.sectorNumber);
+  switch (request.kind) {
+    case 'rw':
+      writer.rw(into, at, request.operation, request.nrSegments, request.handle, id, sector);
+      request.segments.forEach((g, i) => writer.segment(into, at, i, g.gref, g.firstSect, g.lastSect));
+      return;
+    case 'discard':
+      writer.discard(into, at, request.flag, request.handle, id, sector, Number(request.nrSectors));
+      return;
+    case 'indirect':
+      writer.indirect(into, at, request.indirectOp, request.nrSegments, request.handle, id, sector);
+      request.indirectGrefs.forEach((gref, i) => writer.indirectPage(into, at, i, gref));
+      return;
+  }
+}
+
+for (const abi of ABIS) {
+  t.test(`${abi}: the number-based codec with hostile values`, async (t) => {
+    const { entryBytes } = layoutOf(abi);
+    const writer = new BlkifRequestWriter(abi);
+    const view = new BlkifRequestView(abi, 256);
+    const entry = new Uint8Array(entryBytes);
+    const objects = new Uint8Array(entryBytes);
+
+    // Sector numbers and ids a number cannot hold exactly are refused, not rounded.
+    for (const bad of [2 ** 53, 2 ** 64, -1, 1.5, NaN, Infinity]) {
+      t.throws(() => writer.rw(entry, 0, BlkifOp.READ, 1, 0, 1, bad), RangeError, `sector_number ${bad} is refused`);
+      t.throws(() => writer.indirect(entry, 0, BlkifOp.READ, 1, 0, 1, bad), RangeError, `an indirect sector_number ${bad} too`);
+      t.throws(() => writer.discard(entry, 0, 0, 0, 1, 0, bad), RangeError, `nr_sectors ${bad} too`);
+      t.throws(() => writer.rw(entry, 0, BlkifOp.READ, 1, 0, bad, 0), RangeError, `id ${bad} too`);
+    }
+    writer.rw(entry, 0, BlkifOp.WRITE, 1, 0xbeef, BLKIF_MAX_EXACT_SECTOR, BLKIF_MAX_EXACT_SECTOR);
+    t.equal(view.read(entry).sector, BLKIF_MAX_EXACT_SECTOR, '2^53 - 1 goes and comes back exactly');
+    t.equal(view.id, 2n ** 53n - 1n);
+    t.equal(view.handle, 0xbeef);
+
+    // Read: whatever the frontend wrote, 2^53 and above included.
+    for (const sector of [2n ** 53n, 2n ** 53n + 1n, 2n ** 64n - 1n]) {
+      encodeRequest(abi, { kind: 'rw', operation: BlkifOp.READ, nrSegments: 1, handle: 0, id: 2n ** 64n - 1n, sectorNumber: sector, segments: [{ gref: 9, firstSect: 0, lastSect: 7 }] }, entry);
+      view.read(entry);
+      t.ok(view.sector >= 2 ** 53, `sector ${sector} reads as at least 2^53 (${view.sector}): past the end of any disk`);
+      t.same([view.idLow, view.idHigh], [0xffffffff, 0xffffffff], 'the id keeps all 64 bits as two words');
+      encodeRequest(abi, { kind: 'discard', operation: BlkifOp.DISCARD, flag: 0xff, handle: 0, id: 1n, sectorNumber: 0n, nrSectors: sector }, entry);
+      t.ok(view.read(entry).nrSectors >= 2 ** 53, `a discard of ${sector} sectors reads as at least 2^53`);
+      t.equal(view.flag, 0xff, 'and its flag as written');
+    }
+
+    // nr_segments 0 and 255 on a direct request: the raw count, and only the 11 that exist read.
+    for (const nrSegments of [0, 255]) {
+      const segments = Array.from({ length: Math.min(nrSegments, BLKIF_MAX_SEGMENTS_PER_REQUEST) }, (_, i) => ({ gref: 100 + i, firstSect: i % 8, lastSect: 7 }));
+      encodeRequest(abi, { kind: 'rw', operation: BlkifOp.WRITE, nrSegments, handle: 0, id: 5n, sectorNumber: 8n, segments }, objects);
+      writer.rw(entry, 0, BlkifOp.WRITE, nrSegments, 0, 5, 8);
+      segments.forEach((g, i) => writer.segment(entry, 0, i, g.gref, g.firstSect, g.lastSect));
+      t.equal(hex(entry), hex(objects), `nr_segments ${nrSegments}: the writer's bytes are encodeRequest's`);
+      view.read(entry);
+      t.same([view.nrSegments, view.segmentCount, view.grefs[segments.length - 1] ?? 0], [nrSegments, segments.length, segments.at(-1)?.gref ?? 0], `nr_segments ${nrSegments} read raw, ${segments.length} segments read`);
+    }
+    t.throws(() => writer.segment(entry, 0, BLKIF_MAX_SEGMENTS_PER_REQUEST, 1, 0, 7), RangeError, 'a 12th direct segment does not fit');
+    t.throws(() => writer.indirectPage(entry, 0, BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST, 1), RangeError, 'nor a 9th indirect page');
+
+    // Indirect: nr_segments 0, past 256 and 65535 are read as written; the view takes no more than it holds.
+    for (const nrSegments of [0, 256, 257, 0xffff]) {
+      writer.indirect(entry, 0, BlkifOp.READ, nrSegments, 3, 7, 64);
+      writer.indirectPage(entry, 0, 0, 0xabcd);
+      const request = decodeRequest(abi, entry);
+      t.same(
+        request.kind === 'indirect' && [request.nrSegments, request.indirectOp, request.indirectGrefs[0]],
+        [nrSegments, BlkifOp.READ, 0xabcd],
+        `indirect nr_segments ${nrSegments}: decodeRequest reads the writer's request`,
+      );
+      t.equal(viewDisagrees(view.read(entry), request), undefined, 'and so does the view');
+    }
+    const page = new Uint8Array(PAGE_SIZE);
+    for (let i = 0; i < BLKIF_SEGS_PER_INDIRECT_FRAME; i++) writeIndirectSegment(page, i, 1000 + i, 0, 7);
+    t.strictSame(decodeSegments(page, BLKIF_SEGS_PER_INDIRECT_FRAME).slice(0, 2), [{ gref: 1000, firstSect: 0, lastSect: 7 }, { gref: 1001, firstSect: 0, lastSect: 7 }], 'writeIndirectSegment writes what decodeSegments reads');
+    view.read(entry);
+    view.readIndirectSegments(page, 0);
+    t.equal(view.segmentCount, 0, 'no segments: none read');
+    view.readIndirectSegments(page, 200);
+    view.readIndirectSegments(page.subarray(200 * BLKIF_SEGMENT_BYTES), 56);
+    t.same([view.segmentCount, view.grefs[0], view.grefs[255]], [256, 1000, 1255], 'segments of several pages gather in order, up to the 256 the view holds');
+    t.throws(() => view.readIndirectSegments(page, 1), RangeError, 'a 257th is refused');
+    t.throws(() => view.read(entry).readIndirectSegments(page, BLKIF_SEGS_PER_INDIRECT_FRAME + 1), RangeError, 'more than a page holds is refused');
+    t.throws(() => writeIndirectSegment(page, BLKIF_SEGS_PER_INDIRECT_FRAME, 1, 0, 7), RangeError, 'and written past the page');
+    t.throws(() => new BlkifRequestView(abi, 10), RangeError, 'a view too small for a direct request cannot be made');
+
+    // Responses: the id echoed as two words, statuses at the ends of int16, the rest zeroed.
+    const responses = new BlkifResponseView(abi);
+    for (const [idLow, idHigh, status] of [[0, 0, BlkifStatus.OKAY], [0xffffffff, 0xffffffff, -0x8000], [7, 1, 0x7fff], [3, 0, BlkifStatus.EOPNOTSUPP]] as const) {
+      entry.fill(0xee);
+      writeResponse(abi, entry, 0, idLow, idHigh, 255, status);
+      encodeResponse(abi, { id: (BigInt(idHigh) << 32n) | BigInt(idLow), operation: 255, status }, objects.fill(0x11));
+      t.equal(hex(entry), hex(objects), `writeResponse writes encodeResponse's bytes (status ${status})`);
+      responses.read(entry);
+      t.same([responses.idLow, responses.idHigh, responses.operation, responses.status], [idLow, idHigh, 255, status], 'and BlkifResponseView reads them back');
+    }
+    t.throws(() => responses.read(entry, entryBytes - 2), RangeError, 'a response past the end of the buffer is a caller error');
+    t.throws(() => writer.rw(entry, 1, BlkifOp.READ, 0, 0, 0, 0), RangeError, 'so is a request that does not fit');
+  });
 }

@@ -147,6 +147,19 @@ class ProcessMemory implements GuestMemory {
   page(pfn: number): Uint8Array {
     throw new PlatformError('ENOSYS', `a process in domain ${this.domid} cannot reach its page ${pfn} by number`);
   }
+
+  allocContiguousPages(): number {
+    throw new PlatformError('ENOSYS', `a process in domain ${this.domid} shares pages with GrantTable.share, not by page number`);
+  }
+
+  range(pfn: number): Uint8Array {
+    throw new PlatformError('ENOSYS', `a process in domain ${this.domid} cannot reach its page ${pfn} by number`);
+  }
+
+  /** A process's buffers have no page numbers: never the domain's memory as a kernel sees it. */
+  addressOf(): number {
+    return -1;
+  }
 }
 
 /** Pages shared through gntalloc, with the buffer that unshares them. */

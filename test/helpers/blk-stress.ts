@@ -13,7 +13,7 @@
 import { randomFillSync } from 'node:crypto';
 import { SECTOR_SIZE, SECTORS_PER_PAGE } from '../../shared/blkif.js';
 import type { BlockDevice } from '../../blkfront/disk.js';
-import type { RingReport } from '../../blkfront/ring.js';
+import type { RingReport } from '../../blkfront/queue.js';
 import type { EventDispatcher } from '../../shared/event-dispatcher.js';
 import type { Prng } from '../fuzz/prng.js';
 
