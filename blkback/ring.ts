@@ -6,14 +6,13 @@ import {
   BlkifStatus,
   SECTOR_SIZE,
   SECTORS_PER_PAGE,
-  decodeRequest,
-  decodeSegments,
-  encodeResponse,
+  BLKIF_SEGMENT_BYTES,
+  BlkifRequestView,
   indirectPagesFor,
   layoutOf,
+  writeResponse,
   type BlkifAbi,
   type BlkifRequest,
-  type BlkifSegment,
 } from '../shared/blkif.js';
 import type { Logger } from '../shared/log.js';
 import type { GrantMapping, GrantTable } from '../shared/platform.js';
@@ -89,6 +88,8 @@ export class BlkbackRing {
   private readonly port: number;
   private readonly entry: Uint8Array;
   private readonly response: Uint8Array;
+  /** The request being handled, decoded in place into fields reused for the next. */
+  private readonly view: BlkifRequestView;
   /** Requests taken off the ring and not yet answered. */
   private outstanding = 0;
   private stopped = false;
@@ -109,6 +110,7 @@ export class BlkbackRing {
     this.back = BackRing.attach(new SharedRing(mapping.pages, layout.entryBytes));
     this.entry = new Uint8Array(layout.entryBytes);
     this.response = new Uint8Array(layout.entryBytes);
+    this.view = new BlkifRequestView(policy.abi, Math.max(BLKIF_MAX_SEGMENTS_PER_REQUEST, policy.maxIndirectSegments));
     this.port = host.bind(remotePort, () => this.service());
     // Requests may have been queued before we bound the channel.
     queueMicrotask(() => this.service());
@@ -147,15 +149,18 @@ export class BlkbackRing {
       }
       for (let i = 0; i < waiting; i++) {
         this.back.takeRequest(this.entry);
-        this.handle(decodeRequest(this.policy.abi, this.entry));
+        this.handle(this.view.read(this.entry));
       }
       if (this.back.finalCheckForRequests() === 0) return;
     }
   }
 
-  private handle(request: BlkifRequest): void {
+  private handle(request: BlkifRequestView): void {
     this.outstanding++;
-    const answer = (status: number) => this.respond(request, status);
+    // The view is reused for the next request: what the response echoes is taken now.
+    const { idLow, idHigh } = request;
+    const operation = request.kind === 'indirect' ? request.indirectOp : request.operation;
+    const answer = (status: number) => this.respond(idLow, idHigh, operation, status);
     let io: BlockIo | Refusal;
     try {
       io = this.translate(request);
@@ -171,14 +176,14 @@ export class BlkbackRing {
   }
 
   /** What a request asks of the store, once every field is checked. */
-  private translate(request: BlkifRequest): BlockIo | Refusal {
+  private translate(request: BlkifRequestView): BlockIo | Refusal {
     const { store } = this.policy;
     switch (request.kind) {
       case 'discard': {
         // A discard is a write: refused on a read-only disk as one.
         if (store.readOnly) return refuse('the device is read-only');
         if (!store.discard) return unsupported('discard is not offered');
-        const range = this.range(request.sectorNumber, request.nrSectors);
+        const range = this.range(request.sector, request.nrSectors);
         if ('status' in range) return range;
         if (range.length === 0) return done('a discard of nothing');
         // blkif.h: the flag is ignored where discard-secure is 0.
@@ -193,9 +198,9 @@ export class BlkbackRing {
         if (request.nrSegments < 1 || request.nrSegments > this.policy.maxIndirectSegments) {
           return refuse(`${request.nrSegments} indirect segments (1..${this.policy.maxIndirectSegments})`);
         }
-        const segments = this.indirectSegments(request.indirectGrefs, request.nrSegments);
-        if ('status' in segments) return segments;
-        return this.dataIo(request.indirectOp === BlkifOp.READ ? 'read' : 'write', request.sectorNumber, segments);
+        const read = this.readIndirectSegments(request);
+        if (read) return read;
+        return this.dataIo(request.indirectOp === BlkifOp.READ ? 'read' : 'write', request);
       }
       case 'rw':
         switch (request.operation) {
@@ -204,7 +209,7 @@ export class BlkbackRing {
             if (request.nrSegments < 1 || request.nrSegments > BLKIF_MAX_SEGMENTS_PER_REQUEST) {
               return refuse(`${request.nrSegments} segments (1..${BLKIF_MAX_SEGMENTS_PER_REQUEST})`);
             }
-            return this.dataIo(request.operation === BlkifOp.READ ? 'read' : 'write', request.sectorNumber, request.segments);
+            return this.dataIo(request.operation === BlkifOp.READ ? 'read' : 'write', request);
           case BlkifOp.WRITE_BARRIER:
           case BlkifOp.FLUSH_DISKCACHE: {
             const barrier = request.operation === BlkifOp.WRITE_BARRIER;
@@ -213,7 +218,7 @@ export class BlkbackRing {
             // With no data, both are a flush (FreeBSD takes an empty barrier
             // so too); with data, a write made durable before anything after it.
             if (request.nrSegments === 0) return { kind: 'flush' };
-            const write = this.dataIo('write', request.sectorNumber, request.segments);
+            const write = this.dataIo('write', request);
             if ('status' in write) return write;
             if (write.kind !== 'write') return write;
             return { kind: 'barrier', offset: write.offset, length: write.length, chunks: write.chunks };
@@ -224,63 +229,68 @@ export class BlkbackRing {
     }
   }
 
-  /** A read or write of the pages the segments name, starting at `sector`. */
-  private dataIo(kind: 'read' | 'write', sector: bigint, segments: readonly BlkifSegment[]): BlockIo | Refusal {
+  /** A read or write of the pages the request's segments name, starting at its sector. */
+  private dataIo(kind: 'read' | 'write', request: BlkifRequestView): BlockIo | Refusal {
     if (kind === 'write' && this.policy.store.readOnly) return refuse('the device is read-only');
     const chunks: PageChunk[] = [];
     let sectors = 0;
-    for (const segment of segments) {
-      if (segment.firstSect > segment.lastSect || segment.lastSect >= SECTORS_PER_PAGE) {
-        return refuse(`segment sectors ${segment.firstSect}..${segment.lastSect} are not within a page`);
-      }
-      const count = segment.lastSect - segment.firstSect + 1;
-      chunks.push({ gref: segment.gref, start: segment.firstSect * SECTOR_SIZE, length: count * SECTOR_SIZE });
+    for (let i = 0; i < request.segmentCount; i++) {
+      const first = request.firstSects[i]!;
+      const last = request.lastSects[i]!;
+      if (first > last || last >= SECTORS_PER_PAGE) return refuse(`segment sectors ${first}..${last} are not within a page`);
+      const count = last - first + 1;
+      chunks.push({ gref: request.grefs[i]!, start: first * SECTOR_SIZE, length: count * SECTOR_SIZE });
       sectors += count;
     }
-    const range = this.range(sector, BigInt(sectors));
+    const range = this.range(request.sector, sectors);
     if ('status' in range) return range;
     return { kind, offset: range.offset, length: range.length, chunks };
   }
 
-  /** The byte range of `count` sectors from `sector`, if it lies within the device. */
-  private range(sector: bigint, count: bigint): { offset: number; length: number } | Refusal {
+  /**
+   * The byte range of `count` sectors from `sector`, if it lies within the
+   * device. Both are numbers: exact below 2^53, and anything at or above
+   * that (a 64-bit field read inexactly) is past the end of any disk.
+   */
+  private range(sector: number, count: number): { offset: number; length: number } | Refusal {
     const end = sector + count;
-    if (end > BigInt(this.policy.store.sectors) || end < sector) {
+    if (end > this.policy.store.sectors) {
       return refuse(`sectors ${sector}..${end} are past the end of the device (${this.policy.store.sectors} sectors)`);
     }
-    return { offset: Number(sector) * SECTOR_SIZE, length: Number(count) * SECTOR_SIZE };
+    return { offset: sector * SECTOR_SIZE, length: count * SECTOR_SIZE };
   }
 
   /**
-   * The segments of an indirect request, read from its indirect pages:
-   * mapped read-only just long enough to copy the entries out, so that the
-   * frontend cannot change them after they were checked.
+   * Reads an indirect request's segments from its indirect pages into the
+   * view: mapped read-only just long enough to copy the entries out, so
+   * that the frontend cannot change them after they were checked. A
+   * refusal if the pages cannot be mapped.
    */
-  private indirectSegments(grefs: readonly number[], count: number): BlkifSegment[] | Refusal {
-    const pages = indirectPagesFor(count);
+  private readIndirectSegments(request: BlkifRequestView): Refusal | undefined {
+    const pages = indirectPagesFor(request.nrSegments);
     if (pages > BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST) return refuse(`${pages} indirect pages`);
+    const grefs = Array.from(request.indirectGrefs.subarray(0, pages));
     let mapping: GrantMapping;
     try {
-      mapping = this.host.grants.map(this.host.frontend, grefs.slice(0, pages), false);
+      mapping = this.host.grants.map(this.host.frontend, grefs, false);
     } catch (err) {
-      return refuse(`indirect pages ${grefs.slice(0, pages).join(',')}: ${(err as Error).message}`);
+      return refuse(`indirect pages ${grefs.join(',')}: ${(err as Error).message}`);
     }
     try {
-      const segments: BlkifSegment[] = [];
-      let left = count;
+      let left = request.nrSegments;
       for (const page of mapping.pages) {
-        const here = Math.min(left, page.length / 8);
-        decodeSegments(page, here, segments);
+        const here = Math.min(left, page.length / BLKIF_SEGMENT_BYTES);
+        request.readIndirectSegments(page, here);
         left -= here;
       }
-      return segments;
+      return undefined;
     } finally {
       mapping.unmap();
     }
   }
 
-  private respond(request: BlkifRequest, status: number): void {
-    encodeResponse(this.policy.abi, { id: request.id, operation: responseOperation(request), status }, this.response);
+  private respond(idLow: number, idHigh: number, operation: number, status: number): void {
+    writeResponse(this.policy.abi, this.response, 0, idLow, idHigh, operation, status);
     this.back.putResponse(this.response);
     this.outstanding--;
     Atomics.add(this.stats, 0, 1);

@@ -197,7 +197,12 @@ export class BlkfrontQueue {
     s.ownBuffer = work.ownBuffer;
     s.secure = work.secure;
     s.seq = work.seq;
-    s.piecePfn = pageCount > 0 && work.firstPfn >= 0 ? work.firstPfn + work.dataOffset / PAGE_SIZE : -1;
+    // With persistent grants a backend keeps every page it is given mapped
+    // (Linux's and ours do): a page only this request would grant could not
+    // be taken back before its owner reuses it, so it goes through the
+    // persistently granted bounce pages, as Linux's blkfront copies.
+    const carriedAsIs = work.firstPfn >= 0 && (work.ownBuffer || !this.pages.persistent);
+    s.piecePfn = pageCount > 0 && carriedAsIs ? work.firstPfn + work.dataOffset / PAGE_SIZE : -1;
     try {
       if (pageCount > BLKIF_MAX_SEGMENTS_PER_REQUEST && (pageCount > this.segmentsPerRequest || kind === 'barrier')) {
         throw new RangeError(`a request of ${pageCount} pages exceeds the ${kind === 'barrier' ? BLKIF_MAX_SEGMENTS_PER_REQUEST : this.segmentsPerRequest} it may carry`);

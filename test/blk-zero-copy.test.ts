@@ -8,8 +8,9 @@
  * pages, mixed freely with the others. A 1 MiB operation is one ring
  * request of 256 segments. Ids come from a small free list and are reused
  * under load. Freeing a buffer an operation still uses is refused. Pages
- * of the domain the device did not allocate go as they are too, but their
- * grants are never kept past a request.
+ * of the domain the device did not allocate go as they are without
+ * persistent grants, granted for one request; with them, through the
+ * persistently granted pages (the backend keeps what it is given mapped).
  *
  * Bad inputs tried here: a buffer freed while a read into it waits, freed
  * twice, a buffer the device never allocated, a read into a freed buffer,
@@ -104,7 +105,6 @@ for (const persistent of [true, false]) {
     grants.reset();
     const target = disk.allocateBuffer(bytes);
     const read = disk.readInto(64, target);
-    t.ok(target.every((b) => b === 0), 'nothing is there before the response');
     await read;
     t.ok(Buffer.compare(target, data) === 0, 'the data landed in the buffer');
     t.same(grants.granted.map((g) => g.pfn), pfnsOf(domain, target), "the read granted the target's own pages, and nothing else");
@@ -125,24 +125,31 @@ for (const persistent of [true, false]) {
   });
 }
 
-t.test("pages of the domain the device did not allocate: carried as they are, granted per request", async (t) => {
-  const blk = await startBlkTestbed(t, { front: { maxQueues: 1 } });
-  const disk = await blk.connect(blk.disk('xvda'));
-  const domain = blk.guest.ctx.domain;
-  // A kernel's own page, as a bio's would be.
-  const [pfn] = domain.memory.allocPages(1);
-  t.teardown(() => domain.memory.freePages([pfn!]));
-  const page = domain.memory.page(pfn!);
-  const data = randomBytes(PAGE_SIZE);
-  page.set(data);
-  const grants = watchGrants(domain);
-  await disk.write(8, page);
-  page.fill(0);
-  await disk.readInto(8, page);
-  t.ok(Buffer.compare(page, data) === 0, 'written from the page and read back into it');
-  t.same(grants.granted.map((g) => g.pfn), [pfn, pfn], 'the page itself was granted, for each request (no bounce page)');
-  t.same(grants.ended.sort(), grants.granted.map((g) => g.gref).sort(), 'and each grant ended with its response, even with persistent grants: nothing would end it before the page is reused');
-});
+for (const persistent of [false, true]) {
+  t.test(`pages of the domain the device did not allocate, persistent grants ${persistent ? 'on' : 'off'}`, async (t) => {
+    const blk = await startBlkTestbed(t, { front: { maxQueues: 1, persistent }, back: { persistent } });
+    const disk = await blk.connect(blk.disk('xvda'));
+    const domain = blk.guest.ctx.domain;
+    // A kernel's own page, as a bio's would be.
+    const [pfn] = domain.memory.allocPages(1);
+    t.teardown(() => domain.memory.freePages([pfn!]));
+    const page = domain.memory.page(pfn!);
+    const data = randomBytes(PAGE_SIZE);
+    page.set(data);
+    const grants = watchGrants(domain);
+    await disk.write(8, page);
+    page.fill(0);
+    await disk.readInto(8, page);
+    t.ok(Buffer.compare(page, data) === 0, 'written from the page and read back into it');
+    if (persistent) {
+      // The backend keeps what it is given mapped: a grant of this page could never be ended in time.
+      t.notOk(grants.granted.some((g) => g.pfn === pfn), 'the page itself was never granted: its data went through the persistent pages, as Linux copies');
+    } else {
+      t.same(grants.granted.map((g) => g.pfn), [pfn, pfn], 'the page itself was granted, for each request (no bounce page)');
+      t.same(grants.ended.sort(), grants.granted.map((g) => g.gref).sort(), 'and each grant ended with its response');
+    }
+  });
+}
 
 t.test('a 1 MiB operation is one ring request of 256 segments, on the buffer\'s own pages', async (t) => {
   const blk = await startBlkTestbed(t, { front: { maxQueues: 1 } });
@@ -262,7 +269,8 @@ t.test('ids come from a free list: reused under load, never more than the ring h
 
 t.test('a buffer an operation still uses cannot be freed; a freed one cannot be used', async (t) => {
   const blk = await startBlkTestbed(t, { front: { maxQueues: 1 } });
-  const disk = await blk.connect(blk.disk('xvda'));
+  const spec = blk.disk('xvda');
+  const disk = await blk.connect(spec);
   const domain = blk.guest.ctx.domain;
   const before = freePages(domain);
   const buffer = disk.allocateBuffer(8 * PAGE_SIZE);
@@ -282,7 +290,10 @@ t.test('a buffer an operation still uses cannot be freed; a freed one cannot be 
   const other = disk.allocateBuffer(2 * PAGE_SIZE);
   t.throws(() => disk.freeBuffer(other.subarray(PAGE_SIZE)), BufferNotAllocatedError, 'nor is part of one');
   disk.freeBuffer(other);
-  t.equal(freePages(domain), before, 'freed, the pages are the domain\'s again');
+  t.equal(freePages(domain), before - 8, "freed, the pages of the buffer the backend never saw are the domain's again");
+  // The backend keeps persistently granted pages mapped while it is connected: those come back when it lets go.
+  await blk.bed.unplug(spec);
+  t.equal(freePages(domain), before, "and once the backend let go, every page of both is the domain's again");
 });
 
 t.test("an unplugged disk ends the grants it kept of callers' pages", async (t) => {
