@@ -1,10 +1,10 @@
-import { XsError } from '../../shared/errors.js';
-import { PlatformError, type GrantMapping } from '../../shared/platform.js';
-import { BackRing, SharedRing } from '../../shared/ring.js';
-import type { XenbusDevice } from '../device.js';
-import type { DeviceHandler, XenbusDriver } from '../driver.js';
-import { readRingRefs } from '../ring-keys.js';
-import { XenbusState } from '../state.js';
+import { XsError } from '../shared/errors.js';
+import { PlatformError, type GrantMapping } from '../shared/platform.js';
+import { BackRing, SharedRing } from '../shared/ring.js';
+import type { XenbusDevice } from '../xenbus/device.js';
+import type { DeviceHandler, XenbusDriver } from '../xenbus/driver.js';
+import { readRingRefs } from '../xenbus/ring-keys.js';
+import { XenbusState } from '../xenbus/state.js';
 import {
   decodeRequest,
   ECHO_CLASS,
