@@ -247,7 +247,7 @@ export class VbdBackend implements DeviceHandler {
       for (const q of params.queues) {
         let mapping: GrantMapping;
         try {
-          mapping = device.ctx.domain.grants.map(device.otherendId, q.refs, true);
+          mapping = device.mapRing(q.refs);
         } catch (err) {
           throw asXsError(err, `mapping ring-ref ${q.refs.join(',')} of domain ${device.otherendId}`);
         }

@@ -93,12 +93,7 @@ export class EchoBack implements DeviceHandler {
     this.disconnect();
     const refs = await readRingRefs(device, this.maxOrder);
     const remotePort = await device.readOtherendInt('event-channel');
-    let mapping: GrantMapping;
-    try {
-      mapping = device.ctx.domain.grants.map(device.otherendId, refs, true);
-    } catch (err) {
-      throw asXsError(err, `mapping ring-ref ${refs.join(',')} of domain ${device.otherendId}`);
-    }
+    const mapping = device.mapRing(refs);
     let port: number;
     try {
       port = device.bindEventChannel(remotePort, () => this.service());
