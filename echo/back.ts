@@ -1,9 +1,9 @@
+import { EVENT_CHANNEL, readInt, readRing } from '../shared/blkif-keys.js';
 import { XsError } from '../shared/errors.js';
 import { PlatformError, type GrantMapping } from '../shared/platform.js';
 import { BackRing, SharedRing } from '../shared/ring.js';
 import type { XenbusDevice } from '../xenbus/device.js';
 import type { DeviceHandler, XenbusDriver } from '../xenbus/driver.js';
-import { readRingRefs } from '../xenbus/ring-keys.js';
 import { XenbusState } from '../xenbus/state.js';
 import {
   decodeRequest,
@@ -91,8 +91,8 @@ export class EchoBack implements DeviceHandler {
   private async connect(): Promise<void> {
     const { device } = this;
     this.disconnect();
-    const refs = await readRingRefs(device, this.maxOrder);
-    const remotePort = await device.readOtherendInt('event-channel');
+    const refs = await readRing(device, this.maxOrder);
+    const remotePort = await readInt(device, EVENT_CHANNEL);
     const mapping = device.mapRing(refs);
     let port: number;
     try {

@@ -1,7 +1,7 @@
+import { ringKeyNames, ringKeys } from '../shared/blkif-keys.js';
 import { FrontRing, SharedRing } from '../shared/ring.js';
 import type { GrantedRing, XenbusDevice } from '../xenbus/device.js';
 import type { DeviceHandler, XenbusDriver } from '../xenbus/driver.js';
-import { ringKeyNames, ringKeys } from '../xenbus/ring-keys.js';
 import { XenbusState } from '../xenbus/state.js';
 import {
   decodeResponse,
