@@ -1,5 +1,5 @@
-import { XsError } from '../shared/errors.js';
-import { abiForProtocol, VDisk, SECTOR_SIZE, type BlkifAbi } from '../shared/blkif.js';
+import { VDisk, SECTOR_SIZE, type BlkifAbi } from '../shared/blkif.js';
+import { readTransport } from '../shared/blkif-keys.js';
 import { fdatasync } from 'node:fs';
 import { threadId } from 'node:worker_threads';
 import type { XenbusDevice } from '../xenbus/device.js';
@@ -349,33 +349,8 @@ export class VbdBackend implements DeviceHandler {
    */
   private async readFrontend(): Promise<FrontendParams> {
     const { device, offer } = this;
-    const protocol = await device.readOtherend('protocol');
-    const abi = abiForProtocol(protocol);
-    if (!abi) throw new XsError('EINVAL', `protocol '${protocol}' is not one this backend speaks`);
-    const maxPages = 1 << offer.maxRingPageOrder;
-    const order = await device.readOtherendInt('ring-page-order', -1);
-    let pages = 1;
-    if (order !== -1) {
-      if (order < 0 || order > offer.maxRingPageOrder) throw new XsError('EINVAL', `ring-page-order ${order} is not in 0..${offer.maxRingPageOrder}`);
-      pages = 1 << order;
-    } else {
-      pages = await device.readOtherendInt('num-ring-pages', 1);
-      if (pages < 1 || pages > maxPages || (pages & (pages - 1)) !== 0) {
-        throw new XsError('EINVAL', `num-ring-pages ${pages} is not a power of two up to ${maxPages}`);
-      }
-    }
-    const count = await device.readOtherendInt('multi-queue-num-queues', 1);
-    if (count < 1 || count > offer.maxQueues) throw new XsError('EINVAL', `multi-queue-num-queues ${count} is not in 1..${offer.maxQueues}`);
-    const queues: FrontendParams['queues'][number][] = [];
-    for (let q = 0; q < count; q++) {
-      // One queue keeps its keys at the top, as before multi-queue existed.
-      const dir = count === 1 ? '' : `queue-${q}/`;
-      const refs: number[] = [];
-      if (pages === 1 && (await device.readOtherend(`${dir}ring-ref`)) !== undefined) refs.push(await device.readOtherendInt(`${dir}ring-ref`));
-      else for (let i = 0; i < pages; i++) refs.push(await device.readOtherendInt(`${dir}ring-ref${i}`));
-      queues.push({ refs, port: await device.readOtherendInt(`${dir}event-channel`) });
-    }
+    const transport = await readTransport(device, offer);
     const persistent = offer.persistent && (await device.readOtherendInt('feature-persistent', 0)) !== 0;
-    return { abi, pages, queues, persistent };
+    return { ...transport, persistent };
   }
 }

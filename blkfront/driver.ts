@@ -1,11 +1,12 @@
 import { XsError } from '../shared/errors.js';
 import { SECTOR_SIZE, VDisk } from '../shared/blkif.js';
+import { transportKeyNames, transportKeys } from '../shared/blkif-keys.js';
 import type { GrantedRing, XenbusDevice } from '../xenbus/device.js';
 import type { DeviceHandler, XenbusDriver } from '../xenbus/driver.js';
 import { XenbusState } from '../xenbus/state.js';
 import { PERSISTENT_CALLER_GRANTS_PER_QUEUE } from './caller-grants.js';
 import { BlockDevice, type DiskInfo } from './disk.js';
-import { DEFAULT_FRONTEND_LIMITS, negotiate, protocolName, ringRefKeys, ringSizeKeys, type FrontendLimits, type Negotiated } from './negotiate.js';
+import { DEFAULT_FRONTEND_LIMITS, negotiate, protocolName, type FrontendLimits, type Negotiated } from './negotiate.js';
 import { GrantedPages } from './pages.js';
 import { BlkfrontQueue, type BackendProtocolError, type RingReport } from './queue.js';
 
@@ -25,15 +26,7 @@ async function settleWithin(work: Promise<unknown>, ms: number): Promise<boolean
 
 /** The keys of an earlier connection's rings, removed before a new one is published. */
 function staleKeys(limits: FrontendLimits): string[] {
-  const refs = (prefix: string) => ['ring-ref', ...Array.from({ length: 2 ** limits.maxRingPageOrder }, (_, i) => `ring-ref${i}`)].map((k) => prefix + k);
-  return [
-    ...refs(''),
-    'event-channel',
-    'ring-page-order',
-    'num-ring-pages',
-    'multi-queue-num-queues',
-    ...Array.from({ length: limits.maxQueues }, (_, q) => `queue-${q}`),
-  ];
+  return transportKeyNames(limits.maxRingPageOrder, limits.maxQueues);
 }
 
 /**
@@ -231,17 +224,11 @@ export class VbdFrontend implements DeviceHandler {
       this.teardown();
       throw err;
     }
-    const multi = negotiated.queues > 1;
     const keys: Record<string, string | number> = {
-      ...ringSizeKeys(negotiated.ringPages, limits.ringKeys),
+      ...transportKeys(connection.rings.map((ring) => ({ grefs: ring.granted.grefs, port: ring.port })), limits.ringKeys),
       protocol: protocolName(negotiated.abi),
       'feature-persistent': limits.persistent ? 1 : 0,
     };
-    if (multi) keys['multi-queue-num-queues'] = negotiated.queues;
-    connection.rings.forEach((ring, q) => {
-      const prefix = multi ? `queue-${q}/` : '';
-      Object.assign(keys, ringRefKeys(ring.granted.grefs, prefix), { [`${prefix}event-channel`]: ring.port });
-    });
     if (!(await device.write(keys, staleKeys(limits).filter((key) => !(key in keys))))) return;
     await device.switchState(XenbusState.Initialised);
   }

@@ -1,4 +1,5 @@
 import { BLKIF_MAX_SEGMENTS_PER_REQUEST, XEN_IO_PROTO_ABI_X86_32, XEN_IO_PROTO_ABI_X86_64, type BlkifAbi } from '../shared/blkif.js';
+import type { RingSizeScheme } from '../shared/blkif-keys.js';
 import { roundDownPow2 } from '../shared/ring.js';
 import type { XenbusDevice } from '../xenbus/device.js';
 
@@ -16,7 +17,7 @@ export interface FrontendLimits {
    * Which keys announce a multi-page ring: Linux's `ring-page-order`,
    * the older `num-ring-pages`, or both with the same size (blkif.h's note 3).
    */
-  readonly ringKeys: 'order' | 'pages' | 'both';
+  readonly ringKeys: RingSizeScheme;
   /**
    * Where each ring's free-running indexes start (ring.h's
    * FRONT_RING_ATTACH): 0, as Linux does; tests start them just below 2^32
@@ -111,24 +112,4 @@ export async function negotiate(device: XenbusDevice, limits: FrontendLimits): P
     persistent,
     abi: limits.abi,
   };
-}
-
-/**
- * The keys that publish one queue's ring (under `queue-N/` when there are
- * several): `ring-ref` for a single page, else `ring-ref0..N`.
- */
-export function ringRefKeys(grefs: readonly number[], prefix: string): Record<string, number> {
-  if (grefs.length === 1) return { [`${prefix}ring-ref`]: grefs[0]! };
-  const keys: Record<string, number> = {};
-  grefs.forEach((gref, i) => (keys[`${prefix}ring-ref${i}`] = gref));
-  return keys;
-}
-
-/** The top-level keys that announce the ring's size, in the scheme(s) chosen. */
-export function ringSizeKeys(pages: number, scheme: FrontendLimits['ringKeys']): Record<string, number> {
-  if (pages === 1) return {};
-  const keys: Record<string, number> = {};
-  if (scheme !== 'pages') keys['ring-page-order'] = Math.log2(pages);
-  if (scheme !== 'order') keys['num-ring-pages'] = pages;
-  return keys;
 }

@@ -1,8 +1,8 @@
 import { BlkbackDriver } from '../blkback/driver.js';
 import { BlkfrontDriver } from '../blkfront/driver.js';
 import type { XenbusDriver } from '../xenbus/driver.js';
-import { EchoBackDriver } from '../xenbus/echo/back.js';
-import { EchoFrontDriver } from '../xenbus/echo/front.js';
+import { EchoBackDriver } from '../echo/back.js';
+import { EchoFrontDriver } from '../echo/front.js';
 
 /**
  * The drivers a domain's kernel can load, by the name its configuration

@@ -7,7 +7,7 @@
 import t from 'tap';
 import { devicePaths, type DeviceSpec } from '../host/devices.js';
 import { FrontRing, SharedRing } from '../shared/ring.js';
-import { decodeResponse, ECHO_ENTRY_BYTES, EchoStatus, encodeRequest } from '../xenbus/echo/protocol.js';
+import { decodeResponse, ECHO_ENTRY_BYTES, EchoStatus, encodeRequest } from '../echo/protocol.js';
 import { XenbusState } from '../xenbus/state.js';
 import { echoDrivers, echoSpec, startBusTestbed, type TestDomain } from './helpers/xenbus.js';
 

@@ -9,7 +9,7 @@ import { devicePaths, type DeviceSpec } from '../host/devices.js';
 import type { PermissionEntry, XenStoreClient } from '../xenstore/client/client.js';
 import type { XenbusDevice } from '../xenbus/device.js';
 import type { DeviceHandler, XenbusDriver } from '../xenbus/driver.js';
-import { EchoFrontDriver } from '../xenbus/echo/front.js';
+import { EchoFrontDriver } from '../echo/front.js';
 import { XenbusState } from '../xenbus/state.js';
 import { waitFor } from './helpers/daemon.js';
 import { echoDrivers, echoSpec, startBusTestbed, startEchoTestbed } from './helpers/xenbus.js';

@@ -2,7 +2,7 @@ import { constants } from 'node:os';
 import { XsError } from '../shared/errors.js';
 import type { EventDispatcher } from '../shared/event-dispatcher.js';
 import type { Logger } from '../shared/log.js';
-import type { DomainInterface, PlatformLink, SharedPages } from '../shared/platform.js';
+import { PlatformError, type DomainInterface, type GrantMapping, type PlatformLink, type SharedPages } from '../shared/platform.js';
 import { isConnectionLoss, type XenStoreClient } from '../xenstore/client/client.js';
 import { readIfVisible, readStateAt } from './read.js';
 import { XenbusState, parseState, stateName } from './state.js';
@@ -182,6 +182,22 @@ export class XenbusDevice {
    */
   releaseRing(ring: GrantedRing): GrantedRing | undefined {
     return this.ctx.domain.grants.unshare(ring);
+  }
+
+  /**
+   * Maps the ring pages the other end granted us, writable
+   * (xenbus_map_ring_valloc). A failure is an XsError, as the keys that
+   * named the pages were read from xenstore: ENOENT if the other end's
+   * domain is gone (ESRCH), EINVAL for references it did not grant us.
+   */
+  mapRing(refs: readonly number[]): GrantMapping {
+    try {
+      return this.ctx.domain.grants.map(this.otherendId, refs, true);
+    } catch (err) {
+      if (err instanceof XsError) throw err;
+      const errno = err instanceof PlatformError && err.errno === 'ESRCH' ? 'ENOENT' : 'EINVAL';
+      throw new XsError(errno, `mapping ring-ref ${refs.join(',')} of domain ${this.otherendId}: ${(err as Error).message}`);
+    }
   }
 
   /** An unbound event channel for the other end to bind (xenbus_alloc_evtchn), with its handler. */

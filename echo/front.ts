@@ -1,8 +1,8 @@
-import { FrontRing, SharedRing } from '../../shared/ring.js';
-import type { GrantedRing, XenbusDevice } from '../device.js';
-import type { DeviceHandler, XenbusDriver } from '../driver.js';
-import { ringKeyNames, ringKeys } from '../ring-keys.js';
-import { XenbusState } from '../state.js';
+import { ringKeyNames, ringKeys } from '../shared/blkif-keys.js';
+import { FrontRing, SharedRing } from '../shared/ring.js';
+import type { GrantedRing, XenbusDevice } from '../xenbus/device.js';
+import type { DeviceHandler, XenbusDriver } from '../xenbus/driver.js';
+import { XenbusState } from '../xenbus/state.js';
 import {
   decodeResponse,
   ECHO_CLASS,

@@ -1,10 +1,10 @@
-import { XsError } from '../../shared/errors.js';
-import { PlatformError, type GrantMapping } from '../../shared/platform.js';
-import { BackRing, SharedRing } from '../../shared/ring.js';
-import type { XenbusDevice } from '../device.js';
-import type { DeviceHandler, XenbusDriver } from '../driver.js';
-import { readRingRefs } from '../ring-keys.js';
-import { XenbusState } from '../state.js';
+import { EVENT_CHANNEL, readInt, readRing } from '../shared/blkif-keys.js';
+import { XsError } from '../shared/errors.js';
+import { PlatformError, type GrantMapping } from '../shared/platform.js';
+import { BackRing, SharedRing } from '../shared/ring.js';
+import type { XenbusDevice } from '../xenbus/device.js';
+import type { DeviceHandler, XenbusDriver } from '../xenbus/driver.js';
+import { XenbusState } from '../xenbus/state.js';
 import {
   decodeRequest,
   ECHO_CLASS,
@@ -91,14 +91,9 @@ export class EchoBack implements DeviceHandler {
   private async connect(): Promise<void> {
     const { device } = this;
     this.disconnect();
-    const refs = await readRingRefs(device, this.maxOrder);
-    const remotePort = await device.readOtherendInt('event-channel');
-    let mapping: GrantMapping;
-    try {
-      mapping = device.ctx.domain.grants.map(device.otherendId, refs, true);
-    } catch (err) {
-      throw asXsError(err, `mapping ring-ref ${refs.join(',')} of domain ${device.otherendId}`);
-    }
+    const refs = await readRing(device, this.maxOrder);
+    const remotePort = await readInt(device, EVENT_CHANNEL);
+    const mapping = device.mapRing(refs);
     let port: number;
     try {
       port = device.bindEventChannel(remotePort, () => this.service());
