@@ -10,6 +10,10 @@ import { XenStoreClient } from '../xenstore/client/client.js';
 import { DEFAULT_XENSTORED_PATH } from '../xenstore/client/transport.js';
 import { XENBUS_DEVICE_PATH } from '../xenstore/client/device-transport.js';
 import { AUTO_COPY_MAX_PAGES, type GrantAccess } from '../blkback/io-pool.js';
+import { IO_ENGINE_ENV } from '../blkback/io-engine.js';
+import type { BlkbackOptions } from '../blkback/driver.js';
+import type { IoEngineChoice } from '../blkback/ring-messages.js';
+import { DEFAULT_RING_THREADS } from '../blkback/ring-threads.js';
 import type { BackendRoleConfig } from './backend-role.js';
 
 /** How the I/O workers reach a frontend's pages unless told otherwise. */
@@ -19,6 +23,7 @@ const DEFAULT_GRANT_ACCESS: GrantAccess = 'auto';
 export const HOTPLUG_SCRIPT = 'block-xenmesh';
 
 export const BACKEND_USAGE = `Usage: xenmesh backend [--xenstore PATH] [--domid N] [--grant-access map|copy|auto]
+                       [--io-engine uring|pool|auto] [--ring-threads N]
 
 Serves the virtual block devices a Xen toolstack (xl, libxl) configures for
 the domain this runs in: every backend/vbd/<frontend-domid>/<devid> under the
@@ -41,7 +46,14 @@ script from scripts/${HOTPLUG_SCRIPT} installed where the script= names it.
                     how the frontend's pages are reached: mapped and read or
                     written in place, copied through the hypervisor to a
                     buffer of the backend's, or copied for requests of up to
-                    ${AUTO_COPY_MAX_PAGES} pages and mapped beyond (default ${DEFAULT_GRANT_ACCESS}; see BENCHMARKS.md)`;
+                    ${AUTO_COPY_MAX_PAGES} pages and mapped beyond (default ${DEFAULT_GRANT_ACCESS}; see BENCHMARKS.md)
+  --io-engine uring|pool|auto
+                    how the ring threads do their disk I/O: io_uring, or a
+                    pool of threads in blocking calls; auto (the default,
+                    or $${IO_ENGINE_ENV}) takes io_uring where the kernel
+                    allows it and logs why not where it does not
+  --ring-threads N  threads serving the rings (default: one per core, up
+                    to ${DEFAULT_RING_THREADS} here)`;
 
 
 const workerModule = (name: string) => new URL(`./workers/${name}.js`, import.meta.url);
@@ -55,6 +67,8 @@ export async function runBackend(argv: string[]): Promise<number> {
         xenstore: { type: 'string' },
         domid: { type: 'string' },
         'grant-access': { type: 'string' },
+        'io-engine': { type: 'string' },
+        'ring-threads': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
       strict: true,
@@ -76,6 +90,12 @@ export async function runBackend(argv: string[]): Promise<number> {
   if (grantAccess !== 'map' && grantAccess !== 'copy' && grantAccess !== 'auto') {
     return fail(`--grant-access is map, copy or auto, not '${grantAccess}'`);
   }
+  const ioEngine = values['io-engine'];
+  if (ioEngine !== undefined && ioEngine !== 'uring' && ioEngine !== 'pool' && ioEngine !== 'auto') {
+    return fail(`--io-engine is uring, pool or auto, not '${ioEngine}'`);
+  }
+  const ringThreadsArg = values['ring-threads'];
+  if (ringThreadsArg !== undefined && !/^[1-9]\d{0,2}$/.test(ringThreadsArg)) return fail(`--ring-threads must be a positive number of threads, not '${ringThreadsArg}'`);
 
   let domid: number;
   try {
@@ -91,7 +111,12 @@ export async function runBackend(argv: string[]): Promise<number> {
   }
 
   const supervisor = new Supervisor();
-  const config: BackendRoleConfig = { domid, xenstore: values.xenstore, blkback: { grantAccess } };
+  const blkback: BlkbackOptions = {
+    grantAccess: grantAccess as GrantAccess,
+    ...(ioEngine !== undefined ? { ioEngine: ioEngine as IoEngineChoice } : {}),
+    ...(ringThreadsArg !== undefined ? { ringThreads: Number(ringThreadsArg) } : {}),
+  };
+  const config: BackendRoleConfig = { domid, xenstore: values.xenstore, blkback };
   try {
     await supervisor.start({
       name: 'backend',

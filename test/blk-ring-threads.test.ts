@@ -79,3 +79,17 @@ t.test("ring threads start without the process's preloaded modules", async (t) =
     'module preloads go, other options stay',
   );
 });
+
+t.test('xenmesh backend refuses a bad --io-engine or --ring-threads before it touches anything', async (t) => {
+  const { spawnSync } = await import('node:child_process');
+  const cli = new URL('../bin/xenmesh.js', import.meta.url).pathname;
+  for (const [args, message] of [
+    [['--io-engine', 'aio'], /--io-engine is uring, pool or auto, not 'aio'/],
+    [['--ring-threads', '0'], /--ring-threads must be a positive number of threads, not '0'/],
+    [['--ring-threads', 'many'], /--ring-threads must be a positive number of threads, not 'many'/],
+  ] as const) {
+    const run = spawnSync(process.execPath, [cli, 'backend', ...args], { encoding: 'utf8', timeout: 30_000 });
+    t.equal(run.status, 1, `${args.join(' ')}: exit status 1`);
+    t.match(run.stderr, message, `${args.join(' ')}: says what is wrong`);
+  }
+});
