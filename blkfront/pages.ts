@@ -1,4 +1,5 @@
 import type { DomainInterface } from '../shared/platform.js';
+import type { DeferredRelease } from '../xenbus/deferred-release.js';
 
 /** A page of the frontend's memory granted to the backend. */
 export interface GrantedPage {
@@ -14,14 +15,15 @@ export interface GrantedPage {
  * (blkif.h's feature-persistent) pages are granted once, writable by the
  * backend whatever the request (note 8), and reused last-in first-out so
  * that the backend's mapping cache keeps hitting the same few. A grant the
- * backend still has mapped cannot be ended yet; it is kept and tried again.
+ * backend still has mapped cannot be ended yet: the domain's deferred list
+ * takes the page over and frees it once the backend lets go.
  */
 export class GrantedPages {
   private readonly persistentPool: GrantedPage[] = [];
-  private readonly lingering: GrantedPage[] = [];
 
   constructor(
     private readonly domain: DomainInterface,
+    private readonly deferred: DeferredRelease,
     private readonly backendDomid: number,
     readonly persistent: boolean,
     /** Pages of ours no grant names now, kept across connections for the next requests. */
@@ -77,16 +79,9 @@ export class GrantedPages {
   /** Ends every grant (the connection is over); the pages stay ours for the next one. */
   releaseAll(): void {
     for (const page of this.persistentPool.splice(0)) this.end(page);
-    for (const page of this.lingering.splice(0)) this.end(page);
-  }
-
-  /** Grants still held because the backend had the page mapped when they were to end. */
-  get lingeringGrants(): number {
-    return this.lingering.length;
   }
 
   private end(page: GrantedPage): void {
-    if (this.domain.grants.endAccess(page.gref)) this.spare.push(page.pfn);
-    else this.lingering.push(page);
+    if (this.deferred.endPage(page.gref, page.pfn)) this.spare.push(page.pfn);
   }
 }
