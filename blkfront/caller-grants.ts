@@ -1,4 +1,5 @@
 import type { DomainInterface } from '../shared/platform.js';
+import type { DeferredRelease } from '../xenbus/deferred-release.js';
 
 /**
  * Persistent grants of callers' pages one connection keeps per queue: Linux
@@ -19,17 +20,17 @@ export const PERSISTENT_CALLER_GRANTS_PER_QUEUE = 1056;
  * freed. Other pages of the domain are granted per request as without
  * persistent grants: nothing would end their grants before the caller
  * reuses them. A grant the backend still has mapped cannot be ended yet:
- * it is kept and tried again, and a freed page under it goes back to the
- * domain only then.
+ * the domain's deferred list ends it later, and a freed page under it goes
+ * back to the domain only then.
  */
 export class CallerPageGrants {
   /** pfn → gref of kept grants, -1 for none. */
   private readonly kept: Int32Array;
   private keptCount = 0;
-  private readonly unended: { gref: number; pfn: number; free: boolean }[] = [];
 
   constructor(
     private readonly domain: DomainInterface,
+    private readonly deferred: DeferredRelease,
     private readonly backendDomid: number,
     readonly persistent: boolean,
     /** Grants kept at most; beyond, pages are granted per request. */
@@ -90,21 +91,17 @@ export class CallerPageGrants {
       this.keptCount--;
       this.end(gref, pfn, false);
     }
-    for (const { gref, pfn, free } of this.unended.splice(0)) this.end(gref, pfn, free);
   }
 
-  /** Grants still held because the backend had the page mapped when they were to end. */
-  get lingeringGrants(): number {
-    return this.unended.length;
-  }
-
-  /** Ends a grant, freeing its page to the domain after if `free`; false if it must wait. */
+  /**
+   * Ends a grant, freeing its page to the domain after if `free` (the
+   * buffer it was in is gone); false if the backend still maps it and the
+   * deferred list ends it later.
+   */
   private end(gref: number, pfn: number, free: boolean): boolean {
-    if (this.domain.grants.endAccess(gref)) {
-      if (free) this.domain.memory.freePages([pfn]);
-      return true;
-    }
-    this.unended.push({ gref, pfn, free });
-    return false;
+    if (!free) return this.deferred.endGrant(gref);
+    if (!this.deferred.endPage(gref, pfn)) return false;
+    this.domain.memory.freePages([pfn]);
+    return true;
   }
 }

@@ -77,8 +77,6 @@ export class VbdFrontend implements DeviceHandler {
   private connection: Connection | undefined;
   /** Pages no grant names now, reused across connections and given back to the domain when the device is detached. */
   private readonly sparePages: number[] = [];
-  /** Grants a backend still had mapped when their connection ended, tried again later. */
-  private readonly lingering: { pages: GrantedPages; rings: GrantedRing[] }[] = [];
   /** Connections made over the device's life. */
   connections = 0;
 
@@ -123,7 +121,7 @@ export class VbdFrontend implements DeviceHandler {
         // The backend is going: stop, keep what is in flight for the next one.
         this.teardown();
         await this.device.switchState(XenbusState.Closed);
-        this.retryLingering();
+        this.device.ctx.deferred.retry();
         break;
       default:
         break;
@@ -133,7 +131,7 @@ export class VbdFrontend implements DeviceHandler {
   async detach(): Promise<void> {
     this.onDetach();
     this.teardown();
-    this.retryLingering();
+    this.device.ctx.deferred.retry();
     this.disk.close(new Error(`${this.device.node} was detached`));
     // The pages kept for a next connection go back to the domain: there is none for a detached device.
     this.device.ctx.domain.memory.freePages(this.sparePages.splice(0));
@@ -186,6 +184,7 @@ export class VbdFrontend implements DeviceHandler {
     const negotiated = await negotiate(device, limits);
     const pages = new GrantedPages(
       device.ctx.domain,
+      device.ctx.deferred,
       device.otherendId,
       negotiated.persistent,
       this.sparePages,
@@ -301,21 +300,6 @@ export class VbdFrontend implements DeviceHandler {
       this.device.freeEventChannel(ring.port);
     }
     connection.pages.releaseAll();
-    const rings = connection.rings.flatMap((ring) => {
-      const left = this.device.releaseRing(ring.granted);
-      return left ? [left] : [];
-    });
-    if (rings.length > 0 || connection.pages.lingeringGrants > 0) this.lingering.push({ pages: connection.pages, rings });
-  }
-
-  private retryLingering(): void {
-    for (const entry of this.lingering.splice(0)) {
-      entry.pages.releaseAll();
-      const rings = entry.rings.flatMap((ring) => {
-        const left = this.device.releaseRing(ring);
-        return left ? [left] : [];
-      });
-      if (rings.length > 0 || entry.pages.lingeringGrants > 0) this.lingering.push({ pages: entry.pages, rings });
-    }
+    for (const ring of connection.rings) this.device.releaseRing(ring.granted);
   }
 }

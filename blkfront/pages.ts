@@ -1,4 +1,5 @@
 import type { DomainInterface } from '../shared/platform.js';
+import type { DeferredRelease } from '../xenbus/deferred-release.js';
 import { CallerPageGrants, PERSISTENT_CALLER_GRANTS_PER_QUEUE } from './caller-grants.js';
 
 /** A page of the frontend's memory granted to the backend. */
@@ -19,12 +20,12 @@ export interface GrantedPage {
  */
 export class GrantedPages {
   private readonly persistentPool: GrantedPage[] = [];
-  private readonly lingering: GrantedPage[] = [];
   /** The grants of callers' own pages, for requests that carry them as they are. */
   readonly callerPages: CallerPageGrants;
 
   constructor(
     private readonly domain: DomainInterface,
+    private readonly deferred: DeferredRelease,
     private readonly backendDomid: number,
     readonly persistent: boolean,
     /** Pages of ours no grant names now, kept across connections for the next requests. */
@@ -32,7 +33,7 @@ export class GrantedPages {
     /** Grants of callers' pages kept at most, with persistent grants. */
     callerGrantLimit = PERSISTENT_CALLER_GRANTS_PER_QUEUE,
   ) {
-    this.callerPages = new CallerPageGrants(domain, backendDomid, persistent, callerGrantLimit);
+    this.callerPages = new CallerPageGrants(domain, deferred, backendDomid, persistent, callerGrantLimit);
   }
 
   /**
@@ -88,17 +89,11 @@ export class GrantedPages {
   /** Ends every grant (the connection is over); the pages stay ours for the next one. */
   releaseAll(): void {
     for (const page of this.persistentPool.splice(0)) this.end(page);
-    for (const page of this.lingering.splice(0)) this.end(page);
     this.callerPages.releaseAll();
   }
 
-  /** Grants still held because the backend had the page mapped when they were to end. */
-  get lingeringGrants(): number {
-    return this.lingering.length + this.callerPages.lingeringGrants;
-  }
-
+  /** A page whose grant the backend still maps goes to the domain's deferred list, which frees it once the grant ends. */
   private end(page: GrantedPage): void {
-    if (this.domain.grants.endAccess(page.gref)) this.spare.push(page.pfn);
-    else this.lingering.push(page);
+    if (this.deferred.endPage(page.gref, page.pfn)) this.spare.push(page.pfn);
   }
 }

@@ -47,8 +47,6 @@ export class EchoFront implements DeviceHandler {
   private readonly inFlight = new Map<number, Pending>();
   /** Requests waiting for ring space, or for a connection. */
   private readonly backlog: Pending[] = [];
-  /** Ring pages the backend still mapped when we let go: released once it lets go too. */
-  private readonly unreleased: GrantedRing[] = [];
   private suspended = false;
 
   constructor(
@@ -94,7 +92,7 @@ export class EchoFront implements DeviceHandler {
         // The backend is going (or gone): stop using the ring, and close.
         this.disconnect();
         await this.device.switchState(XenbusState.Closed);
-        this.releaseLeftovers();
+        this.device.ctx.deferred.retry();
         break;
       default:
         break;
@@ -116,7 +114,7 @@ export class EchoFront implements DeviceHandler {
   async detach(): Promise<void> {
     this.onDetach();
     this.disconnect();
-    this.releaseLeftovers();
+    this.device.ctx.deferred.retry();
     for (const pending of this.backlog.splice(0)) pending.reject(new Error(`${this.device.node} was detached`));
   }
 
@@ -186,15 +184,7 @@ export class EchoFront implements DeviceHandler {
     this.device.freeEventChannel(connection.port);
     this.backlog.unshift(...[...this.inFlight.values()]);
     this.inFlight.clear();
-    const left = this.device.releaseRing(connection.granted);
-    if (left) this.unreleased.push(left);
-  }
-
-  private releaseLeftovers(): void {
-    for (const ring of this.unreleased.splice(0)) {
-      const left = this.device.releaseRing(ring);
-      if (left) this.unreleased.push(left);
-    }
+    this.device.releaseRing(connection.granted);
   }
 
   // ---- the ring ---------------------------------------------------------------------

@@ -3,6 +3,7 @@ import { EventDispatcher } from '../shared/event-dispatcher.js';
 import type { RoleContext, RoleInstance } from '../shared/mesh/worker-runtime.js';
 import { XenStoreClient } from '../xenstore/client/client.js';
 import { BackBus } from '../xenbus/back-bus.js';
+import { DeferredRelease } from '../xenbus/deferred-release.js';
 import { stateName } from '../xenbus/state.js';
 import { BlkbackDriver, type BlkbackOptions } from '../blkback/driver.js';
 
@@ -34,7 +35,8 @@ export async function startBackendRole(ctx: RoleContext<BackendRoleConfig>): Pro
   const domain = platform.domain(domid);
   const events = new EventDispatcher(domain.openEventChannels());
   const home = await xs.getDomainPath(domid);
-  const bus = new BackBus({ xs, domid, home, domain, events, link, log: ctx.log });
+  const deferred = new DeferredRelease(domain.grants, domain.memory, ctx.log);
+  const bus = new BackBus({ xs, domid, home, domain, events, link, log: ctx.log, deferred });
   bus.register(new BlkbackDriver(blkback));
   await bus.start();
   ctx.log.info(`serving ${bus.root} with blkback (grant ${blkback.grantAccess ?? 'map'})`);
@@ -63,6 +65,7 @@ export async function startBackendRole(ctx: RoleContext<BackendRoleConfig>): Pro
       // Devices answer what is in flight, flush and close their stores;
       // their xenstore states are left for the toolstack (or a successor).
       await bus.stop();
+      deferred.stop();
       xs.close();
       events.channels.close();
     },

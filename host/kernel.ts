@@ -8,6 +8,7 @@ import { XenStoreClient } from '../xenstore/client/client.js';
 import { RingClientTransport } from '../xenstore/client/ring-transport.js';
 import { BackBus } from '../xenbus/back-bus.js';
 import type { XenbusBus } from '../xenbus/bus.js';
+import { DeferredRelease } from '../xenbus/deferred-release.js';
 import type { BusContext } from '../xenbus/device.js';
 import type { XenbusDriver } from '../xenbus/driver.js';
 import { FrontBus } from '../xenbus/front-bus.js';
@@ -72,7 +73,8 @@ export async function startKernel(ctx: RoleContext<KernelRoleConfig>): Promise<K
   ctx.log.info(`${name} (domain ${start.domid}) connected to xenstore; home ${home}`);
   xs.onReconnected(() => ctx.log.info('the xenstore connection was started over; watches are set again'));
 
-  const bus: BusContext = { xs, domid: start.domid, home, domain, events, link, log: ctx.log };
+  const deferred = new DeferredRelease(domain.grants, domain.memory, ctx.log);
+  const bus: BusContext = { xs, domid: start.domid, home, domain, events, link, log: ctx.log, deferred };
   const buses: XenbusBus[] = [];
   const backDrivers = ctx.config.backDrivers ?? [];
   const frontDrivers = ctx.config.frontDrivers ?? [];
@@ -128,6 +130,7 @@ export async function startKernel(ctx: RoleContext<KernelRoleConfig>): Promise<K
       clearInterval(timer);
       await control.stop();
       for (const b of buses) await b.stop().catch((err: Error) => ctx.log.warn(`stopping the ${b.kind} bus: ${err.message}`));
+      deferred.stop();
       xs.close();
       events.channels.close();
     },

@@ -4,6 +4,7 @@ import type { EventDispatcher } from '../shared/event-dispatcher.js';
 import type { Logger } from '../shared/log.js';
 import { PlatformError, type DomainInterface, type GrantMapping, type PlatformLink, type SharedPages } from '../shared/platform.js';
 import { isConnectionLoss, type XenStoreClient } from '../xenstore/client/client.js';
+import type { DeferredRelease } from './deferred-release.js';
 import { readIfVisible, readStateAt } from './read.js';
 import { XenbusState, parseState, stateName } from './state.js';
 
@@ -20,6 +21,8 @@ export interface BusContext {
   /** How a driver's own workers (an I/O pool) reach the platform themselves. */
   readonly link: PlatformLink;
   readonly log: Logger;
+  /** Grants the other ends still have mapped, ended once they let go. */
+  readonly deferred: DeferredRelease;
 }
 
 /** Pages of our memory granted to the other end as a ring. */
@@ -176,12 +179,12 @@ export class XenbusDevice {
   }
 
   /**
-   * Ends the grants of a ring and frees its pages. A page the other end
-   * still has mapped cannot be taken back yet: what remains granted is
-   * returned, to be released again later (Linux defers the same way).
+   * Ends the grants of a ring and frees its pages (xenbus_teardown_ring).
+   * Pages the other end still has mapped cannot be taken back yet: the
+   * domain's deferred list ends and frees them once it lets go.
    */
-  releaseRing(ring: GrantedRing): GrantedRing | undefined {
-    return this.ctx.domain.grants.unshare(ring);
+  releaseRing(ring: GrantedRing): void {
+    this.ctx.deferred.releaseShared(ring);
   }
 
   /**

@@ -7,6 +7,7 @@ import { createLogger } from '../../shared/log.js';
 import type { XenStoreClient } from '../../xenstore/client/client.js';
 import { BackBus } from '../../xenbus/back-bus.js';
 import type { XenbusBus } from '../../xenbus/bus.js';
+import { DeferredRelease } from '../../xenbus/deferred-release.js';
 import type { BusContext } from '../../xenbus/device.js';
 import type { XenbusDriver } from '../../xenbus/driver.js';
 import { EchoBackDriver, type EchoBackOptions } from '../../echo/back.js';
@@ -82,6 +83,7 @@ export async function startBusTestbed(options: TestDaemonOptions = {}): Promise<
 
   const connect = async (start: StartInfo): Promise<TestDomain> => {
     const kernel = await connectXenstore(env.platform, start);
+    const log = createLogger(`${start.name}`);
     const ctx: BusContext = {
       xs: kernel.xs,
       domid: start.domid,
@@ -89,7 +91,8 @@ export async function startBusTestbed(options: TestDaemonOptions = {}): Promise<
       domain: kernel.domain,
       events: kernel.events,
       link: env.platform.link,
-      log: createLogger(`${start.name}`),
+      log,
+      deferred: new DeferredRelease(kernel.domain.grants, kernel.domain.memory, log),
     };
     const buses: XenbusBus[] = [];
     const startBus = async <B extends XenbusBus>(bus: B, drivers: XenbusDriver[]): Promise<B> => {
@@ -107,11 +110,13 @@ export async function startBusTestbed(options: TestDaemonOptions = {}): Promise<
       frontBus: (...drivers) => startBus(new FrontBus(ctx), drivers),
       async halt() {
         for (const bus of buses.splice(0)) await bus.stop().catch(() => {});
+        ctx.deferred.stop();
         kernel.xs.close();
         kernel.events.channels.close();
       },
       async crash() {
         for (const bus of buses.splice(0)) bus.abandon();
+        ctx.deferred.stop();
         kernel.xs.close();
         (kernel.events.channels as EmbeddedEventChannels).abandon();
       },
