@@ -295,8 +295,10 @@ t.test('a buffer an operation still uses cannot be freed; a freed one cannot be 
   await blk.bed.unplug(spec);
   // The deferred list ends what the backend had mapped once it lets go, and frees the pages.
   const deadline = Date.now() + 5000;
-  while (freePages(domain) !== before && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
-  t.equal(freePages(domain), before, "and once the backend let go, every page of both is the domain's again");
+  while (freePages(domain) < before && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+  // At least as many as before: the unplugged disk's rings came back too.
+  t.ok(freePages(domain) >= before, `and once the backend let go, every page of both is the domain's again (${freePages(domain)} free, ${before} before)`);
+  t.equal(blk.guest.ctx.deferred.pending, 0, 'and no grant is left deferred');
 });
 
 t.test("an unplugged disk ends the grants it kept of callers' pages", async (t) => {
