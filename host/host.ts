@@ -7,6 +7,7 @@ import { VIRQ_DOM_EXC, type EventChannels, type ShutdownReasonName } from '../sh
 import { waitForState } from '../xenbus/read.js';
 import { XenbusState } from '../xenbus/state.js';
 import { attachBackend, detachBackend, devicePaths } from './devices.js';
+import { DEFAULT_DRIVER_DOMAIN_VBDS } from './device-quotas.js';
 import { checkDiskImages, DiskRefused } from './disk-check.js';
 import { judgeOutcome, type DomainEnd } from './outcome.js';
 import { EmbeddedPlatform, DEFAULT_MACHINE_FRAMES } from '../shared/embedded/platform.js';
@@ -179,6 +180,8 @@ export class Host {
    * worker, with the bus drivers it loads.
    */
   async startDomain(config: DomainConfig, drivers: KernelDrivers = {}): Promise<StartInfo> {
+    // A driver domain gets room in xenstore for the disks it will serve.
+    if (config.vbds === undefined && drivers.backDrivers?.includes('vbd')) config = { ...config, vbds: DEFAULT_DRIVER_DOMAIN_VBDS };
     const start = await this.toolstack.createDomain(config);
     const record: DomainRecord = { config, drivers, devices: [], domid: start.domid, ops: new SerialQueue(() => {}), doomed: false };
     this.track(record, start);
