@@ -16,7 +16,7 @@
  */
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { diskDevice } from '../host/devices.js';
@@ -41,6 +41,15 @@ export interface ScaleRun {
   readonly guests: number;
   readonly bootMs: number;
   readonly bootPerGuestMs: number;
+  /**
+   * CPU time (all threads of the process, user and system) spent booting:
+   * unlike the time on the clock, it does not grow when other processes
+   * take the cores, so it shows how the work itself scales.
+   */
+  readonly bootCpuMs: number;
+  readonly bootCpuPerGuestMs: number;
+  /** The machine's 1-minute load average as the guests booted and once they had: how busy it was. */
+  readonly loadAverage: readonly [number, number];
   readonly teardownMs: number;
   readonly teardownPerGuestMs: number;
   /** The process's RSS with the host and its driver domains up, before any guest. */
@@ -105,6 +114,8 @@ export async function runOnce(guests: number): Promise<ScaleRun> {
     let failures = 0;
     let guestHeap = 0;
     const booting = performance.now();
+    const cpuBefore = process.cpuUsage();
+    const loadBefore = loadavg()[0]!;
     await inTurn(indexes, CONCURRENCY, async (i) => {
       const start = await host.startDomain({ name: `guest${i}`, pages: GUEST_PAGES, vbds: 1 }, { frontDrivers: ['vbd'] });
       domids.push(start.domid);
@@ -119,6 +130,9 @@ export async function runOnce(guests: number): Promise<ScaleRun> {
       }
     });
     const bootMs = performance.now() - booting;
+    const cpu = process.cpuUsage(cpuBefore);
+    const bootCpuMs = (cpu.user + cpu.system) / 1000;
+    const loadAfter = loadavg()[0]!;
     const rss = process.memoryUsage().rss;
     const mainHeap = process.memoryUsage().heapUsed;
 
@@ -129,6 +143,9 @@ export async function runOnce(guests: number): Promise<ScaleRun> {
       guests,
       bootMs: Math.round(bootMs),
       bootPerGuestMs: round(bootMs / guests),
+      bootCpuMs: Math.round(bootCpuMs),
+      bootCpuPerGuestMs: round(bootCpuMs / guests),
+      loadAverage: [round(loadBefore), round(loadAfter)],
       teardownMs: Math.round(teardownMs),
       teardownPerGuestMs: round(teardownMs / guests),
       baseRssMiB: round(baseRss / MiB),
@@ -184,21 +201,28 @@ async function main(): Promise<void> {
   }
   const summary = sizes.map((guests) => {
     const mine = runs.filter((run) => run.guests === guests);
-    return { guests, bootMs: median(mine.map((run) => run.bootMs)), rssPerGuestMiB: median(mine.map((run) => run.rssPerGuestMiB)) };
+    return {
+      guests,
+      bootMs: median(mine.map((run) => run.bootMs)),
+      bootCpuMs: median(mine.map((run) => run.bootCpuMs)),
+      rssPerGuestMiB: median(mine.map((run) => run.rssPerGuestMiB)),
+    };
   });
   const [small, large] = [summary[0], summary.at(-1)];
-  const ratio = small && large && small !== large ? round(large.bootMs / small.bootMs) : undefined;
-  const scale = small && large ? large.guests / small.guests : undefined;
+  const compared = small && large && small !== large;
+  const bootRatio = compared ? round(large.bootMs / small.bootMs) : undefined;
+  const cpuRatio = compared ? round(large.bootCpuMs / small.bootCpuMs) : undefined;
+  const guestRatio = compared ? large.guests / small.guests : undefined;
   if (json) {
-    process.stdout.write(`${JSON.stringify({ runs, summary, bootRatio: ratio, guestRatio: scale })}\n`);
-  } else if (ratio !== undefined) {
-    process.stdout.write(`boot time ${large!.guests} / ${small!.guests} guests: ${ratio}x for ${scale}x the guests\n`);
+    process.stdout.write(`${JSON.stringify({ runs, summary, bootRatio, cpuRatio, guestRatio })}\n`);
+  } else if (compared) {
+    process.stdout.write(`${large.guests} / ${small.guests} guests (${guestRatio}x): boot time ${bootRatio}x, boot CPU time ${cpuRatio}x\n`);
   }
 }
 
 function describe(run: ScaleRun): string {
   return (
-    `${run.guests} guests: booted in ${run.bootMs} ms (${run.bootPerGuestMs} ms each), torn down in ${run.teardownMs} ms (${run.teardownPerGuestMs} ms each); ` +
+    `${run.guests} guests: booted in ${run.bootMs} ms (${run.bootPerGuestMs} ms each; CPU ${run.bootCpuPerGuestMs} ms each; load ${run.loadAverage.join(' -> ')}), torn down in ${run.teardownMs} ms (${run.teardownPerGuestMs} ms each); ` +
     `RSS ${run.baseRssMiB} -> ${run.rssMiB} MiB (${run.rssPerGuestMiB} MiB per guest), main heap ${run.mainHeapMiB} MiB, guest heap ${run.guestHeapMiB} MiB each` +
     (run.failures > 0 ? `; ${run.failures} FAILED` : '')
   );
