@@ -198,7 +198,8 @@ async function main(): Promise<void> {
     for (const guests of sizes) {
       const result = await runInChild(guests);
       runs.push(result);
-      if (!json) process.stdout.write(`round ${r + 1}: ${describe(result)}\n`);
+      // Each run as it ends, on stderr too when stdout is JSON for the end.
+      (json ? process.stderr : process.stdout).write(`round ${r + 1}: ${describe(result)}\n`);
     }
   }
   const summary = sizes.map((guests) => {

@@ -3,7 +3,7 @@ import { PAGE_SIZE, type Platform } from '../shared/platform.js';
 import type { PermissionEntry, XenStoreClient } from '../xenstore/client/client.js';
 import { quotasForVbds, quotasProblem, setDomainQuotas, type XenstoreQuotas } from './device-quotas.js';
 import { checkDiskImages } from './disk-check.js';
-import { devicesOf, plugDevice, unplugDevice, type DevicePaths, type DeviceSpec, type UnplugOptions, type UnplugResult } from './devices.js';
+import { UNTIL_COMMITTED, devicesOf, plugDevice, unplugDevice, type DevicePaths, type DeviceSpec, type UnplugOptions, type UnplugResult } from './devices.js';
 import { buildDomain, type StartInfo } from './domain-builder.js';
 
 export interface DomainConfig {
@@ -139,6 +139,8 @@ export class Toolstack {
       await node(`${home}/store`, '', readOnly);
       await node(`${home}/store/port`, String(start.storePort), readOnly);
       await node(`${home}/store/ring-ref`, String(start.storePfn), readOnly);
-    });
+      // Domains created at once all add to /local/domain and /vm: with hundreds of them
+      // a bounded number of attempts ran out, where libxl retries until it commits.
+    }, UNTIL_COMMITTED);
   }
 }
