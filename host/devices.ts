@@ -13,7 +13,7 @@ export const DEVICE_REMOVE_TIMEOUT_MS = 10_000;
  * libxl's retry_transaction loops do: each conflict means another commit
  * went through, so the toolstack as a whole makes progress.
  */
-const UNTIL_COMMITTED = Number.POSITIVE_INFINITY;
+export const UNTIL_COMMITTED = Number.POSITIVE_INFINITY;
 
 /** A split device as a toolstack describes it. */
 export interface DeviceSpec {

@@ -1,4 +1,5 @@
 import { EventEmitter } from 'node:events';
+import type { ResourceLimits } from 'node:worker_threads';
 import { rmSync } from 'node:fs';
 import { DEFAULT_ACTION_TIMEOUT_MS, DomainActionError, type DomainAction, type DomainActionOptions } from '../control/actions.js';
 import { SYSRQ_KEY_RULE, type ShutdownRequest } from '../control/protocol.js';
@@ -7,6 +8,7 @@ import { VIRQ_DOM_EXC, type EventChannels, type ShutdownReasonName } from '../sh
 import { waitForState } from '../xenbus/read.js';
 import { XenbusState } from '../xenbus/state.js';
 import { attachBackend, detachBackend, devicePaths } from './devices.js';
+import { DEFAULT_DRIVER_DOMAIN_VBDS } from './device-quotas.js';
 import { checkDiskImages, DiskRefused } from './disk-check.js';
 import { judgeOutcome, type DomainEnd } from './outcome.js';
 import { EmbeddedPlatform, DEFAULT_MACHINE_FRAMES } from '../shared/embedded/platform.js';
@@ -59,6 +61,14 @@ export interface HostOptions {
   /** How long a shutdown may take (SHUTDOWN_TIMEOUT_MS unless a test shortens it). */
   shutdownTimeoutMs?: number;
 }
+
+/**
+ * A guest's kernel worker keeps a small young generation: V8 lets it grow
+ * to 16 MiB or more under allocation, which a guest doing little I/O does
+ * not need and a host of many guests pays for in each of them. Driver
+ * domains, which carry every guest's I/O, keep Node's default.
+ */
+const GUEST_KERNEL_LIMITS: ResourceLimits = { maxYoungGenerationSizeMb: 1 };
 
 const workerModule = (name: string) => new URL(`./workers/${name}.js`, import.meta.url);
 /** A domain's kernel worker is named after the domain, which keeps its name across reboots. */
@@ -179,6 +189,8 @@ export class Host {
    * worker, with the bus drivers it loads.
    */
   async startDomain(config: DomainConfig, drivers: KernelDrivers = {}): Promise<StartInfo> {
+    // A driver domain gets room in xenstore for the disks it will serve.
+    if (config.vbds === undefined && drivers.backDrivers?.includes('vbd')) config = { ...config, vbds: DEFAULT_DRIVER_DOMAIN_VBDS };
     const start = await this.toolstack.createDomain(config);
     const record: DomainRecord = { config, drivers, devices: [], domid: start.domid, ops: new SerialQueue(() => {}), doomed: false };
     this.track(record, start);
@@ -202,6 +214,7 @@ export class Host {
       config: kernel,
       shared: { link: this.platform.link } satisfies PlatformShared,
       restart: DEFAULT_RESTART,
+      resourceLimits: record.drivers.backDrivers?.length ? undefined : GUEST_KERNEL_LIMITS,
     });
   }
 

@@ -1,8 +1,9 @@
 import { randomUUID } from 'node:crypto';
 import { PAGE_SIZE, type Platform } from '../shared/platform.js';
 import type { PermissionEntry, XenStoreClient } from '../xenstore/client/client.js';
+import { quotasForVbds, quotasProblem, setDomainQuotas, type XenstoreQuotas } from './device-quotas.js';
 import { checkDiskImages } from './disk-check.js';
-import { devicesOf, plugDevice, unplugDevice, type DevicePaths, type DeviceSpec, type UnplugOptions, type UnplugResult } from './devices.js';
+import { UNTIL_COMMITTED, devicesOf, plugDevice, unplugDevice, type DevicePaths, type DeviceSpec, type UnplugOptions, type UnplugResult } from './devices.js';
 import { buildDomain, type StartInfo } from './domain-builder.js';
 
 export interface DomainConfig {
@@ -10,6 +11,15 @@ export interface DomainConfig {
   /** Memory in 4 KiB pages. */
   pages: number;
   domid?: number;
+  /**
+   * The vbds it serves (a driver domain) or uses, which its xenstore
+   * quotas are raised for (quotasForVbds); C xenstored's defaults if absent.
+   */
+  vbds?: number;
+  /** Xenstore quotas of its own, as an operator sets them; they win over what `vbds` gives. */
+  xenstoreQuotas?: XenstoreQuotas;
+  /** xl.cfg max_maptrack_frames: the grant mappings it may hold, in frames of 256. */
+  maxMaptrackFrames?: number;
 }
 
 /**
@@ -49,9 +59,15 @@ export class Toolstack {
   }
 
   async createDomain(config: DomainConfig): Promise<StartInfo> {
-    const start = buildDomain(this.platform, { name: config.name, pages: config.pages, domid: config.domid }, this.storeDomid);
+    const quotas = { ...(config.vbds === undefined ? {} : quotasForVbds(config.vbds)), ...config.xenstoreQuotas };
+    const problem = quotasProblem(quotas);
+    if (problem) throw new Error(`domain ${config.name}: ${problem}`);
+    const spec = { name: config.name, pages: config.pages, domid: config.domid, maxMaptrackFrames: config.maxMaptrackFrames };
+    const start = buildDomain(this.platform, spec, this.storeDomid);
     try {
       await this.writeHome(start, config);
+      // Before it is introduced, so that the domain never runs against the defaults.
+      await setDomainQuotas(this.xs, start.domid, quotas);
       await this.xs.introduce(start.domid, start.storePfn, start.storePort);
     } catch (err) {
       this.platform.destroyDomain(start.domid);
@@ -123,6 +139,8 @@ export class Toolstack {
       await node(`${home}/store`, '', readOnly);
       await node(`${home}/store/port`, String(start.storePort), readOnly);
       await node(`${home}/store/ring-ref`, String(start.storePfn), readOnly);
-    });
+      // Domains created at once all add to /local/domain and /vm: with hundreds of them
+      // a bounded number of attempts ran out, where libxl retries until it commits.
+    }, UNTIL_COMMITTED);
   }
 }

@@ -67,6 +67,12 @@ export interface DomainSpec {
   name: string;
   /** Memory size in 4 KiB pages. */
   pages: number;
+  /**
+   * The most grant mappings of other domains' pages it may hold, in
+   * maptrack frames of 256 (xl.cfg max_maptrack_frames); the platform's
+   * default if absent.
+   */
+  maxMaptrackFrames?: number;
 }
 
 /**

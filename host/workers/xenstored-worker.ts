@@ -6,6 +6,8 @@ import { attachPlatform, type PlatformShared } from '../../shared/attach.js';
 import { runRole } from '../../shared/mesh/worker-runtime.js';
 import { PlatformDomainBackend } from '../../xenstore/daemon/platform-backend.js';
 import { XenStoreSocketServer } from '../../xenstore/daemon/socket-server.js';
+import type { Connection } from '../../xenstore/daemon/connection.js';
+import type { DomainRecord } from '../../xenstore/daemon/domains.js';
 import { XenStoreDaemon } from '../../xenstore/daemon/xenstored.js';
 import { takeSavedState, writeSavedState } from '../../xenstore/daemon/saved-state.js';
 import { Journal } from '../../xenstore/daemon/journal.js';
@@ -44,14 +46,25 @@ runRole<XenstoredRoleConfig>(async (ctx) => {
   /** Each domain's connection as xenstored sees it: serving, or ignored after a ring error. */
   const connections = (): Record<string, string> => {
     const states: Record<string, string> = {};
+    // One pass over the connections: a search per domain made this a million steps a second for 1000 domains.
+    const rings = new Map<DomainRecord, Connection>();
+    for (const c of daemon.connections) if (c.transport.kind === 'ring' && !rings.has(c.domain)) rings.set(c.domain, c);
     for (const domain of daemon.domains.introducedDomains()) {
-      const conn = [...daemon.connections].find((c) => c.domain === domain && c.transport.kind === 'ring');
+      const conn = rings.get(domain);
       states[`d${domain.domid}`] = conn ? (conn.ignored ? 'ignored (ring error)' : 'connected') : 'introduced';
     }
     states['sockets'] = String([...daemon.connections].filter((c) => c.transport.kind === 'socket').length);
     return states;
   };
-  const timer = setInterval(() => ctx.stats(connections()), STATS_INTERVAL_MS);
+  let lastSent = '';
+  const timer = setInterval(() => {
+    const states = connections();
+    // The supervisor keeps the last stats it was sent: only a change is news.
+    const text = JSON.stringify(states);
+    if (text === lastSent) return;
+    lastSent = text;
+    ctx.stats(states);
+  }, STATS_INTERVAL_MS);
   timer.unref();
 
   return {

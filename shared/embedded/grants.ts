@@ -10,7 +10,7 @@ import {
   type GuestMemory,
   type SharedPages,
 } from '../platform.js';
-import { DOMID_LIMIT, DomainSlot, GRANT_ENTRIES, GrantEntry, GrantState, MAX_MAPTRACK, Maptrack, SlotState } from './layout.js';
+import { DOMID_LIMIT, DomainSlot, GrantEntry, GrantState, Header, MAX_MAPTRACK, Maptrack, SlotState } from './layout.js';
 import type { Machine } from './machine.js';
 
 /** How many times a mapper retries an entry its granter is busy ending before giving up (GNTST_eagain). */
@@ -74,14 +74,21 @@ export class EmbeddedGrantTable implements GrantTable {
     const slot = this.slot;
     this.checkGrantable(slot, remoteDomid, pfn);
     const words = this.machine.words;
-    for (let tried = 0; tried < GRANT_ENTRIES - GNTTAB_NR_RESERVED_ENTRIES; tried++) {
-      const gref = this.hint;
-      this.hint = gref + 1 >= GRANT_ENTRIES ? GNTTAB_NR_RESERVED_ENTRIES : gref + 1;
-      const base = this.machine.grantBase(slot, gref);
-      if (Atomics.compareExchange(words, base + GrantEntry.STATE, GrantState.FREE, GrantState.RESERVED) === GrantState.FREE) {
-        this.publish(base, remoteDomid, pfn, readonly);
-        return gref;
+    // Round the frames the domain has; only when they are full does it get another.
+    for (;;) {
+      const frames = this.machine.slotWord(slot, DomainSlot.GRANT_FRAMES);
+      const limit = this.machine.grantLimit(slot);
+      for (let tried = 0; tried < limit - GNTTAB_NR_RESERVED_ENTRIES; tried++) {
+        const gref = this.hint < limit ? this.hint : GNTTAB_NR_RESERVED_ENTRIES;
+        this.hint = gref + 1 >= limit ? GNTTAB_NR_RESERVED_ENTRIES : gref + 1;
+        const base = this.machine.grantBase(slot, gref);
+        if (Atomics.compareExchange(words, base + GrantEntry.STATE, GrantState.FREE, GrantState.RESERVED) === GrantState.FREE) {
+          this.publish(base, remoteDomid, pfn, readonly);
+          return gref;
+        }
       }
+      if (!this.machine.growGrantTable(slot, frames)) break;
+      this.hint = limit;
     }
     throw grantError(GrantStatus.no_space, `domain ${this.domid} has no free grant entry`);
   }
@@ -92,7 +99,7 @@ export class EmbeddedGrantTable implements GrantTable {
       throw grantError(GrantStatus.bad_gntref, `${gref} is not a reserved grant reference`);
     }
     this.checkGrantable(slot, remoteDomid, pfn);
-    const base = this.machine.grantBase(slot, gref);
+    const base = this.entry(slot, gref);
     if (Atomics.compareExchange(this.machine.words, base + GrantEntry.STATE, GrantState.FREE, GrantState.RESERVED) !== GrantState.FREE) {
       throw new PlatformError('EBUSY', `grant reference ${gref} of domain ${this.domid} is in use`);
     }
@@ -124,7 +131,7 @@ export class EmbeddedGrantTable implements GrantTable {
     const pinned: number[] = [];
     const tracked: number[] = [];
     const release = () => {
-      for (const entry of tracked) Atomics.store(this.machine.words, this.machine.maptrackBase(entry) + Maptrack.HOLDER, 0);
+      for (const entry of tracked) untrack(this.machine, entry);
       for (const base of pinned) unpinEntry(this.machine, granterSlot, base, this.lastPinReleased);
     };
     try {
@@ -188,10 +195,10 @@ export class EmbeddedGrantTable implements GrantTable {
   }
 
   private entry(slot: number, gref: number): number {
-    if (!Number.isInteger(gref) || gref < 0 || gref >= GRANT_ENTRIES) {
-      throw grantError(GrantStatus.bad_gntref, `grant reference ${gref} is out of range`);
-    }
-    return this.machine.grantBase(slot, gref);
+    const base = Number.isInteger(gref) ? this.machine.grantBase(slot, gref) : -1;
+    // Past the frames the granter has, as past its table on Xen.
+    if (base < 0) throw grantError(GrantStatus.bad_gntref, `grant reference ${gref} is out of range`);
+    return base;
   }
 
   /**
@@ -223,22 +230,44 @@ export class EmbeddedGrantTable implements GrantTable {
     throw grantError(GrantStatus.eagain, `reference ${gref} of domain ${granterDomid} is being ended`);
   }
 
-  /** Records that this worker holds a mapping of the grant entry at `base` (a maptrack entry). */
+  /**
+   * Records that this worker holds a mapping of the grant entry at `base`
+   * (a maptrack entry), counted against this domain's max_maptrack_frames
+   * as Xen counts it. Entries are taken lowest first from the machine's
+   * table, so its memory follows the most mappings ever held at once.
+   */
   private track(granterSlot: number, base: number): number {
-    const words = this.machine.words;
-    for (let tried = 0; tried < MAX_MAPTRACK; tried++) {
-      const entry = this.maptrackHint;
-      this.maptrackHint = (entry + 1) % MAX_MAPTRACK;
-      const at = this.machine.maptrackBase(entry);
-      if (Atomics.compareExchange(words, at + Maptrack.HOLDER, 0, this.tag + 1) === 0) {
-        Atomics.store(words, at + Maptrack.GRANTER_SLOT, granterSlot);
-        Atomics.store(words, at + Maptrack.ENTRY, base);
-        return entry;
-      }
+    const machine = this.machine;
+    const words = machine.words;
+    const slot = this.slot;
+    const limit = machine.slotWord(slot, DomainSlot.MAPTRACK_LIMIT);
+    if (Atomics.add(words, machine.slotBase(slot) + DomainSlot.MAPTRACK_USED, 1) >= limit) {
+      Atomics.sub(words, machine.slotBase(slot) + DomainSlot.MAPTRACK_USED, 1);
+      throw grantError(GrantStatus.no_space, `domain ${this.domid} holds all the ${limit} grant mappings its maptrack allows`);
     }
-    throw grantError(GrantStatus.no_space, `all ${MAX_MAPTRACK} grant mappings are in use`);
+    const claim = (entry: number) => {
+      const at = machine.maptrackBase(entry);
+      if (Atomics.compareExchange(words, at + Maptrack.HOLDER, 0, this.tag + 1) !== 0) return false;
+      Atomics.store(words, at + Maptrack.GRANTER_SLOT, granterSlot);
+      Atomics.store(words, at + Maptrack.ENTRY, base);
+      Atomics.store(words, at + Maptrack.GRANTEE_SLOT, slot);
+      Atomics.store(words, at + Maptrack.GRANTEE_UNIQUE_ID, machine.slotWord(slot, DomainSlot.UNIQUE_ID));
+      return true;
+    };
+    for (;;) {
+      const high = machine.high(Header.MAPTRACK_HIGH);
+      for (let tried = 0; tried < high; tried++) {
+        const entry = this.maptrackHint < high ? this.maptrackHint : 0;
+        this.maptrackHint = entry + 1 >= high ? 0 : entry + 1;
+        if (claim(entry)) return entry;
+      }
+      // Every entry used so far is held: take the next one never used.
+      if (high >= MAX_MAPTRACK) break;
+      if (Atomics.compareExchange(words, machine.layout.header + Header.MAPTRACK_HIGH, high, high + 1) === high && claim(high)) return high;
+    }
+    Atomics.sub(words, machine.slotBase(slot) + DomainSlot.MAPTRACK_USED, 1);
+    throw grantError(GrantStatus.no_space, `all ${MAX_MAPTRACK} grant mappings of the machine are in use`);
   }
-
 
   /** The bytes of one side of a copy, pinned if they belong to another domain. */
   private resolve(end: GrantCopyEnd, length: number, write: boolean): { bytes: Uint8Array; release(): void } {
@@ -280,6 +309,17 @@ class EmbeddedSharedPages implements SharedPages {
   }
 }
 
+/** Frees a maptrack entry, and the mapping domain's count of it if that domain is still the one it was. */
+function untrack(machine: Machine, entry: number): void {
+  const words = machine.words;
+  const at = machine.maptrackBase(entry);
+  const slot = Atomics.load(words, at + Maptrack.GRANTEE_SLOT);
+  if (machine.slotWord(slot, DomainSlot.UNIQUE_ID) === Atomics.load(words, at + Maptrack.GRANTEE_UNIQUE_ID)) {
+    Atomics.sub(words, machine.slotBase(slot) + DomainSlot.MAPTRACK_USED, 1);
+  }
+  Atomics.store(words, at + Maptrack.HOLDER, 0);
+}
+
 /** Drops one pin of a grant entry; the last pin of a dying granter lets it go. */
 function unpinEntry(machine: Machine, granterSlot: number, base: number, lastPinReleased: (slot: number) => void): void {
   const words = machine.words;
@@ -295,12 +335,13 @@ function unpinEntry(machine: Machine, granterSlot: number, base: number, lastPin
  */
 export function reclaimMappings(machine: Machine, tag: number, lastPinReleased: (slot: number) => void): number {
   let reclaimed = 0;
-  for (let entry = 0; entry < MAX_MAPTRACK; entry++) {
+  const high = machine.high(Header.MAPTRACK_HIGH);
+  for (let entry = 0; entry < high; entry++) {
     const at = machine.maptrackBase(entry);
     if (Atomics.load(machine.words, at + Maptrack.HOLDER) !== tag + 1) continue;
     const granterSlot = Atomics.load(machine.words, at + Maptrack.GRANTER_SLOT);
     const base = Atomics.load(machine.words, at + Maptrack.ENTRY);
-    Atomics.store(machine.words, at + Maptrack.HOLDER, 0);
+    untrack(machine, entry);
     unpinEntry(machine, granterSlot, base, lastPinReleased);
     reclaimed++;
   }

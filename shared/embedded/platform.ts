@@ -13,7 +13,18 @@ import {
 import { threadId } from 'node:worker_threads';
 import { allocateUnboundFor, closeAllPorts, EmbeddedEventChannels, raiseVirq, reclaimHandles } from './evtchn.js';
 import { EmbeddedGrantTable, reclaimMappings } from './grants.js';
-import { DOMID_LIMIT, DomainSlot, GRANT_ENTRIES, GrantEntry, GrantState, Header, MAX_DOMAINS, SlotState, allocateDescriptor, type EmbeddedDescriptor } from './layout.js';
+import {
+  DEFAULT_MAX_MAPTRACK_FRAMES,
+  DOMID_LIMIT,
+  DomainSlot,
+  GrantEntry,
+  GrantState,
+  Header,
+  MAPTRACK_PER_FRAME,
+  SlotState,
+  allocateDescriptor,
+  type EmbeddedDescriptor,
+} from './layout.js';
 import { Machine } from './machine.js';
 import { EmbeddedGuestMemory } from './memory.js';
 
@@ -73,11 +84,16 @@ export class EmbeddedPlatform implements Platform {
     if (!Number.isInteger(domid) || domid < 0 || domid >= DOMID_LIMIT) throw new PlatformError('EINVAL', `bad domid ${domid}`);
     if (!Number.isInteger(spec.pages) || spec.pages < 1) throw new PlatformError('EINVAL', `bad memory size ${spec.pages}`);
     if (this.machine.slotOf(domid) >= 0) throw new PlatformError('EEXIST', `domain ${domid} exists`);
+    const maptrackFrames = spec.maxMaptrackFrames ?? DEFAULT_MAX_MAPTRACK_FRAMES;
+    if (!Number.isInteger(maptrackFrames) || maptrackFrames < 0) throw new PlatformError('EINVAL', `bad max_maptrack_frames ${maptrackFrames}`);
     const slot = this.machine.freeSlot();
     let base: number;
     try {
+      // Its first grant frame, which holds the reserved entries the toolstack fills in.
+      if (!this.machine.growGrantTable(slot, 0)) throw new PlatformError('ENOSPC', 'the machine has no grant frame left');
       base = this.machine.allocFrames(spec.pages);
     } catch (err) {
+      this.machine.releaseGrantTable(slot);
       this.machine.setSlotState(slot, SlotState.FREE);
       throw err;
     }
@@ -86,6 +102,8 @@ export class EmbeddedPlatform implements Platform {
     this.machine.setSlotWord(slot, DomainSlot.BASE_FRAME, base);
     this.machine.setSlotWord(slot, DomainSlot.SHUTDOWN_REASON, -1);
     this.machine.setSlotWord(slot, DomainSlot.PINS, 0);
+    this.machine.setSlotWord(slot, DomainSlot.MAPTRACK_LIMIT, maptrackFrames * MAPTRACK_PER_FRAME);
+    this.machine.setSlotWord(slot, DomainSlot.MAPTRACK_USED, 0);
     this.machine.setSlotWord(slot, DomainSlot.UNIQUE_ID, Atomics.add(this.machine.words, this.machine.layout.header + Header.LAST_UNIQUE_ID, 1) + 1);
     this.machine.setSlotName(slot, spec.name);
     this.machine.mapDomid(domid, slot);
@@ -150,7 +168,8 @@ export class EmbeddedPlatform implements Platform {
 
   listDomains(): DomainInfo[] {
     const domains: DomainInfo[] = [];
-    for (let slot = 0; slot < MAX_DOMAINS; slot++) {
+    const slots = this.machine.high(Header.SLOT_HIGH);
+    for (let slot = 0; slot < slots; slot++) {
       if (this.machine.slotWord(slot, DomainSlot.STATE) === SlotState.FREE) continue;
       const info = this.domainInfo(this.machine.slotWord(slot, DomainSlot.DOMID));
       if (info) domains.push(info);
@@ -206,10 +225,11 @@ export class EmbeddedPlatform implements Platform {
   /** A dying domain's grants stop working for new mappings; existing ones stay until unmapped. */
   private revokeGrants(slot: number): void {
     const words = this.machine.words;
-    for (let gref = 0; gref < GRANT_ENTRIES; gref++) {
-      const base = this.machine.grantBase(slot, gref);
-      const state = Atomics.load(words, base + GrantEntry.STATE);
-      if (state !== GrantState.FREE) Atomics.store(words, base + GrantEntry.STATE, GrantState.REVOKED);
+    for (const frame of this.machine.grantFrames(slot)) {
+      for (let base = frame; base < frame + this.machine.grantFramePool.chunkWords; base += GrantEntry.WORDS) {
+        const state = Atomics.load(words, base + GrantEntry.STATE);
+        if (state !== GrantState.FREE) Atomics.store(words, base + GrantEntry.STATE, GrantState.REVOKED);
+      }
     }
   }
 
@@ -217,11 +237,8 @@ export class EmbeddedPlatform implements Platform {
   private release(slot: number): void {
     if (this.machine.slotWord(slot, DomainSlot.STATE) !== SlotState.DYING) return;
     const domid = this.machine.slotWord(slot, DomainSlot.DOMID);
-    const words = this.machine.words;
-    for (let gref = 0; gref < GRANT_ENTRIES; gref++) {
-      const base = this.machine.grantBase(slot, gref);
-      for (let w = 0; w < GrantEntry.WORDS; w++) Atomics.store(words, base + w, 0);
-    }
+    this.machine.releaseGrantTable(slot);
+    this.machine.releasePortGroups(slot);
     this.machine.freeFrames(this.machine.slotWord(slot, DomainSlot.BASE_FRAME), this.machine.slotWord(slot, DomainSlot.PAGES));
     this.machine.unmapDomid(domid);
     this.machine.setSlotState(slot, SlotState.FREE);

@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import { Worker } from 'node:worker_threads';
+import { Worker, type ResourceLimits } from 'node:worker_threads';
 import { createLogger, type LogLevel } from '../log.js';
 import { decodeEnvelope, encodeEnvelope, type Envelope, type HealthReport } from './envelope.js';
 import type { WorkerBoot } from './worker-runtime.js';
@@ -30,6 +30,8 @@ export interface RoleSpec {
   /** Structured-clone data for the worker (the platform's shared buffers). */
   shared: unknown;
   restart: RestartPolicy;
+  /** Limits of the worker's heap (Node's defaults if absent). */
+  resourceLimits?: ResourceLimits;
 }
 
 export type WorkerState = 'starting' | 'ready' | 'stopping' | 'stopped' | 'crashed' | 'failed';
@@ -187,7 +189,7 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
   private launch(entry: Managed): Promise<void> {
     const { spec } = entry;
     const boot: WorkerBoot = { name: spec.name, domid: spec.domid, shared: spec.shared };
-    const worker = new Worker(spec.module, { workerData: boot });
+    const worker = new Worker(spec.module, { workerData: boot, resourceLimits: spec.resourceLimits });
     entry.worker = worker;
     entry.state = 'starting';
     const ready = new Promise<void>((resolve, reject) => {
