@@ -38,7 +38,7 @@ export interface BlkbackOptions {
   grantAccess?: GrantAccess;
   /** How the ring threads do their I/O (default: XENMESH_IO_ENGINE, else auto). */
   ioEngine?: IoEngineChoice;
-  /** Ring threads of the driver domain (default: DEFAULT_RING_THREADS). */
+  /** Ring threads of the driver domain (default: XENMESH_RING_THREADS, else DEFAULT_RING_THREADS). */
   ringThreads?: number;
 }
 
@@ -96,7 +96,7 @@ export class BlkbackDriver implements XenbusDriver {
   }
 
   private startThreads(device: XenbusDevice): RingThreads {
-    const threads = new RingThreads(device.ctx.link, device.ctx.domid, this.options.ringThreads ?? DEFAULT_RING_THREADS, this.engine, this.options.grantAccess ?? 'map', threadId);
+    const threads = new RingThreads(device.ctx.link, device.ctx.domid, this.options.ringThreads ?? ringThreadsFromEnv() ?? DEFAULT_RING_THREADS, this.engine, this.options.grantAccess ?? 'map', threadId);
     threads.start();
     void threads.engine().then(
       ({ engine, reason }) => device.log.info(`block I/O through ${engine === 'uring' ? 'io_uring' : 'the I/O pool'}${reason ? ` (${reason})` : ''}`),
@@ -353,4 +353,14 @@ export class VbdBackend implements DeviceHandler {
     const persistent = offer.persistent && (await device.readOtherendInt('feature-persistent', 0)) !== 0;
     return { ...transport, persistent };
   }
+}
+
+/** The environment variable that sets the number of ring threads where the driver was not told. */
+export const RING_THREADS_ENV = 'XENMESH_RING_THREADS';
+
+function ringThreadsFromEnv(): number | undefined {
+  const value = process.env[RING_THREADS_ENV];
+  if (value === undefined) return undefined;
+  if (!/^[1-9]\d{0,2}$/.test(value)) throw new RangeError(`${RING_THREADS_ENV}=${value}: the ring threads are a positive number`);
+  return Number(value);
 }
