@@ -15,6 +15,7 @@ import type { DomainInterface, GrantMapping, PlatformLink } from '../shared/plat
 import { copiesGrants, type GrantAccess } from './io-pool.js';
 import type { IoOp, IoOutcome, IoTask, PageChunk } from './io-task.js';
 import type { StoreHandle } from './store.js';
+import { advance } from './views.js';
 
 interface PoolWorkerData {
   link: PlatformLink;
@@ -167,14 +168,4 @@ function writeFully(store: StoreHandle, offset: number, views: Uint8Array[]): vo
     at += put;
     pending = advance(pending, put);
   }
-}
-
-/** The views still to transfer after `done` bytes (a short read or write). */
-function advance(views: Uint8Array[], done: number): Uint8Array[] {
-  let skip = done;
-  let first = 0;
-  while (first < views.length && skip >= views[first]!.length) skip -= views[first++]!.length;
-  const rest = views.slice(first);
-  if (rest.length > 0 && skip > 0) rest[0] = rest[0]!.subarray(skip);
-  return rest;
 }

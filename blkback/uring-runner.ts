@@ -6,6 +6,7 @@ import type { PersistentGrants } from './persistent-grants.js';
 import type { IoOp, IoOutcome, IoTask, PageChunk } from './io-task.js';
 import type { IoRunner } from './queue.js';
 import type { StoreHandle } from './store.js';
+import { advance } from './views.js';
 
 /** What the runner needs of an io_uring (shared/uring.ts). */
 export interface UringQueue {
@@ -253,14 +254,4 @@ function memoryTransfer(bytes: SharedArrayBuffer, kind: 'read' | 'write', offset
     else store.set(view);
     at += view.length;
   }
-}
-
-/** The views still to transfer after `done` bytes (a short read or write). */
-export function advance(views: Uint8Array[], done: number): Uint8Array[] {
-  let skip = done;
-  let first = 0;
-  while (first < views.length && skip >= views[first]!.length) skip -= views[first++]!.length;
-  const rest = views.slice(first);
-  if (rest.length > 0 && skip > 0) rest[0] = rest[0]!.subarray(skip);
-  return rest;
 }
