@@ -13,9 +13,9 @@ import { attachPlatform } from '../shared/attach.js';
 import { nativeCalls } from '../shared/native.js';
 import type { DomainInterface, GrantMapping, PlatformLink } from '../shared/platform.js';
 import { copiesGrants, type GrantAccess } from './io-pool.js';
-import type { IoOp, IoOutcome, IoTask, PageChunk } from './io-task.js';
+import type { IoOp, IoOutcome, IoTask } from './io-task.js';
 import type { StoreHandle } from './store.js';
-import { advance } from './views.js';
+import { advance, alignedBuffer, copyThroughGrants, ioError, memoryTransfer } from './transfer.js';
 
 interface PoolWorkerData {
   link: PlatformLink;
@@ -58,7 +58,7 @@ function run(task: IoTask, op: IoOp): void {
       try {
         mapping = grants.map(task.granter, op.chunks.map((c) => c.gref), op.op === 'read');
       } catch (err) {
-        throw Object.assign(new Error((err as Error).message), { code: 'EFAULT' });
+        throw ioError('EFAULT', (err as Error).message);
       }
       try {
         const views = op.chunks.map((c, i) => mapping.pages[i]!.subarray(c.start, c.start + c.length));
@@ -82,20 +82,15 @@ function run(task: IoTask, op: IoOp): void {
 
 /**
  * Bytes a copy-mode worker stages through: the largest merged operation
- * (the queue's mergeBytes, 1 MiB), plus a page to align it, since
- * O_DIRECT wants its buffers on logical block boundaries.
+ * (the queue's mergeBytes, 1 MiB).
  */
-const STAGING_BYTES = 1024 * 1024 + 4096;
+const STAGING_BYTES = 1024 * 1024;
 let staging: Uint8Array | undefined;
 
 /** The staging buffer, page-aligned, at least `length` bytes. */
 function stagingBuffer(length: number): Uint8Array {
-  if (!staging) {
-    const raw = new Uint8Array(STAGING_BYTES);
-    const misalignment = nativeCalls().addressOf(raw) % 4096;
-    staging = raw.subarray(misalignment === 0 ? 0 : 4096 - misalignment);
-  }
-  if (length > staging.length) throw Object.assign(new Error(`an operation of ${length} bytes is larger than the staging buffer`), { code: 'EINVAL' });
+  staging ??= alignedBuffer(STAGING_BYTES);
+  if (length > staging.length) throw ioError('EINVAL', `an operation of ${length} bytes is larger than the staging buffer`);
   return staging.subarray(0, length);
 }
 
@@ -103,23 +98,7 @@ function stagingBuffer(length: number): Uint8Array {
 function copyIo(task: IoTask, op: IoOp & { op: 'read' | 'write' }): void {
   const length = op.chunks.reduce((sum, chunk) => sum + chunk.length, 0);
   const buffer = stagingBuffer(length);
-  const grants = domain(task.mapper).grants;
-  const copies = (toPages: boolean) => {
-    let at = 0;
-    return op.chunks.map((chunk: PageChunk) => {
-      const local = { bytes: buffer, offset: at };
-      const granted = { domid: task.granter, gref: chunk.gref, offset: chunk.start };
-      at += chunk.length;
-      return toPages ? { source: local, dest: granted, length: chunk.length } : { source: granted, dest: local, length: chunk.length };
-    });
-  };
-  const copy = (toPages: boolean) => {
-    try {
-      grants.copy(copies(toPages));
-    } catch (err) {
-      throw Object.assign(new Error((err as Error).message), { code: 'EFAULT' });
-    }
-  };
+  const copy = (toPages: boolean) => copyThroughGrants(domain(task.mapper).grants, task.granter, op.chunks, buffer, toPages);
   if (op.op === 'read') {
     readFully(task.store, op.offset, [buffer]);
     copy(true);
@@ -131,11 +110,7 @@ function copyIo(task: IoTask, op: IoOp & { op: 'read' | 'write' }): void {
 
 function readFully(store: StoreHandle, offset: number, views: Uint8Array[]): void {
   if (store.kind === 'memory') {
-    let at = offset;
-    for (const view of views) {
-      view.set(new Uint8Array(store.bytes, at, view.length));
-      at += view.length;
-    }
+    memoryTransfer(store.bytes, 'read', offset, views);
     return;
   }
   let pending = views;
@@ -154,11 +129,7 @@ function readFully(store: StoreHandle, offset: number, views: Uint8Array[]): voi
 
 function writeFully(store: StoreHandle, offset: number, views: Uint8Array[]): void {
   if (store.kind === 'memory') {
-    let at = offset;
-    for (const view of views) {
-      new Uint8Array(store.bytes, at, view.length).set(view);
-      at += view.length;
-    }
+    memoryTransfer(store.bytes, 'write', offset, views);
     return;
   }
   let pending = views;

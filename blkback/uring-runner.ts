@@ -1,12 +1,12 @@
 import { nativeCalls } from '../shared/native.js';
 import { URING_MAX_TAG, uringErrorName } from '../shared/uring.js';
-import { PAGE_SIZE, type GrantCopy, type GrantMapping, type GrantTable } from '../shared/platform.js';
+import { PAGE_SIZE, type GrantMapping, type GrantTable } from '../shared/platform.js';
 import { AUTO_COPY_MAX_PAGES, copiesGrants, type GrantAccess } from './io-pool.js';
 import type { PersistentGrants } from './persistent-grants.js';
-import type { IoOp, IoOutcome, IoTask, PageChunk } from './io-task.js';
+import type { IoOp, IoOutcome, IoTask } from './io-task.js';
 import type { IoRunner } from './queue.js';
 import type { StoreHandle } from './store.js';
-import { advance } from './views.js';
+import { advance, alignedBuffer, copyThroughGrants, ioError, memoryTransfer } from './transfer.js';
 
 /** What the runner needs of an io_uring (shared/uring.ts). */
 export interface UringQueue {
@@ -28,10 +28,6 @@ const SMALL_STAGING_PAGES = AUTO_COPY_MAX_PAGES;
 /** Staging buffers kept for grant copies: enough for a ring's worth of small requests in flight. */
 const SPARE_STAGING_BUFFERS = 64;
 
-/** An error carrying an errno name, as the queue reads outcomes. */
-function failure(code: string, message: string): Error {
-  return Object.assign(new Error(message), { code });
-}
 
 /**
  * A ring thread's io_uring, shared by the rings it serves: it hands out
@@ -161,7 +157,7 @@ export class UringRunner implements IoRunner {
       // A read fills the frontend's pages: they must be granted writable.
       mapping = this.grants.map(task.granter, op.chunks.map((c) => c.gref), op.op === 'read');
     } catch (err) {
-      throw failure('EFAULT', (err as Error).message);
+      throw ioError('EFAULT', (err as Error).message);
     }
     try {
       const views = op.chunks.map((c, i) => mapping.pages[i]!.subarray(c.start, c.start + c.length));
@@ -176,22 +172,7 @@ export class UringRunner implements IoRunner {
     const length = op.chunks.reduce((sum, chunk) => sum + chunk.length, 0);
     const staging = this.takeStaging(op.chunks.length);
     const buffer = staging.subarray(0, length);
-    const copies = (toPages: boolean): GrantCopy[] => {
-      let at = 0;
-      return op.chunks.map((chunk: PageChunk) => {
-        const local = { bytes: buffer, offset: at };
-        const granted = { domid: task.granter, gref: chunk.gref, offset: chunk.start };
-        at += chunk.length;
-        return toPages ? { source: local, dest: granted, length: chunk.length } : { source: granted, dest: local, length: chunk.length };
-      });
-    };
-    const copy = (toPages: boolean) => {
-      try {
-        this.grants.copy(copies(toPages));
-      } catch (err) {
-        throw failure('EFAULT', (err as Error).message);
-      }
-    };
+    const copy = (toPages: boolean) => copyThroughGrants(this.grants, task.granter, op.chunks, buffer, toPages);
     try {
       if (op.op === 'write') copy(false);
       await this.transfer(task.store, op.op, op.offset, [buffer]);
@@ -213,7 +194,7 @@ export class UringRunner implements IoRunner {
       const result = await this.submitter.submit((tag) => (kind === 'read' ? this.uring.readv(store.fd, pending, at, tag) : this.uring.writev(store.fd, pending, at, tag)));
       this.check(result, kind === 'read' ? 'preadv' : 'pwritev');
       if (result === 0) {
-        if (kind === 'write') throw failure('EIO', `pwritev at ${at} wrote nothing`);
+        if (kind === 'write') throw ioError('EIO', `pwritev at ${at} wrote nothing`);
         for (const view of pending) view.fill(0);
         return;
       }
@@ -223,7 +204,7 @@ export class UringRunner implements IoRunner {
   }
 
   private check(result: number, call: string): void {
-    if (result < 0) throw failure(uringErrorName(result), `${call}: ${uringErrorName(result)}`);
+    if (result < 0) throw ioError(uringErrorName(result), `${call}: ${uringErrorName(result)}`);
   }
 
   /** A page-aligned buffer of `pages` pages (O_DIRECT wants aligned buffers); small ones are reused. */
@@ -237,21 +218,5 @@ export class UringRunner implements IoRunner {
 
   private giveStaging(buffer: Uint8Array, pages: number): void {
     if (pages <= SMALL_STAGING_PAGES && this.spareStaging.length < SPARE_STAGING_BUFFERS) this.spareStaging.push(buffer);
-  }
-}
-
-function alignedBuffer(bytes: number): Uint8Array {
-  const raw = new Uint8Array(bytes + PAGE_SIZE);
-  const misalignment = nativeCalls().addressOf(raw) % PAGE_SIZE;
-  return raw.subarray(misalignment === 0 ? 0 : PAGE_SIZE - misalignment, (misalignment === 0 ? 0 : PAGE_SIZE - misalignment) + bytes);
-}
-
-function memoryTransfer(bytes: SharedArrayBuffer, kind: 'read' | 'write', offset: number, views: Uint8Array[]): void {
-  let at = offset;
-  for (const view of views) {
-    const store = new Uint8Array(bytes, at, view.length);
-    if (kind === 'read') view.set(store);
-    else store.set(view);
-    at += view.length;
   }
 }
