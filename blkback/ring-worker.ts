@@ -10,7 +10,8 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { attachPlatform } from '../shared/attach.js';
 import { EventDispatcher } from '../shared/event-dispatcher.js';
 import { createLogger, setLogSink } from '../shared/log.js';
-import { PlatformError, type GrantMapping, type GrantTable, type Platform } from '../shared/platform.js';
+import type { GrantMapping, GrantTable, Platform } from '../shared/platform.js';
+import { otherendErrno } from '../shared/errors.js';
 import { startEngine, type RingIo, type RunningEngine } from './io-engine.js';
 import { RequestQueue } from './queue.js';
 import type { FromRingThread, RingSpec, RingThreadData, ToRingThread } from './ring-messages.js';
@@ -112,8 +113,7 @@ async function stop(id: number): Promise<void> {
 
 /** A refusal in xenstore's terms: the frontend's domain is gone (ENOENT) or what it published is wrong (EINVAL). */
 function failure(id: number, err: unknown, what: string): FromRingThread {
-  const errno = err instanceof PlatformError && err.errno === 'ESRCH' ? 'ENOENT' : 'EINVAL';
-  return { type: 'failed', id, errno, message: `${what}: ${(err as Error).message}` };
+  return { type: 'failed', id, errno: otherendErrno(err), message: `${what}: ${(err as Error).message}` };
 }
 
 port.on('message', (message: ToRingThread) => {

@@ -1,3 +1,4 @@
+import { PlatformError } from './platform.js';
 import type { XsErrorName } from './xs-wire.js';
 
 /**
@@ -16,4 +17,13 @@ export class XsError extends Error {
 
 export function isXsError(err: unknown, errno?: XsErrorName): err is XsError {
   return err instanceof XsError && (errno === undefined || err.errno === errno);
+}
+
+/**
+ * The errno for the platform's refusal of something the other end
+ * published (its ring, its event channel): ENOENT if its domain is gone,
+ * EINVAL if what it published is wrong.
+ */
+export function otherendErrno(err: unknown): 'ENOENT' | 'EINVAL' {
+  return err instanceof PlatformError && err.errno === 'ESRCH' ? 'ENOENT' : 'EINVAL';
 }

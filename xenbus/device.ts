@@ -1,8 +1,8 @@
 import { constants } from 'node:os';
-import { XsError } from '../shared/errors.js';
+import { otherendErrno, XsError } from '../shared/errors.js';
 import type { EventDispatcher } from '../shared/event-dispatcher.js';
 import type { Logger } from '../shared/log.js';
-import { PlatformError, type DomainInterface, type GrantMapping, type PlatformLink, type SharedPages } from '../shared/platform.js';
+import type { DomainInterface, GrantMapping, PlatformLink, SharedPages } from '../shared/platform.js';
 import { isConnectionLoss, type XenStoreClient } from '../xenstore/client/client.js';
 import type { DeferredRelease } from './deferred-release.js';
 import { readIfVisible, readStateAt } from './read.js';
@@ -33,6 +33,7 @@ function errnoNumber(err: string | number): number {
   if (typeof err === 'number') return err;
   return (constants.errno as Record<string, number>)[err] ?? constants.errno.EIO;
 }
+
 
 /**
  * One end of a split device as a driver sees it, with the client helpers
@@ -198,8 +199,7 @@ export class XenbusDevice {
       return this.ctx.domain.grants.map(this.otherendId, refs, true);
     } catch (err) {
       if (err instanceof XsError) throw err;
-      const errno = err instanceof PlatformError && err.errno === 'ESRCH' ? 'ENOENT' : 'EINVAL';
-      throw new XsError(errno, `mapping ring-ref ${refs.join(',')} of domain ${this.otherendId}: ${(err as Error).message}`);
+      throw new XsError(otherendErrno(err), `mapping ring-ref ${refs.join(',')} of domain ${this.otherendId}: ${(err as Error).message}`);
     }
   }
 
