@@ -16,10 +16,9 @@ import { mkdtempSync, openSync, closeSync, ftruncateSync, readFileSync, readlink
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SECTOR_SIZE } from '../shared/blkif.js';
-import type { DomainInterface } from '../shared/platform.js';
 import { XenbusState } from '../xenbus/state.js';
 import { run } from './helpers/daemon.js';
-import { randomBytes, startBlkTestbed } from './helpers/blk.js';
+import { freePages, randomBytes, startBlkTestbed } from './helpers/blk.js';
 
 const MiB = 1024 * 1024;
 
@@ -164,19 +163,6 @@ t.test('the store is opened at connect and closed when the frontend goes', async
   t.notOk(holdsOpen(path), 'not opened before the frontend connects');
 });
 
-/** Pages the domain could still allocate: allocates them all, counts, and gives them back. */
-function freePages(domain: DomainInterface): number {
-  const taken: number[] = [];
-  for (;;) {
-    try {
-      taken.push(...domain.memory.allocPages(1));
-    } catch {
-      break;
-    }
-  }
-  domain.memory.freePages(taken);
-  return taken.length;
-}
 
 t.test("an unplugged disk gives the guest back every page its frontend took", async (t) => {
   const blk = await startBlkTestbed(t);

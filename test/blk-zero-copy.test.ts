@@ -21,7 +21,7 @@ import { BLKIF_MAX_SEGMENTS_PER_REQUEST, BlkifOp, SECTOR_SIZE, decodeRequest } f
 import { PAGE_SIZE, type DomainInterface, type GrantTable } from '../shared/platform.js';
 import { BufferInUseError, BufferNotAllocatedError } from '../blkfront/disk.js';
 import type { BlkfrontQueue } from '../blkfront/queue.js';
-import { randomBytes, startBlkTestbed, type BlkTestbed } from './helpers/blk.js';
+import { freePages, randomBytes, startBlkTestbed, type BlkTestbed } from './helpers/blk.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -51,19 +51,6 @@ function pfnsOf(domain: DomainInterface, buffer: Uint8Array): number[] {
   return Array.from({ length: Math.ceil(buffer.length / PAGE_SIZE) }, (_, i) => first + i);
 }
 
-/** Pages the domain could still allocate: allocates them all, counts, and gives them back. */
-function freePages(domain: DomainInterface): number {
-  const taken: number[] = [];
-  for (;;) {
-    try {
-      taken.push(...domain.memory.allocPages(1));
-    } catch {
-      break;
-    }
-  }
-  domain.memory.freePages(taken);
-  return taken.length;
-}
 
 function queuesOf(blk: BlkTestbed, devid: number): readonly BlkfrontQueue[] {
   return blk.front.devices.get(String(devid))!.queues;

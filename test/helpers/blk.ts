@@ -1,3 +1,4 @@
+import type { DomainInterface } from '../../shared/platform.js';
 import { randomFillSync } from 'node:crypto';
 import { diskDevice, type DeviceSpec, type DiskSpec } from '../../host/devices.js';
 import { BlkbackDriver, type BlkbackOptions } from '../../blkback/driver.js';
@@ -70,4 +71,18 @@ export async function startBlkTestbed(
 /** `bytes` of random data. */
 export function randomBytes(bytes: number): Uint8Array {
   return randomFillSync(new Uint8Array(bytes));
+}
+
+/** Pages the domain could still allocate: allocates them all, counts, and gives them back. */
+export function freePages(domain: DomainInterface): number {
+  const taken: number[] = [];
+  for (;;) {
+    try {
+      taken.push(...domain.memory.allocPages(1));
+    } catch {
+      break;
+    }
+  }
+  domain.memory.freePages(taken);
+  return taken.length;
 }
