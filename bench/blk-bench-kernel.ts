@@ -20,7 +20,7 @@ import type { BlockDevice } from '../blkfront/disk.js';
 import { SECTOR_SIZE } from '../shared/blkif.js';
 import type { Logger } from '../shared/log.js';
 import { runRole, type RoleInstance } from '../shared/mesh/worker-runtime.js';
-import { startKernel, type KernelRoleConfig } from '../host/kernel.js';
+import { startKernel, type KernelRoleConfig } from '../host/machine/kernel.js';
 
 /** What the driver asks the guest to run. */
 export interface Workload {

@@ -8,7 +8,7 @@ import type { EmbeddedDescriptor } from '../shared/embedded/layout.js';
 import { EventDispatcher } from '../shared/event-dispatcher.js';
 import { XenStoreClient } from '../xenstore/client/client.js';
 import { RingClientTransport } from '../xenstore/client/ring-transport.js';
-import type { StartInfo } from '../host/domain-builder.js';
+import type { StartInfo } from '../host/toolstack/domain-builder.js';
 
 type Job =
   | { job: 'atomics-ping'; flag: SharedArrayBuffer; durationMs: number }

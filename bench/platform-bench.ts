@@ -24,8 +24,8 @@ import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { EmbeddedPlatform } from '../shared/embedded/platform.js';
 import { setLogLevel } from '../shared/log.js';
-import { Host } from '../host/host.js';
-import type { StartInfo } from '../host/domain-builder.js';
+import { Host } from '../host/machine/host.js';
+import type { StartInfo } from '../host/toolstack/domain-builder.js';
 
 const DURATION_MS = Number(process.env['BENCH_MS'] ?? 2000);
 const ROUNDS = Number(process.env['BENCH_ROUNDS'] ?? 3);

@@ -5,7 +5,7 @@
  * heap, as JSON.
  */
 import type { BlkfrontDriver } from '../blkfront/driver.js';
-import { startKernel, type KernelRoleConfig } from '../host/kernel.js';
+import { startKernel, type KernelRoleConfig } from '../host/machine/kernel.js';
 import { runRole } from '../shared/mesh/worker-runtime.js';
 import { CHECK_NODE, type ScaleCheck } from './scale-check.js';
 

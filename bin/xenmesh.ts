@@ -1,7 +1,7 @@
 #!/usr/bin/env node
-import { runBackend } from '../host/backend-cli.js';
-import { runDomain } from '../host/domain-cli.js';
-import { runUp } from '../host/up.js';
+import { runBackend } from '../host/cli/backend-cli.js';
+import { runDomain } from '../host/cli/domain-cli.js';
+import { runUp } from '../host/cli/up.js';
 import { runXenstored } from '../xenstore/daemon/main.js';
 
 const USAGE = `Usage: xenmesh <command> [options]

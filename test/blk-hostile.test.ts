@@ -52,7 +52,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BlkbackDriver } from '../blkback/driver.js';
 import { BlkfrontDriver } from '../blkfront/driver.js';
-import { devicePaths, diskDevice, type DeviceSpec, type DiskSpec } from '../host/devices.js';
+import { devicePaths, diskDevice, type DeviceSpec, type DiskSpec } from '../host/toolstack/devices.js';
 import {
   BLKIF_DISCARD_SECURE,
   BlkifOp,

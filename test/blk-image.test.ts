@@ -14,7 +14,7 @@ import t, { type Test } from 'tap';
 import { chmodSync, closeSync, existsSync, ftruncateSync, mkdirSync, mkdtempSync, openSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { plugDevice, type DeviceSpec } from '../host/devices.js';
+import { plugDevice, type DeviceSpec } from '../host/toolstack/devices.js';
 import { SECTOR_SIZE } from '../shared/blkif.js';
 import { XenbusState } from '../xenbus/state.js';
 import { startBlkTestbed, type BlkTestbed } from './helpers/blk.js';

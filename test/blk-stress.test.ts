@@ -31,7 +31,7 @@ import { mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
-import { devicePaths, type DeviceSpec } from '../host/devices.js';
+import { devicePaths, type DeviceSpec } from '../host/toolstack/devices.js';
 import { waitForState } from '../xenbus/read.js';
 import { SECTOR_SIZE, SECTORS_PER_PAGE, layoutOf } from '../shared/blkif.js';
 import { ringSize } from '../shared/ring.js';

@@ -12,8 +12,8 @@ import { closeSync, mkdtempSync, openSync, readSync, readdirSync, readlinkSync, 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DomainActionError } from '../control/actions.js';
-import { diskDevice, devicePaths, type DeviceSpec } from '../host/devices.js';
-import { Host } from '../host/host.js';
+import { diskDevice, devicePaths, type DeviceSpec } from '../host/toolstack/devices.js';
+import { Host } from '../host/machine/host.js';
 import { setLogSink } from '../shared/log.js';
 import { XenbusState } from '../xenbus/state.js';
 import { waitForState } from '../xenbus/read.js';

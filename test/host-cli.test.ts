@@ -180,7 +180,7 @@ t.test('images xenmesh up cannot serve are refused in one line, before any domai
 /** Why the tests of an image the host cannot write are skipped, if they are: as root they run as nobody, who must be able to run xenmesh. */
 const unwritableSkip = (() => {
   if (process.getuid?.() !== 0) return false;
-  const probe = spawnSync('env', ['-u', 'NODE_OPTIONS', process.execPath, '--input-type=module', '-e', `await import(${JSON.stringify(new URL('../host/host.js', import.meta.url).href)})`], { uid: NOBODY, gid: NOBODY });
+  const probe = spawnSync('env', ['-u', 'NODE_OPTIONS', process.execPath, '--input-type=module', '-e', `await import(${JSON.stringify(new URL('../host/machine/host.js', import.meta.url).href)})`], { uid: NOBODY, gid: NOBODY });
   return probe.status === 0 ? false : `nobody (${NOBODY}) cannot load xenmesh from here: ${probe.stderr.toString().split('\n')[0]}`;
 })();
 

@@ -13,9 +13,9 @@ import { open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ImageOpener } from '../blkback/image.js';
-import { waitForDevice } from '../host/device-wait.js';
-import { devicePaths, plugDevice, type DeviceSpec } from '../host/devices.js';
-import { checkDiskImages, chooseDiskAccess, DiskRefused } from '../host/disk-check.js';
+import { waitForDevice } from '../host/toolstack/device-wait.js';
+import { devicePaths, plugDevice, type DeviceSpec } from '../host/toolstack/devices.js';
+import { checkDiskImages, chooseDiskAccess, DiskRefused } from '../host/toolstack/disk-check.js';
 import { startBlkTestbed } from './helpers/blk.js';
 
 const MiB = 1024 * 1024;

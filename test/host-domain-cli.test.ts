@@ -12,9 +12,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DomainActionError, type DomainAction, type DomainActionOptions } from '../control/actions.js';
-import { SHUTDOWN_TIMEOUT_MS } from '../host/host.js';
-import { MAX_LINE_LENGTH, toolstackSocketPath } from '../host/toolstack-protocol.js';
-import { ToolstackServer } from '../host/toolstack-server.js';
+import { SHUTDOWN_TIMEOUT_MS } from '../host/machine/host.js';
+import { MAX_LINE_LENGTH, toolstackSocketPath } from '../host/cli/toolstack-protocol.js';
+import { ToolstackServer } from '../host/cli/toolstack-server.js';
 import { run, waitFor } from './helpers/daemon.js';
 
 const XENMESH = fileURLToPath(new URL('../bin/xenmesh.js', import.meta.url));

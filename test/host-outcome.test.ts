@@ -7,7 +7,7 @@
  */
 import t from 'tap';
 import type { ShutdownRequest } from '../control/protocol.js';
-import { judgeOutcome, type DomainEnd } from '../host/outcome.js';
+import { judgeOutcome, type DomainEnd } from '../host/toolstack/outcome.js';
 
 const LABEL = 'domain guest (2)';
 const ENDS: Record<string, DomainEnd> = {

@@ -10,9 +10,9 @@ import { join } from 'node:path';
 import { decodeEnvelope, encodeEnvelope } from '../shared/mesh/envelope.js';
 import { Supervisor, type RestartPolicy } from '../shared/mesh/supervisor.js';
 import { captureLogs } from './helpers/logs.js';
-import { Host } from '../host/host.js';
-import { devicePaths } from '../host/devices.js';
-import { formatDevices, formatStatus, formatTree } from '../host/report.js';
+import { Host } from '../host/machine/host.js';
+import { devicePaths } from '../host/toolstack/devices.js';
+import { formatDevices, formatStatus, formatTree } from '../host/cli/report.js';
 import { waitFor } from './helpers/daemon.js';
 
 const TEST_ROLE = new URL('./helpers/test-role-worker.js', import.meta.url);

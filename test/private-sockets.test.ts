@@ -8,7 +8,7 @@ import { chmodSync, chownSync, mkdirSync, mkdtempSync, readdirSync, rmSync, stat
 import { tmpdir } from 'node:os';
 import { Server } from 'node:net';
 import { join } from 'node:path';
-import { ToolstackServer } from '../host/toolstack-server.js';
+import { ToolstackServer } from '../host/cli/toolstack-server.js';
 import { DetachedBackend } from '../xenstore/daemon/domain-backend.js';
 import { XenStoreSocketServer } from '../xenstore/daemon/socket-server.js';
 import { XenStoreDaemon } from '../xenstore/daemon/xenstored.js';

@@ -8,7 +8,7 @@ import t from 'tap';
 import { DomainActionError } from '../control/actions.js';
 import { SYSRQ_KEY_FIRST, SYSRQ_KEY_LAST, sysrqKeyError } from '../control/protocol.js';
 import { writeSysrq } from '../control/toolstack.js';
-import { parseRequest, RequestError } from '../host/toolstack-protocol.js';
+import { parseRequest, RequestError } from '../host/cli/toolstack-protocol.js';
 import type { XenStoreClient } from '../xenstore/client/client.js';
 
 /** Keys that are not keys, with how each is shown in the error. */

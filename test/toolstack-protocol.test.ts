@@ -11,10 +11,10 @@ import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DomainActionError, type DomainActionOptions } from '../control/actions.js';
-import { Host } from '../host/host.js';
+import { Host } from '../host/machine/host.js';
 import { setLogSink } from '../shared/log.js';
-import { parseReply, parseRequest, RequestError } from '../host/toolstack-protocol.js';
-import { ToolstackServer } from '../host/toolstack-server.js';
+import { parseReply, parseRequest, RequestError } from '../host/cli/toolstack-protocol.js';
+import { ToolstackServer } from '../host/cli/toolstack-server.js';
 
 /** A request line as a client would send it, its options given as raw JSON text (JSON.stringify drops `__proto__`). */
 const line = (action: string, options: string) => `{"action": "${action}", "domain": "guest", "options": ${options}}`;

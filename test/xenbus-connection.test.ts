@@ -1,5 +1,5 @@
 import t from 'tap';
-import { devicePaths, type DeviceSpec } from '../host/devices.js';
+import { devicePaths, type DeviceSpec } from '../host/toolstack/devices.js';
 import type { XenStoreClient } from '../xenstore/client/client.js';
 import { readStateAt } from '../xenbus/read.js';
 import { XenbusState } from '../xenbus/state.js';

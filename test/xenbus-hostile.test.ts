@@ -5,7 +5,7 @@
  * guest served by the same backend domain is never disturbed.
  */
 import t from 'tap';
-import { devicePaths, type DeviceSpec } from '../host/devices.js';
+import { devicePaths, type DeviceSpec } from '../host/toolstack/devices.js';
 import { FrontRing, SharedRing } from '../shared/ring.js';
 import { decodeResponse, ECHO_ENTRY_BYTES, EchoStatus, encodeRequest } from '../echo/protocol.js';
 import { XenbusState } from '../xenbus/state.js';

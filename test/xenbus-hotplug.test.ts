@@ -1,5 +1,5 @@
 import t from 'tap';
-import { devicePaths } from '../host/devices.js';
+import { devicePaths } from '../host/toolstack/devices.js';
 import { XenbusState } from '../xenbus/state.js';
 import { run, waitFor } from './helpers/daemon.js';
 import { echoSpec, startBusTestbed, startEchoTestbed } from './helpers/xenbus.js';

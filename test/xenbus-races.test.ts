@@ -5,7 +5,7 @@
  * that restarts under the buses, and a driver that fails to attach.
  */
 import t from 'tap';
-import { devicePaths, type DeviceSpec } from '../host/devices.js';
+import { devicePaths, type DeviceSpec } from '../host/toolstack/devices.js';
 import type { PermissionEntry, XenStoreClient } from '../xenstore/client/client.js';
 import type { XenbusDevice } from '../xenbus/device.js';
 import type { DeviceHandler, XenbusDriver } from '../xenbus/driver.js';

@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import t, { type Test } from 'tap';
-import { Host } from '../host/host.js';
+import { Host } from '../host/machine/host.js';
 import { XenStoreClient } from '../xenstore/client/client.js';
 import { audit, commitUntil, loadClient, watchOwn, LOAD_ROOT, type LoadClient } from './helpers/commit-load.js';
 import { waitFor } from './helpers/daemon.js';

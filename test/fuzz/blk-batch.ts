@@ -18,7 +18,7 @@
 import { open, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { SECTOR_SIZE, VDisk, type BlkifAbi } from '../../shared/blkif.js';
-import { devicePaths, diskDevice, type DeviceSpec } from '../../host/devices.js';
+import { devicePaths, diskDevice, type DeviceSpec } from '../../host/toolstack/devices.js';
 import { PAGE_SIZE } from '../../shared/platform.js';
 import { XenbusState } from '../../xenbus/state.js';
 import type { TestDomain } from '../helpers/xenbus.js';

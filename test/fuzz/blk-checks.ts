@@ -7,7 +7,7 @@
  */
 import { open, stat } from 'node:fs/promises';
 import { SECTOR_SIZE } from '../../shared/blkif.js';
-import { diskDevice, type DeviceSpec } from '../../host/devices.js';
+import { diskDevice, type DeviceSpec } from '../../host/toolstack/devices.js';
 import { XenbusState } from '../../xenbus/state.js';
 import type { HostileFrontend } from './blk-frontend.js';
 import type { HostileRing } from './blk-ring.js';

@@ -1,6 +1,6 @@
 import type { DomainInterface } from '../../shared/platform.js';
 import { randomFillSync } from 'node:crypto';
-import { diskDevice, type DeviceSpec, type DiskSpec } from '../../host/devices.js';
+import { diskDevice, type DeviceSpec, type DiskSpec } from '../../host/toolstack/devices.js';
 import { BlkbackDriver, type BlkbackOptions } from '../../blkback/driver.js';
 import type { BlockDevice } from '../../blkfront/disk.js';
 import { BlkfrontDriver } from '../../blkfront/driver.js';

@@ -5,7 +5,7 @@
  * event count, so that the restarted kernel does not crash again at once.
  */
 import { runRole } from '../../shared/mesh/worker-runtime.js';
-import { startKernel, type KernelRoleConfig } from '../../host/kernel.js';
+import { startKernel, type KernelRoleConfig } from '../../host/machine/kernel.js';
 
 runRole<KernelRoleConfig>(async (ctx) => {
   const kernel = await startKernel(ctx);

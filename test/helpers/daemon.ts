@@ -13,7 +13,7 @@ import { PlatformDomainBackend } from '../../xenstore/daemon/platform-backend.js
 import { takeSavedState, writeSavedState } from '../../xenstore/daemon/saved-state.js';
 import { XenStoreSocketServer } from '../../xenstore/daemon/socket-server.js';
 import { XenStoreDaemon, type DaemonOptions } from '../../xenstore/daemon/xenstored.js';
-import { buildDomain, type StartInfo } from '../../host/domain-builder.js';
+import { buildDomain, type StartInfo } from '../../host/toolstack/domain-builder.js';
 
 /** Machine memory for a test host: 16 MiB. */
 const TEST_MACHINE_FRAMES = 4096;

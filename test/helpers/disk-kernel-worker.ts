@@ -14,7 +14,7 @@
  */
 import type { BlockDevice } from '../../blkfront/disk.js';
 import type { BlkfrontDriver } from '../../blkfront/driver.js';
-import { startKernel, type KernelRoleConfig } from '../../host/kernel.js';
+import { startKernel, type KernelRoleConfig } from '../../host/machine/kernel.js';
 import { runRole } from '../../shared/mesh/worker-runtime.js';
 import { diskBlock as block } from './disk-jobs.js';
 

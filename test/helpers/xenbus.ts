@@ -1,7 +1,7 @@
-import { connectXenstore, type KernelConnection } from '../../host/kernel.js';
-import { devicePaths, type DeviceSpec, type DevicePaths, type UnplugOptions, type UnplugResult } from '../../host/devices.js';
-import type { StartInfo } from '../../host/domain-builder.js';
-import { Toolstack } from '../../host/toolstack.js';
+import { connectXenstore, type KernelConnection } from '../../host/machine/kernel.js';
+import { devicePaths, type DeviceSpec, type DevicePaths, type UnplugOptions, type UnplugResult } from '../../host/toolstack/devices.js';
+import type { StartInfo } from '../../host/toolstack/domain-builder.js';
+import { Toolstack } from '../../host/toolstack/toolstack.js';
 import type { EmbeddedEventChannels } from '../../shared/embedded/evtchn.js';
 import { createLogger } from '../../shared/log.js';
 import type { XenStoreClient } from '../../xenstore/client/client.js';

@@ -1,7 +1,7 @@
-import type { XenStoreClient } from '../xenstore/client/client.js';
-import { readStateAt } from '../xenbus/read.js';
-import { stateName } from '../xenbus/state.js';
-import type { Host } from './host.js';
+import type { XenStoreClient } from '../../xenstore/client/client.js';
+import { readStateAt } from '../../xenbus/read.js';
+import { stateName } from '../../xenbus/state.js';
+import type { Host } from '../machine/host.js';
 
 /** A subtree as `xenstore-ls -p` shows it: indented names, values and permissions. */
 export async function formatTree(xs: XenStoreClient, path: string): Promise<string> {

@@ -2,15 +2,15 @@
  * The xenstored role: the daemon in dom0's worker, serving every domain's
  * ring through the platform and dom0's tools on a Unix socket.
  */
-import { attachPlatform, type PlatformShared } from '../../shared/attach.js';
-import { runRole } from '../../shared/mesh/worker-runtime.js';
-import { PlatformDomainBackend } from '../../xenstore/daemon/platform-backend.js';
-import { XenStoreSocketServer } from '../../xenstore/daemon/socket-server.js';
-import type { Connection } from '../../xenstore/daemon/connection.js';
-import type { DomainRecord } from '../../xenstore/daemon/domains.js';
-import { XenStoreDaemon } from '../../xenstore/daemon/xenstored.js';
-import { takeSavedState, writeSavedState } from '../../xenstore/daemon/saved-state.js';
-import { Journal } from '../../xenstore/daemon/journal.js';
+import { attachPlatform, type PlatformShared } from '../../../shared/attach.js';
+import { runRole } from '../../../shared/mesh/worker-runtime.js';
+import { PlatformDomainBackend } from '../../../xenstore/daemon/platform-backend.js';
+import { XenStoreSocketServer } from '../../../xenstore/daemon/socket-server.js';
+import type { Connection } from '../../../xenstore/daemon/connection.js';
+import type { DomainRecord } from '../../../xenstore/daemon/domains.js';
+import { XenStoreDaemon } from '../../../xenstore/daemon/xenstored.js';
+import { takeSavedState, writeSavedState } from '../../../xenstore/daemon/saved-state.js';
+import { Journal } from '../../../xenstore/daemon/journal.js';
 import { XENSTORED_RESTART, type XenstoredRoleConfig } from '../xenstored-role.js';
 
 

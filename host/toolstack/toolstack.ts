@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
-import { PAGE_SIZE, type Platform } from '../shared/platform.js';
-import type { PermissionEntry, XenStoreClient } from '../xenstore/client/client.js';
+import { PAGE_SIZE, type Platform } from '../../shared/platform.js';
+import type { PermissionEntry, XenStoreClient } from '../../xenstore/client/client.js';
 import { quotasForVbds, quotasProblem, setDomainQuotas, type XenstoreQuotas } from './device-quotas.js';
 import { checkDiskImages } from './disk-check.js';
 import { UNTIL_COMMITTED, devicesOf, plugDevice, unplugDevice, type DevicePaths, type DeviceSpec, type UnplugOptions, type UnplugResult } from './devices.js';

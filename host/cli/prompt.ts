@@ -5,9 +5,9 @@
  * command that fails or makes no sense is reported and the host runs on.
  */
 import { createInterface, type Interface } from 'node:readline';
-import type { DomainAction, DomainActionOptions } from '../control/actions.js';
-import { SYSRQ_KEY_RULE, sysrqKeyError } from '../control/protocol.js';
-import type { Host } from './host.js';
+import type { DomainAction, DomainActionOptions } from '../../control/actions.js';
+import { SYSRQ_KEY_RULE, sysrqKeyError } from '../../control/protocol.js';
+import type { Host } from '../machine/host.js';
 import { formatDevices, formatStatus } from './report.js';
 
 export interface PromptOptions {

@@ -1,17 +1,17 @@
-import { ControlDriver } from '../control/driver.js';
-import { attachPlatform, type PlatformShared } from '../shared/attach.js';
-import { EventDispatcher } from '../shared/event-dispatcher.js';
-import type { RoleContext, RoleInstance } from '../shared/mesh/worker-runtime.js';
-import type { DomainInterface, Platform } from '../shared/platform.js';
-import { XsServerFeature } from '../shared/xs-wire.js';
-import { XenStoreClient } from '../xenstore/client/client.js';
-import { RingClientTransport } from '../xenstore/client/ring-transport.js';
-import type { XenbusBus } from '../xenbus/bus.js';
-import { DeferredRelease } from '../xenbus/deferred-release.js';
-import type { BusContext } from '../xenbus/device.js';
-import type { XenbusDriver } from '../xenbus/driver.js';
-import { stateName } from '../xenbus/state.js';
-import type { StartInfo } from './domain-builder.js';
+import { ControlDriver } from '../../control/driver.js';
+import { attachPlatform, type PlatformShared } from '../../shared/attach.js';
+import { EventDispatcher } from '../../shared/event-dispatcher.js';
+import type { RoleContext, RoleInstance } from '../../shared/mesh/worker-runtime.js';
+import type { DomainInterface, Platform } from '../../shared/platform.js';
+import { XsServerFeature } from '../../shared/xs-wire.js';
+import { XenStoreClient } from '../../xenstore/client/client.js';
+import { RingClientTransport } from '../../xenstore/client/ring-transport.js';
+import type { XenbusBus } from '../../xenbus/bus.js';
+import { DeferredRelease } from '../../xenbus/deferred-release.js';
+import type { BusContext } from '../../xenbus/device.js';
+import type { XenbusDriver } from '../../xenbus/driver.js';
+import { stateName } from '../../xenbus/state.js';
+import type { StartInfo } from '../toolstack/domain-builder.js';
 import { backendDriver, frontendDriver } from './drivers.js';
 
 /** The bus drivers a kernel loads, by name (see drivers.ts). */
@@ -87,8 +87,8 @@ export async function startKernel(ctx: RoleContext<KernelRoleConfig>): Promise<K
     back: new Map(await Promise.all(backDrivers.map(async (name) => [name, await backendDriver(name)] as const))),
   };
   const loaded: [XenbusBus, ReadonlyMap<string, XenbusDriver>, string[]][] = [];
-  if (backDrivers.length > 0) loaded.push([new (await import('../xenbus/back-bus.js')).BackBus(bus), drivers.back, backDrivers]);
-  if (frontDrivers.length > 0) loaded.push([new (await import('../xenbus/front-bus.js')).FrontBus(bus), drivers.front, frontDrivers]);
+  if (backDrivers.length > 0) loaded.push([new (await import('../../xenbus/back-bus.js')).BackBus(bus), drivers.back, backDrivers]);
+  if (frontDrivers.length > 0) loaded.push([new (await import('../../xenbus/front-bus.js')).FrontBus(bus), drivers.front, frontDrivers]);
   for (const [b, mine, names] of loaded) {
     buses.push(b);
     for (const driver of mine.values()) b.register(driver);

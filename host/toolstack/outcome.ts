@@ -7,8 +7,8 @@
  * created again after it shut down to reboot). The answer always says what
  * happened, and is an error when that is not what was asked.
  */
-import { SHUTDOWN_REQUESTS, type ShutdownRequest } from '../control/protocol.js';
-import type { ShutdownReasonName } from '../shared/platform.js';
+import { SHUTDOWN_REQUESTS, type ShutdownRequest } from '../../control/protocol.js';
+import type { ShutdownReasonName } from '../../shared/platform.js';
 
 /** What became of a domain, as the host's lifecycle events tell it. */
 export type DomainEnd =

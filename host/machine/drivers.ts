@@ -1,4 +1,4 @@
-import type { XenbusDriver } from '../xenbus/driver.js';
+import type { XenbusDriver } from '../../xenbus/driver.js';
 
 /**
  * The drivers a domain's kernel can load, by the name its configuration
@@ -9,13 +9,13 @@ import type { XenbusDriver } from '../xenbus/driver.js';
  * MiB in each of hundreds of workers).
  */
 const FRONTEND_DRIVERS: Record<string, () => Promise<XenbusDriver>> = {
-  echo: async () => new (await import('../echo/front.js')).EchoFrontDriver(),
-  vbd: async () => new (await import('../blkfront/driver.js')).BlkfrontDriver(),
+  echo: async () => new (await import('../../echo/front.js')).EchoFrontDriver(),
+  vbd: async () => new (await import('../../blkfront/driver.js')).BlkfrontDriver(),
 };
 
 const BACKEND_DRIVERS: Record<string, () => Promise<XenbusDriver>> = {
-  echo: async () => new (await import('../echo/back.js')).EchoBackDriver(),
-  vbd: async () => new (await import('../blkback/driver.js')).BlkbackDriver(),
+  echo: async () => new (await import('../../echo/back.js')).EchoBackDriver(),
+  vbd: async () => new (await import('../../blkback/driver.js')).BlkbackDriver(),
 };
 
 export function frontendDriver(name: string): Promise<XenbusDriver> {

@@ -1,4 +1,4 @@
-import { GNTTAB_RESERVED_XENSTORE, type DomainSpec, type Platform } from '../shared/platform.js';
+import { GNTTAB_RESERVED_XENSTORE, type DomainSpec, type Platform } from '../../shared/platform.js';
 
 /**
  * What a domain's kernel is told at boot about its xenstore connection (the

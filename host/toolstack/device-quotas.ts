@@ -1,5 +1,5 @@
-import { DEFAULT_HARD_QUOTAS, DEFAULT_SOFT_QUOTAS, SOFT_PREFIX, resolveQuotaName } from '../xenstore/store/quota.js';
-import type { XenStoreClient } from '../xenstore/client/client.js';
+import { DEFAULT_HARD_QUOTAS, DEFAULT_SOFT_QUOTAS, SOFT_PREFIX, resolveQuotaName } from '../../xenstore/store/quota.js';
+import type { XenStoreClient } from '../../xenstore/client/client.js';
 
 /**
  * Quotas the toolstack sets for one domain, as `xenstore-control quota-set`

@@ -4,9 +4,9 @@
  * frontend gave up, from the error node it left (xenbus_dev_error's
  * `error/<device path>/error` in its domain's home).
  */
-import type { XenStoreClient } from '../xenstore/client/client.js';
-import { readIfVisible, waitForState } from '../xenbus/read.js';
-import { XenbusState, stateName } from '../xenbus/state.js';
+import type { XenStoreClient } from '../../xenstore/client/client.js';
+import { readIfVisible, waitForState } from '../../xenbus/read.js';
+import { XenbusState, stateName } from '../../xenbus/state.js';
 import { devicePaths, type DeviceSpec } from './devices.js';
 
 export type DeviceOutcome =

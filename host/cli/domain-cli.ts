@@ -3,9 +3,9 @@
  * that `xenmesh up` runs, sent over its toolstack socket.
  */
 import { parseArgs } from 'node:util';
-import { DEFAULT_ACTION_TIMEOUT_MS, DOMAIN_ACTIONS, type DomainActionOptions } from '../control/actions.js';
-import { SYSRQ_KEY_RULE, sysrqKeyError } from '../control/protocol.js';
-import { DEFAULT_SOCKET_PATH } from '../xenstore/daemon/socket-server.js';
+import { DEFAULT_ACTION_TIMEOUT_MS, DOMAIN_ACTIONS, type DomainActionOptions } from '../../control/actions.js';
+import { SYSRQ_KEY_RULE, sysrqKeyError } from '../../control/protocol.js';
+import { DEFAULT_SOCKET_PATH } from '../../xenstore/daemon/socket-server.js';
 import { HostUnreachableError, askHost } from './toolstack-client.js';
 import { TOOLSTACK_SOCKET_SUFFIX, isDomainAction, toolstackSocketPath, type DomainRequest } from './toolstack-protocol.js';
 

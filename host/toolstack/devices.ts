@@ -1,7 +1,7 @@
-import { createLogger } from '../shared/log.js';
-import type { PermissionEntry, XenStoreClient } from '../xenstore/client/client.js';
-import { readStateAt, waitForState } from '../xenbus/read.js';
-import { XenbusState, stateName } from '../xenbus/state.js';
+import { createLogger } from '../../shared/log.js';
+import type { PermissionEntry, XenStoreClient } from '../../xenstore/client/client.js';
+import { readStateAt, waitForState } from '../../xenbus/read.js';
+import { XenbusState, stateName } from '../../xenbus/state.js';
 
 const log = createLogger('toolstack');
 

@@ -5,9 +5,9 @@
  * what it is told and the host refuses what it cannot act on before it
  * reaches the toolstack.
  */
-import { DOMAIN_ACTIONS, type DomainAction, type DomainActionOptions } from '../control/actions.js';
-import { SYSRQ_KEY_RULE, sysrqKeyError } from '../control/protocol.js';
-import { quoteText } from '../shared/quote.js';
+import { DOMAIN_ACTIONS, type DomainAction, type DomainActionOptions } from '../../control/actions.js';
+import { SYSRQ_KEY_RULE, sysrqKeyError } from '../../control/protocol.js';
+import { quoteText } from '../../shared/quote.js';
 
 /** The toolstack's socket lives next to xenstored's, so that one `--socket` names a host for every tool. */
 export const TOOLSTACK_SOCKET_SUFFIX = '.toolstack';

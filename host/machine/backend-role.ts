@@ -1,11 +1,11 @@
-import { attachPlatform, type PlatformShared } from '../shared/attach.js';
-import { EventDispatcher } from '../shared/event-dispatcher.js';
-import type { RoleContext, RoleInstance } from '../shared/mesh/worker-runtime.js';
-import { XenStoreClient } from '../xenstore/client/client.js';
-import { BackBus } from '../xenbus/back-bus.js';
-import { DeferredRelease } from '../xenbus/deferred-release.js';
-import { stateName } from '../xenbus/state.js';
-import { BlkbackDriver, type BlkbackOptions } from '../blkback/driver.js';
+import { attachPlatform, type PlatformShared } from '../../shared/attach.js';
+import { EventDispatcher } from '../../shared/event-dispatcher.js';
+import type { RoleContext, RoleInstance } from '../../shared/mesh/worker-runtime.js';
+import { XenStoreClient } from '../../xenstore/client/client.js';
+import { BackBus } from '../../xenbus/back-bus.js';
+import { DeferredRelease } from '../../xenbus/deferred-release.js';
+import { stateName } from '../../xenbus/state.js';
+import { BlkbackDriver, type BlkbackOptions } from '../../blkback/driver.js';
 
 /** What the backend role needs: whose backends it serves, how it reaches xenstored, how it serves. */
 export interface BackendRoleConfig {

@@ -5,9 +5,9 @@
  * line that names the path, before a domain is created for it or any of
  * its devices is written to xenstore.
  */
-import { parseTarget } from '../blkback/config.js';
-import { inspectImage, requireImage, type ImageOpener } from '../blkback/image.js';
-import { XsError } from '../shared/errors.js';
+import { parseTarget } from '../../blkback/config.js';
+import { inspectImage, requireImage, type ImageOpener } from '../../blkback/image.js';
+import { XsError } from '../../shared/errors.js';
 import type { DeviceSpec } from './devices.js';
 
 /**

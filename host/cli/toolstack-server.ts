@@ -7,10 +7,10 @@
  */
 import { rmSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
-import { DomainActionError, type DomainAction, type DomainActionOptions } from '../control/actions.js';
-import { createLogger } from '../shared/log.js';
-import { listenPrivately } from '../shared/private-listen.js';
-import { quoteText } from '../shared/quote.js';
+import { DomainActionError, type DomainAction, type DomainActionOptions } from '../../control/actions.js';
+import { createLogger } from '../../shared/log.js';
+import { listenPrivately } from '../../shared/private-listen.js';
+import { quoteText } from '../../shared/quote.js';
 import { LineBuffer, RequestError, formatLine, parseRequest, type DomainReply } from './toolstack-protocol.js';
 
 const log = createLogger('toolstack');

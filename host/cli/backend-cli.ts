@@ -3,18 +3,18 @@
  * driver domain, in place of the kernel's xen-blkback.
  */
 import { parseArgs } from 'node:util';
-import { Supervisor, DEFAULT_RESTART } from '../shared/mesh/supervisor.js';
-import type { PlatformShared } from '../shared/attach.js';
-import { XenPlatform } from '../shared/xen/platform.js';
-import { XenStoreClient } from '../xenstore/client/client.js';
-import { DEFAULT_XENSTORED_PATH } from '../xenstore/client/transport.js';
-import { XENBUS_DEVICE_PATH } from '../xenstore/client/device-transport.js';
-import { AUTO_COPY_MAX_PAGES, type GrantAccess } from '../blkback/io-pool.js';
-import { IO_ENGINE_ENV } from '../blkback/io-engine.js';
-import type { BlkbackOptions } from '../blkback/driver.js';
-import type { IoEngineChoice } from '../blkback/ring-messages.js';
-import { DEFAULT_RING_THREADS } from '../blkback/ring-threads.js';
-import type { BackendRoleConfig } from './backend-role.js';
+import { Supervisor, DEFAULT_RESTART } from '../../shared/mesh/supervisor.js';
+import type { PlatformShared } from '../../shared/attach.js';
+import { XenPlatform } from '../../shared/xen/platform.js';
+import { XenStoreClient } from '../../xenstore/client/client.js';
+import { DEFAULT_XENSTORED_PATH } from '../../xenstore/client/transport.js';
+import { XENBUS_DEVICE_PATH } from '../../xenstore/client/device-transport.js';
+import { AUTO_COPY_MAX_PAGES, type GrantAccess } from '../../blkback/io-pool.js';
+import { IO_ENGINE_ENV } from '../../blkback/io-engine.js';
+import type { BlkbackOptions } from '../../blkback/driver.js';
+import type { IoEngineChoice } from '../../blkback/ring-messages.js';
+import { DEFAULT_RING_THREADS } from '../../blkback/ring-threads.js';
+import type { BackendRoleConfig } from '../machine/backend-role.js';
 
 /** How the I/O workers reach a frontend's pages unless told otherwise. */
 const DEFAULT_GRANT_ACCESS: GrantAccess = 'auto';
