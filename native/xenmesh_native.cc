@@ -1,8 +1,11 @@
-// System calls Node does not offer, for the block backend's I/O workers:
+// System calls Node does not offer. For the block backend's I/O workers:
 // punching holes in image files (fallocate), discarding on block devices
 // (BLKDISCARD, BLKSECDISCARD), and asking a block device its size and
-// sector sizes (BLKGETSIZE64, BLKSSZGET, BLKPBSZGET). Each call is
-// synchronous: it runs on an I/O worker, where blocking is the point.
+// sector sizes (BLKGETSIZE64, BLKSSZGET, BLKPBSZGET); each is synchronous
+// and runs on an I/O worker, where blocking is the point. For the backend
+// and the service: locking an image as QEMU does (open file description
+// locks, which never wait), and telling systemd of readiness (sd_notify(3)
+// is one datagram on a Unix socket, which Node cannot send).
 #include <napi.h>
 
 #include <cerrno>
@@ -11,7 +14,9 @@
 #include <linux/falloc.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 namespace {
@@ -35,6 +40,9 @@ Napi::Error ErrnoError(Napi::Env env, int err, const char* what) {
     case EAGAIN: name = "EAGAIN"; break;
     case EBUSY: name = "EBUSY"; break;
     case ENOMEM: name = "ENOMEM"; break;
+    case ENOENT: name = "ENOENT"; break;
+    case ECONNREFUSED: name = "ECONNREFUSED"; break;
+    case ENAMETOOLONG: name = "ENAMETOOLONG"; break;
     default: name = "EIO"; break;
   }
   error.Set("code", Napi::String::New(env, name));
@@ -110,11 +118,60 @@ Napi::Value AddressOf(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(reinterpret_cast<uintptr_t>(data)));
 }
 
+// lockFile(fd, exclusive): takes an open file description lock on the
+// whole file (F_OFD_SETLK), a write lock if exclusive, else a read lock, as
+// QEMU locks its images; true if taken, false if another open file
+// description holds a conflicting lock. It never waits. The lock goes with
+// the last descriptor of the open file description, so closing the image
+// releases it, and a process that dies releases it with its descriptors.
+// A write lock needs the file open for writing, a read lock for reading.
+Napi::Value LockFile(const Napi::CallbackInfo& info) {
+  const int fd = static_cast<int>(Int64Arg(info, 0, "fd"));
+  const bool exclusive = info.Length() > 1 && info[1].ToBoolean().Value();
+  struct flock lock;
+  std::memset(&lock, 0, sizeof lock);
+  lock.l_type = exclusive ? F_WRLCK : F_RDLCK;
+  lock.l_whence = SEEK_SET;
+  lock.l_start = 0;
+  lock.l_len = 0;  // to the end of the file, however long it grows
+  if (fcntl(fd, F_OFD_SETLK, &lock) == 0) return Napi::Boolean::New(info.Env(), true);
+  if (errno == EAGAIN || errno == EACCES) return Napi::Boolean::New(info.Env(), false);
+  throw ErrnoError(info.Env(), errno, "fcntl(F_OFD_SETLK)");
+}
+
+// sdNotify(socketPath, message): sends one datagram to systemd's notify
+// socket, as sd_notify(3) does; a path starting with '@' is in the
+// abstract namespace.
+Napi::Value SdNotify(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsString() || !info[1].IsString()) {
+    throw Napi::TypeError::New(env, "sdNotify takes a socket path and a message");
+  }
+  const std::string path = info[0].As<Napi::String>().Utf8Value();
+  const std::string message = info[1].As<Napi::String>().Utf8Value();
+  struct sockaddr_un address;
+  std::memset(&address, 0, sizeof address);
+  address.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof address.sun_path) throw ErrnoError(env, ENAMETOOLONG, "NOTIFY_SOCKET");
+  std::memcpy(address.sun_path, path.data(), path.size());
+  if (path[0] == '@') address.sun_path[0] = '\0';
+  const socklen_t length = static_cast<socklen_t>(offsetof(struct sockaddr_un, sun_path) + path.size());
+  const int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw ErrnoError(env, errno, "socket");
+  const ssize_t sent = sendto(fd, message.data(), message.size(), MSG_NOSIGNAL, reinterpret_cast<struct sockaddr*>(&address), length);
+  const int err = errno;
+  close(fd);
+  if (sent < 0) throw ErrnoError(env, err, "sendto(NOTIFY_SOCKET)");
+  return env.Undefined();
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("addressOf", Napi::Function::New(env, AddressOf));
   exports.Set("punchHole", Napi::Function::New(env, PunchHole));
   exports.Set("discardBlocks", Napi::Function::New(env, DiscardBlocks));
   exports.Set("blockDeviceInfo", Napi::Function::New(env, BlockDeviceInfo));
+  exports.Set("lockFile", Napi::Function::New(env, LockFile));
+  exports.Set("sdNotify", Napi::Function::New(env, SdNotify));
   return exports;
 }
 
