@@ -13,10 +13,27 @@ function thresholdFromEnv(): number {
 
 export type LogSink = (level: LogLevel, component: string, message: string) => void;
 
-let threshold = thresholdFromEnv();
-let sink: LogSink = (level, component, message) => {
-  process.stderr.write(`${new Date().toISOString()} ${level.padEnd(5)} [${component}] ${message}\n`);
+/** Where a finished line (newline included) goes in the thread that prints it. */
+export type LogWriter = (line: string) => void;
+
+const writeToStderr: LogWriter = (line) => {
+  process.stderr.write(line);
 };
+
+let threshold = thresholdFromEnv();
+let writer: LogWriter = writeToStderr;
+let sink: LogSink = (level, component, message) => {
+  writer(`${new Date().toISOString()} ${level.padEnd(5)} [${component}] ${message}\n`);
+};
+
+/**
+ * Replaces where the main thread's finished lines are written (workers'
+ * lines reach it through the supervisor); `undefined` puts stderr back.
+ * A terminal prompt uses it to print log lines above itself.
+ */
+export function setLogWriter(newWriter: LogWriter | undefined): void {
+  writer = newWriter ?? writeToStderr;
+}
 
 /** Replaces where log lines go (a worker forwards them to the supervisor). */
 export function setLogSink(newSink: LogSink): void {
