@@ -369,7 +369,7 @@ t.test('SIGTERM during a reboot: the host exits in bounded time, and the reboot 
 t.test('the prompt of xenmesh up', async (t) => {
   const host = await startHost(t, 'pipe');
   const hint = new RegExp(`${RUNNING}\\.\\n.*\\bhelp\\b`);
-  await waitFor(() => hint.test(host.stdout()), 'the hint', SETTLE_TIMEOUT_MS);
+  await waitFor(() => hint.test(host.stdout()) && /^echo 0 .*$/m.test(host.stdout()), 'the hint, and the status that ends the start-up output', SETTLE_TIMEOUT_MS);
   t.pass('a hint about help follows the Running line');
   const stdin = host.child.stdin!;
   const typed = async (line: string, what: string, seen: () => boolean) => {

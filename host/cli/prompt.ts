@@ -3,27 +3,32 @@
  * report) typed at the running host. Commands run one at a time, in the
  * order they were typed, so that piped commands behave as typed ones; a
  * command that fails or makes no sense is reported and the host runs on.
+ * At a terminal, log lines that arrive while the prompt waits are printed
+ * above it, and the prompt is drawn again below with what was typed.
  */
-import { createInterface, type Interface } from 'node:readline';
+import { clearLine, createInterface, cursorTo, type Interface } from 'node:readline';
 import type { DomainAction, DomainActionOptions } from '../../control/actions.js';
 import { SYSRQ_KEY_RULE, sysrqKeyError } from '../../control/protocol.js';
+import { setLogWriter } from '../../shared/log.js';
 import type { Host } from '../machine/host.js';
-import { formatDevices, formatStatus } from './report.js';
+import { formatDevices, formatStatus, formatTreeAt } from './report.js';
 
 export interface PromptOptions {
   readonly input: NodeJS.ReadableStream;
   readonly output: NodeJS.WritableStream;
   readonly errors: NodeJS.WritableStream;
-  /** A terminal gets a prompt string and line editing; a pipe is read line by line. */
+  /**
+   * A terminal gets a prompt string, line editing, and log lines printed
+   * above the prompt; anything else (a pipe, output to a file) is read
+   * line by line and gets no escape sequences. Only true where both the
+   * input and the output are terminals.
+   */
   readonly terminal: boolean;
   /** `quit`: the host should shut down. */
   readonly onQuit: () => void;
   /** Ctrl-C at the terminal, which readline catches before it becomes SIGINT. */
   readonly onInterrupt: () => void;
 }
-
-/** The one-line hint printed once the prompt listens. */
-export const PROMPT_HINT = 'Type help for the commands (shutdown, reboot, suspend, resume, destroy, sysrq, status, quit).';
 
 const PROMPT = 'xenmesh> ';
 
@@ -61,9 +66,13 @@ const COMMANDS: Record<string, Command> = {
     maxArgs: 0,
     run: async (host) => `${await formatStatus(host)}\n\n${await formatDevices(host.xenstore)}`,
   },
+  tree: { args: '[path]', help: "xenstore's tree under path (/ by default), as xenstore-ls -p shows it", minArgs: 0, maxArgs: 1, run: (host, [path]) => formatTreeAt(host.xenstore, path ?? '/') },
 };
 
 const OWN_COMMANDS: Record<string, string> = { help: 'this list', quit: 'shut the host down, as SIGTERM does' };
+
+/** The one-line hint printed once the prompt listens. */
+export const PROMPT_HINT = `Type help for the commands (${[...Object.keys(COMMANDS), 'quit'].join(', ')}).`;
 
 export function helpText(): string {
   const rows: [string, string][] = [
@@ -82,6 +91,8 @@ export class HostPrompt {
   private readonly rl: Interface;
   private pending = Promise.resolve();
   private closed = false;
+  /** True while the prompt is on the screen waiting for a line (a terminal only). */
+  private prompting = false;
 
   constructor(
     private readonly host: Host,
@@ -89,7 +100,9 @@ export class HostPrompt {
   ) {
     this.rl = createInterface({ input: options.input, output: options.terminal ? options.output : undefined, terminal: options.terminal });
     this.rl.setPrompt(PROMPT);
+    if (options.terminal) setLogWriter((line) => this.writeAbovePrompt(line));
     this.rl.on('line', (line) => {
+      this.prompting = false;
       if (this.closed) return;
       this.pending = this.pending.then(() => this.execute(line));
     });
@@ -97,6 +110,8 @@ export class HostPrompt {
     // The end of input ends the prompt, not the host: a host started with
     // its input closed or piped from a finite script stays up.
     this.rl.on('close', () => {
+      this.prompting = false;
+      if (options.terminal) setLogWriter(undefined);
       if (this.closed) return;
       this.closed = true;
       if (options.terminal) this.say('\nNo more commands; the host runs until Ctrl-C or SIGTERM.');
@@ -146,6 +161,24 @@ export class HostPrompt {
   }
 
   private showPrompt(): void {
-    if (this.options.terminal && !this.closed) this.rl.prompt();
+    if (!this.options.terminal || this.closed) return;
+    this.rl.prompt();
+    this.prompting = true;
+  }
+
+  /**
+   * A log line at a terminal: while the prompt waits, its line is cleared,
+   * the log line written in its place, and the prompt drawn again below
+   * with what was typed so far and the cursor where it was.
+   */
+  private writeAbovePrompt(line: string): void {
+    if (!this.prompting) {
+      this.options.errors.write(line);
+      return;
+    }
+    cursorTo(this.options.output, 0);
+    clearLine(this.options.output, 0);
+    this.options.errors.write(line);
+    this.rl.prompt(true);
   }
 }

@@ -1,3 +1,4 @@
+import { isXsError } from '../../shared/errors.js';
 import type { XenStoreClient } from '../../xenstore/client/client.js';
 import { readStateAt } from '../../xenbus/read.js';
 import { stateName } from '../../xenbus/state.js';
@@ -19,6 +20,22 @@ export async function formatTree(xs: XenStoreClient, path: string): Promise<stri
   };
   await walk(path, 1);
   return [path, ...lines].join('\n');
+}
+
+/**
+ * The tree under `path` for the prompt's `tree`: a path that names no
+ * node, or that xenstore refuses, is an error naming it and xenstore's
+ * errno, not an empty tree.
+ */
+export async function formatTreeAt(xs: XenStoreClient, path: string): Promise<string> {
+  try {
+    await xs.read(path);
+  } catch (err) {
+    if (isXsError(err, 'ENOENT')) throw new Error(`no such node: ${path} (ENOENT)`);
+    if (isXsError(err)) throw new Error(`cannot read ${path}: ${err.message}`);
+    throw err;
+  }
+  return formatTree(xs, path);
 }
 
 /** One line per domain: the hypervisor's state, its kernel worker, its xenstore connection. */

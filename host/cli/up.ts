@@ -9,7 +9,7 @@ import { waitForDevice } from '../toolstack/device-wait.js';
 import { chooseDiskAccess, DiskRefused, type DiskAccess } from '../toolstack/disk-check.js';
 import { Host } from '../machine/host.js';
 import { HostPrompt, PROMPT_HINT } from './prompt.js';
-import { formatDevices, formatStatus, formatTree } from './report.js';
+import { formatDevices, formatStatus } from './report.js';
 import { toolstackSocketPath } from './toolstack-protocol.js';
 import { ToolstackServer } from './toolstack-server.js';
 
@@ -122,16 +122,17 @@ export async function runUp(argv: string[]): Promise<number> {
   const out = (text: string) => process.stdout.write(`${text}\n`);
   out(`xenstored is listening on ${socket}; inspect it with XENSTORED_PATH=${socket} xenstore-ls -p /`);
   out(`The toolstack is listening on ${toolstack.path}; drive it with xenmesh domain <action> <domain> --socket ${socket}`);
+  out('Running. Ctrl-C or SIGTERM stops the host.');
+  // The prompt reads whatever stdin is, terminal or pipe; when it ends
+  // (`< /dev/null`, a finished script) the prompt goes and the host runs on.
+  const reading = process.stdin.readable;
+  if (reading) out(PROMPT_HINT);
+  // The status comes last, so that it is what a terminal shows above the
+  // prompt; the xenstore trees are there on request (`tree`, xenstore-ls).
   out('');
   out(await formatStatus(host));
   out('');
   out(await formatDevices(host.xenstore));
-  for (const domid of [0, ...host.domains.keys()]) {
-    out('');
-    out(await formatTree(host.xenstore, `/local/domain/${domid}`));
-  }
-  out('');
-  out('Running. Ctrl-C or SIGTERM stops the host.');
   host.supervisor.on('restart', (name, attempt) => log.info(`${name} restarted (attempt ${attempt})`));
 
   return new Promise<number>((resolve) => {
@@ -158,15 +159,13 @@ export async function runUp(argv: string[]): Promise<number> {
     };
     process.once('SIGINT', stop);
     process.once('SIGTERM', stop);
-    // The prompt reads whatever stdin is, terminal or pipe; when it ends
-    // (`< /dev/null`, a finished script) the prompt goes and the host runs on.
-    if (process.stdin.readable) {
-      out(PROMPT_HINT);
+    if (reading) {
       prompt = new HostPrompt(host, {
         input: process.stdin,
         output: process.stdout,
         errors: process.stderr,
-        terminal: process.stdin.isTTY === true,
+        // Output redirected to a file gets no prompt and no escape sequences, even from a terminal's input.
+        terminal: process.stdin.isTTY === true && process.stdout.isTTY === true,
         onQuit: () => stop('quit'),
         onInterrupt: () => stop('SIGINT'),
       });
