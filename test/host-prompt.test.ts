@@ -49,7 +49,7 @@ function start(t: Test, how: { pty: boolean; stdoutFile?: (dir: string) => strin
   closeSync(fd);
   const up = [process.execPath, XENMESH, 'up', '--socket', socket, '--image', image];
   const redirect = how.stdoutFile ? ['--stdout', how.stdoutFile(dir)] : [];
-  const [file, ...args] = how.pty ? ['python3', PTY_RUN, ...redirect, '--', ...up] : up;
+  const [file, ...args] = how.pty ? ['/usr/bin/python3', PTY_RUN, ...redirect, '--', ...up] : up;
   const child = spawn(file!, args, { stdio: ['pipe', 'pipe', 'pipe'] });
   const exit = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
   let stdout = '';
