@@ -232,6 +232,11 @@ export class VbdBackend implements DeviceHandler {
     return rings.reduce((sum, ring) => addCounters(sum, ring.counters()), this.countersBefore);
   }
 
+  /** The counters of each ring of the current connection, queue by queue (none while disconnected). */
+  ringCounters(): VbdCounters[] {
+    return this.connection?.rings.map((ring) => ring.counters()) ?? [];
+  }
+
   /** The device's counters, named as the toolstack names it (`<frontend-domid>/<devid>` under the backend's domain). */
   statsReport(): VbdStatsReport {
     const [frontend, devid] = this.device.id.split('/');

@@ -28,9 +28,6 @@
 import { BlkifOp, BlkifStatus } from '../shared/blkif.js';
 import { LATENCY_BUCKETS_US, type VbdCounters } from '../shared/vbd-stats.js';
 
-/** The mesh query a kernel serving block devices answers with its VbdStatsReport[]. */
-export const BLOCK_STATS_TOPIC = 'block-stats';
-
 const SEQUENCE = 0;
 const IN_FLIGHT = 1;
 /** The 64-bit counters, by their index among them. */
