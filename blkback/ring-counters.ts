@@ -52,12 +52,25 @@ export const RING_COUNTERS_BYTES = WORDS * Uint32Array.BYTES_PER_ELEMENT;
 const TWO_TO_32 = 2 ** 32;
 
 /**
- * Tries a reader makes while the writer is in the middle of updates
- * before it takes what it read: only a ring thread that died half way
- * through an update leaves the sequence odd for good, and then nothing
- * moves any more.
+ * Copies a reader makes, spinning, while the writer is in the middle of an
+ * update, before it starts sleeping between them: an update is a few dozen
+ * stores, and only a ring thread the system preempted half way through one
+ * keeps the sequence odd for longer (then spinning would only keep it off
+ * the core it needs).
  */
-const READ_TRIES = 1000;
+const SPIN_TRIES = 100;
+/** How long a reader sleeps between copies once it has spun for nothing. */
+const SLEEP_MS = 1;
+/**
+ * How long the sequence may stay odd and unchanged before the reader takes
+ * what it read: longer than any preemption, so only a ring thread that died
+ * half way through an update (terminated; nothing moves any more) leaves
+ * it so, and then the copy is off by that one request at most.
+ */
+const STUCK_LIMIT_MS = 1000;
+
+/** A buffer to sleep on: nobody ever wakes it. */
+const nap = new Int32Array(new SharedArrayBuffer(4));
 
 /** The bounds as a typed array: found without allocating on the hot path. */
 const BOUNDS_US = Float64Array.from(LATENCY_BUCKETS_US);
@@ -137,15 +150,28 @@ export class RingCounterWriter {
   }
 }
 
-/** A consistent copy of a ring's counters, read from any thread. */
-export function readRingCounters(buffer: SharedArrayBuffer): VbdCounters {
+/**
+ * A consistent copy of a ring's counters, read from any thread. `writerAlive`
+ * false (its ring thread is known dead) takes what is there at once.
+ */
+export function readRingCounters(buffer: SharedArrayBuffer, writerAlive = true): VbdCounters {
   const words = new Uint32Array(buffer, 0, WORDS);
   const copy = new Uint32Array(WORDS);
-  for (let tries = 0; ; tries++) {
+  let tries = 0;
+  let stuckSince = 0;
+  let stuckAt = -1;
+  for (;;) {
     const before = Atomics.load(words, SEQUENCE);
     for (let i = 1; i < WORDS; i++) copy[i] = Atomics.load(words, i);
     const after = Atomics.load(words, SEQUENCE);
-    if ((before === after && before % 2 === 0) || tries >= READ_TRIES) break;
+    if ((before === after && before % 2 === 0) || !writerAlive) break;
+    if (++tries < SPIN_TRIES) continue;
+    const now = performance.now();
+    if (after !== stuckAt) {
+      stuckAt = after;
+      stuckSince = now;
+    } else if (now - stuckSince >= STUCK_LIMIT_MS) break;
+    Atomics.wait(nap, 0, 0, SLEEP_MS);
   }
   const counter = (index: number) => copy[FIRST_COUNTER_WORD + 2 * index]! + copy[FIRST_COUNTER_WORD + 2 * index + 1]! * TWO_TO_32;
   const latencyCounts: number[] = [];

@@ -222,9 +222,9 @@ export class RingThreads {
     let stopping: Promise<void> | undefined;
     return {
       get served() {
-        return answeredRequests(readRingCounters(counters));
+        return answeredRequests(readRingCounters(counters, !thread.dead));
       },
-      counters: () => readRingCounters(counters),
+      counters: () => readRingCounters(counters, !thread.dead),
       stop: () =>
         (stopping ??= thread.ask(id, { type: 'stop', id }).then(
           () => void thread.rings.delete(id),

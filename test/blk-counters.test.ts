@@ -18,11 +18,13 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { VbdBackend } from '../blkback/driver.js';
-import { answeredRequests, latencyBucket, zeroCounters } from '../blkback/ring-counters.js';
+import { answeredRequests, latencyBucket, readRingCounters, RING_COUNTERS_BYTES, RingCounterWriter, zeroCounters } from '../blkback/ring-counters.js';
+import { responseOperation } from '../blkback/ring.js';
+import { Worker } from 'node:worker_threads';
 import type { IoEngine } from '../blkback/ring-messages.js';
 import { devicePaths, diskDevice } from '../host/toolstack/devices.js';
 import { Host } from '../host/machine/host.js';
-import { SECTOR_SIZE } from '../shared/blkif.js';
+import { BlkifOp, BlkifStatus, SECTOR_SIZE, type BlkifRequest } from '../shared/blkif.js';
 import { setLogSink } from '../shared/log.js';
 import { LATENCY_BUCKETS_US, type VbdCounters } from '../shared/vbd-stats.js';
 import { waitForState } from '../xenbus/read.js';
@@ -68,6 +70,60 @@ t.test('the latency histogram: each bound is the top of its bucket, and beyond t
   t.equal(latencyBucket(LATENCY_BUCKETS_US.at(-1)!), LATENCY_BUCKETS_US.length - 1);
   t.equal(latencyBucket(LATENCY_BUCKETS_US.at(-1)! + 1), LATENCY_BUCKETS_US.length, 'beyond the last bound: the unbounded bucket');
   t.equal(zeroCounters().latencyCounts.length, LATENCY_BUCKETS_US.length + 1, 'one count per bucket, and one for the rest');
+});
+
+t.test('one ring thread writes, another thread reads: every copy is whole and consistent, across carries into the high word', async (t) => {
+  const counters = new SharedArrayBuffer(RING_COUNTERS_BYTES);
+  const stop = new SharedArrayBuffer(4);
+  const worker = new Worker(new URL('./helpers/ring-counters-worker.js', import.meta.url), { workerData: { counters, stop } });
+  const finished = new Promise<{ reads: number; failedWrites: number }>((resolve, reject) => {
+    worker.once('message', resolve);
+    worker.once('error', reject);
+  });
+  let copies = 0;
+  let inconsistent = 0;
+  let last = zeroCounters();
+  // Until the writer has carried into the high word of bytesRead many times over.
+  while (last.readRequests < 200_000) {
+    const c = readRingCounters(counters);
+    copies++;
+    const consistent =
+      c.bytesRead === c.readRequests * 2 ** 31 &&
+      c.errors === c.writeRequests &&
+      c.bytesWritten === 0 &&
+      answeredRequests(c) === c.readRequests + c.writeRequests &&
+      c.latencySumUs === c.readRequests * 7 + c.writeRequests * 30 &&
+      c.readRequests >= last.readRequests;
+    if (!consistent) inconsistent++;
+    last = c;
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+  Atomics.store(new Int32Array(stop), 0, 1);
+  const { reads, failedWrites } = await finished;
+  await worker.terminate();
+  t.equal(inconsistent, 0, `none of ${copies} copies read while the writer ran was torn or half updated`);
+  const final = readRingCounters(counters);
+  t.match(figures(final), { readRequests: reads, writeRequests: failedWrites, errors: failedWrites, bytesRead: reads * 2 ** 31, inFlight: 0 }, `the final copy holds every request (${reads} reads, ${failedWrites} failed writes)`);
+  t.ok(final.bytesRead > 2 ** 32 * 1000, 'bytes well past 2^32');
+  t.same(final.latencyCounts.slice(0, 2), [reads, failedWrites], 'each request in its latency bucket (7 µs, 30 µs)');
+});
+
+t.test('what a ring counts of each answer: an indirect request as its operation, a barrier as a flush with its data, an unknown operation only as an error', async (t) => {
+  const counters = new SharedArrayBuffer(RING_COUNTERS_BYTES);
+  const writer = new RingCounterWriter(counters);
+  writer.answered(BlkifOp.WRITE_BARRIER, BlkifStatus.OKAY, 8192, 1, 0);
+  writer.answered(BlkifOp.FLUSH_DISKCACHE, BlkifStatus.EOPNOTSUPP, 0, 1, 0);
+  writer.answered(BlkifOp.DISCARD, BlkifStatus.OKAY, 0, 1, 0);
+  writer.answered(BlkifOp.READ, BlkifStatus.ERROR, 4096, 1, 0);
+  writer.answered(7, BlkifStatus.EOPNOTSUPP, 0, 1, 0);
+  writer.answered(BlkifOp.WRITE, BlkifStatus.OKAY, 2 ** 33 + 5, 2 ** 33, 0);
+  t.same(
+    figures(readRingCounters(counters)),
+    { readRequests: 1, writeRequests: 1, flushRequests: 2, discardRequests: 1, bytesRead: 0, bytesWritten: 8192 + 2 ** 33 + 5, errors: 3, inFlight: 0, answered: 6 },
+    'a failed read moves no bytes; EOPNOTSUPP is an error; operation 7 is counted only as an error; an amount past 2^32 carries whole',
+  );
+  t.equal(readRingCounters(counters).latencySumUs, 5 + 2 ** 33, 'and so does a latency past 2^32 µs');
+  t.equal(responseOperation({ kind: 'indirect', operation: BlkifOp.INDIRECT, indirectOp: BlkifOp.READ } as BlkifRequest), BlkifOp.READ, 'an indirect request is answered, and counted, as the operation it carries');
 });
 
 for (const ioEngine of ENGINES) {
