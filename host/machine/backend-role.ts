@@ -6,7 +6,7 @@ import { BackBus } from '../../xenbus/back-bus.js';
 import { DeferredRelease } from '../../xenbus/deferred-release.js';
 import { stateName } from '../../xenbus/state.js';
 import { BlkbackDriver, type BlkbackOptions } from '../../blkback/driver.js';
-import { BLOCK_STATS_TOPIC } from '../../shared/mesh/topics.js';
+import { BLOCK_STATS_TIMEOUT_MS, BLOCK_STATS_TOPIC } from '../../shared/mesh/topics.js';
 import type { Supervisor } from '../../shared/mesh/supervisor.js';
 import type { VbdStatsReport } from '../../shared/vbd-stats.js';
 
@@ -31,9 +31,6 @@ const STATS_INTERVAL_MS = 1000;
 
 /** The supervisor's name for the backend role's worker (`xenmesh backend`). */
 export const BACKEND_ROLE_NAME = 'backend';
-
-/** How long the backend role is given to answer a query for its devices' counters. */
-export const BLOCK_STATS_TIMEOUT_MS = 2000;
 
 /**
  * The counters of every block device the backend role serves, asked of its

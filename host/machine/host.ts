@@ -16,7 +16,7 @@ import { createLogger } from '../../shared/log.js';
 import { quoteText } from '../../shared/quote.js';
 import { settlesWithin } from '../../shared/deadline.js';
 import { DEFAULT_RESTART, Supervisor, type RestartPolicy, type WorkerStatus } from '../../shared/mesh/supervisor.js';
-import { BLOCK_STATS_TOPIC } from '../../shared/mesh/topics.js';
+import { BLOCK_STATS_TIMEOUT_MS, BLOCK_STATS_TOPIC } from '../../shared/mesh/topics.js';
 import type { VbdStatsReport } from '../../shared/vbd-stats.js';
 import { XenStoreClient } from '../../xenstore/client/client.js';
 import { SerialQueue } from '../../xenbus/serial.js';
@@ -28,13 +28,6 @@ import { Toolstack, type DomainConfig } from '../toolstack/toolstack.js';
 import { XENSTORED_RESTART, type XenstoredRoleConfig } from './xenstored-role.js';
 
 const log = createLogger('host');
-
-/**
- * How long a driver domain's kernel is given to answer for its block
- * devices' counters: it answers from memory, so anything slower is a
- * kernel too busy or stuck, and is left out rather than holding up the rest.
- */
-export const BLOCK_STATS_TIMEOUT_MS = 2000;
 
 /** dom0's memory: 1 MiB is plenty for xenstored's own pages. */
 const DOM0_PAGES = 256;
