@@ -6,7 +6,8 @@
  * requests answered, a device's counters are the sum of its rings', and
  * they survive the backend reconnecting. On the embedded host the same
  * figures reach the supervisor from the driver domain's kernel worker
- * (Host.blockStats), and survive the guest being saved and resumed.
+ * (Host.blockStats), and survive the guest being saved and resumed; the
+ * backend role of `xenmesh backend` answers for its disks the same way.
  *
  * Bad inputs tried here: a read past the end of the disk (a frontend that
  * believes the disk is bigger than the backend published), which the
@@ -24,6 +25,9 @@ import { Worker } from 'node:worker_threads';
 import type { IoEngine } from '../blkback/ring-messages.js';
 import { devicePaths, diskDevice } from '../host/toolstack/devices.js';
 import { Host } from '../host/machine/host.js';
+import { backendBlockStats, type BackendRoleConfig } from '../host/machine/backend-role.js';
+import { DEFAULT_RESTART, Supervisor } from '../shared/mesh/supervisor.js';
+import type { PlatformShared } from '../shared/attach.js';
 import { BlkifOp, BlkifStatus, SECTOR_SIZE, type BlkifRequest } from '../shared/blkif.js';
 import { setLogSink } from '../shared/log.js';
 import { LATENCY_BUCKETS_US, type VbdCounters } from '../shared/vbd-stats.js';
@@ -282,4 +286,42 @@ t.test('on the embedded host: the driver domain kernels answer for their disks, 
     { writeRequests: COUNT, bytesWritten: COUNT * DISK_BLOCK_BYTES, readRequests: COUNT, bytesRead: COUNT * DISK_BLOCK_BYTES, errors: 0, inFlight: 0 },
     'the counts from before the suspend carried on: the writes, then the reads',
   );
+});
+
+t.test('the backend role (xenmesh backend) answers for the disks it serves', async (t) => {
+  setLogSink(() => {});
+  t.teardown(() => setLogSink((level, component, message) => process.stderr.write(`${level} [${component}] ${message}\n`)));
+  const dir = mkdtempSync(join(tmpdir(), 'xenmesh-blk-counters-'));
+  const socket = join(dir, 'socket');
+  const host = new Host({ socket, frames: 32768, kernelModule: DISK_KERNEL });
+  const supervisor = new Supervisor();
+  t.teardown(async () => {
+    await supervisor.stopAll();
+    await host.shutdown();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  await host.boot();
+  // A domain with no kernel of ours: the backend role serves its backends, as the process does in a driver domain on Xen.
+  const backend = await host.toolstack.createDomain({ name: 'backend', pages: 2048 });
+  const config: BackendRoleConfig = { domid: backend.domid, xenstore: socket, blkback: {} };
+  await supervisor.start({
+    name: 'backend',
+    domid: backend.domid,
+    module: new URL('../host/machine/workers/backend-worker.js', import.meta.url),
+    config,
+    shared: { link: host.platform.link } satisfies PlatformShared,
+    restart: DEFAULT_RESTART,
+  });
+  t.same(await backendBlockStats(supervisor), [], 'nothing served yet');
+  const guest = await host.startDomain({ name: 'guest', pages: 4096 }, { frontDrivers: ['vbd'] });
+  const spec = diskDevice({ frontendDomid: guest.domid, backendDomid: backend.domid, vdev: 'xvda', target: 'memory:16777216' });
+  await host.plugDevice(spec);
+  const states = await Promise.all([devicePaths(spec).frontend, devicePaths(spec).backend].map((p) => waitForState(host.xenstore, `${p}/state`, [XenbusState.Connected], 20_000)));
+  t.same(states, [XenbusState.Connected, XenbusState.Connected], 'both ends Connected');
+  const COUNT = 50;
+  const written = await runDiskJob(host.xenstore, guest.domid, { id: 'write', kind: 'write', count: COUNT, depth: 4 }, undefined, 60_000);
+  t.equal(written.acked, COUNT, `the guest wrote ${COUNT} blocks`);
+  const reports = await backendBlockStats(supervisor);
+  t.same(reports.map((r) => [r.backendDomid, r.frontendDomid, r.devid]), [[backend.domid, guest.domid, spec.devid]], 'one disk, named as the toolstack names it');
+  t.match(figures(reports[0]!.counters), { writeRequests: COUNT, bytesWritten: COUNT * DISK_BLOCK_BYTES, errors: 0, inFlight: 0 }, 'every write counted');
 });
