@@ -12,6 +12,8 @@ import type { GrantAccess } from './io-pool.js';
 import type { IoEngineChoice } from './ring-messages.js';
 import { DEFAULT_RING_THREADS, RingThreads, type RingLease } from './ring-threads.js';
 import { openStore, probeDiscard, type BackingStore } from './store.js';
+import { addCounters, answeredRequests, zeroCounters } from './ring-counters.js';
+import type { VbdCounters, VbdStatsReport } from '../shared/vbd-stats.js';
 
 /** The largest ring offered: 2^4 = 16 pages (Linux blkback's default xen_blkif_max_ring_order). */
 export const BLKBACK_MAX_RING_PAGE_ORDER = 4;
@@ -19,6 +21,13 @@ export const BLKBACK_MAX_RING_PAGE_ORDER = 4;
 export const BLKBACK_MAX_INDIRECT_SEGMENTS = 256;
 /** Rings (queues) a frontend may use at once. */
 export const BLKBACK_MAX_QUEUES = 4;
+/**
+ * Devices whose counters are kept after their backend went while their
+ * frontend stayed (a guest saved, to be resumed): the most a driver
+ * domain serves by default (DEFAULT_DRIVER_DOMAIN_VBDS), the oldest
+ * forgotten first beyond it.
+ */
+export const BLKBACK_RETAINED_COUNTERS = 1024;
 
 export interface BlkbackOptions {
   /** Offer multi-page rings up to 2^order pages (0: the original single page, and neither key published). */
@@ -56,6 +65,8 @@ export class BlkbackDriver implements XenbusDriver {
   readonly deviceClass = 'vbd';
   /** Attached devices by id (`<frontend-domid>/<devid>`). */
   readonly devices = new Map<string, VbdBackend>();
+  /** The counters of devices whose backend went while their frontend stayed, by id, for when they come back. */
+  private readonly retained = new Map<string, VbdCounters>();
   private threads: RingThreads | undefined;
   private readonly engine: IoEngineChoice;
 
@@ -71,12 +82,36 @@ export class BlkbackDriver implements XenbusDriver {
     // frontend waiting for a connection that cannot come.
     if (config.target.kind === 'path') await requireImage(config.target.path, config.readOnly);
     this.threads ??= this.startThreads(device);
-    const backend = new VbdBackend(device, config, this.threads, this.offer(), () => {
-      if (this.devices.get(device.id) === backend) this.devices.delete(device.id);
+    const earlier = this.retained.get(device.id);
+    this.retained.delete(device.id);
+    const backend = new VbdBackend(device, config, this.threads, this.offer(), {
+      detached: () => {
+        if (this.devices.get(device.id) === backend) this.devices.delete(device.id);
+      },
+      retired: (counters) => this.retain(device.id, counters),
+      earlier,
     });
     await backend.publishFeatures();
     this.devices.set(device.id, backend);
     return backend;
+  }
+
+  /**
+   * Every device's counters, summed over its rings and its connections:
+   * what Linux's blkback shows under each vbd's `statistics/`.
+   */
+  blockStats(): VbdStatsReport[] {
+    return [...this.devices.values()].map((backend) => backend.statsReport());
+  }
+
+  /** A device whose frontend stays (its guest was saved) comes back counting from where it was. */
+  private retain(id: string, counters: VbdCounters): void {
+    this.retained.delete(id);
+    this.retained.set(id, counters);
+    for (const oldest of this.retained.keys()) {
+      if (this.retained.size <= BLKBACK_RETAINED_COUNTERS) break;
+      this.retained.delete(oldest);
+    }
   }
 
   /** Stops the ring threads (the kernel is going away). */
@@ -139,6 +174,16 @@ interface Connection {
   readonly params: FrontendParams;
 }
 
+/** What a device's backend tells its driver of its life, and what it starts from. */
+interface VbdLife {
+  /** It is detached: the driver no longer lists it. */
+  detached(): void;
+  /** Its frontend outlives it (a saved guest): the counters to start from if it attaches again. */
+  retired(counters: VbdCounters): void;
+  /** The counters of its earlier life, if it had one. */
+  readonly earlier: VbdCounters | undefined;
+}
+
 /** The backend of one virtual block device. */
 export class VbdBackend implements DeviceHandler {
   private connection: Connection | undefined;
@@ -146,16 +191,20 @@ export class VbdBackend implements DeviceHandler {
   private transition: Promise<void> = Promise.resolve();
   /** Connections made over the device's life. */
   connections = 0;
-  /** Requests answered on connections that are over. */
-  private servedBefore = 0;
+  /** The counters of connections that are over (and of the device's earlier life). */
+  private countersBefore: VbdCounters;
+  /** The rings of a connection being torn down: still counted until they have stopped. */
+  private draining: readonly RingLease[] = [];
 
   constructor(
     readonly device: XenbusDevice,
     readonly config: VbdConfig,
     private readonly threads: RingThreads,
     private readonly offer: Offer,
-    private readonly onDetach: () => void,
-  ) {}
+    private readonly life: VbdLife,
+  ) {
+    this.countersBefore = life.earlier ?? zeroCounters();
+  }
 
   /** The store of the current connection, if any. */
   get store(): BackingStore | undefined {
@@ -174,7 +223,24 @@ export class VbdBackend implements DeviceHandler {
 
   /** Requests answered over the device's life, every connection's. */
   get totalServed(): number {
-    return this.servedBefore + this.served;
+    return answeredRequests(this.counters());
+  }
+
+  /** The device's counters over its life: every connection's, each summed over its rings. */
+  counters(): VbdCounters {
+    const rings = [...this.draining, ...(this.connection?.rings ?? [])];
+    return rings.reduce((sum, ring) => addCounters(sum, ring.counters()), this.countersBefore);
+  }
+
+  /** The counters of each ring of the current connection, queue by queue (none while disconnected). */
+  ringCounters(): VbdCounters[] {
+    return this.connection?.rings.map((ring) => ring.counters()) ?? [];
+  }
+
+  /** The device's counters, named as the toolstack names it (`<frontend-domid>/<devid>` under the backend's domain). */
+  statsReport(): VbdStatsReport {
+    const [frontend, devid] = this.device.id.split('/');
+    return { backendDomid: this.device.ctx.domid, frontendDomid: Number(frontend), devid: Number(devid), counters: this.counters() };
   }
 
   /** blkif.h's backend features, published before InitWait. */
@@ -229,8 +295,13 @@ export class VbdBackend implements DeviceHandler {
   }
 
   async detach(): Promise<void> {
-    this.onDetach();
+    this.life.detached();
     await this.serialised(() => this.disconnect());
+    // The vbd lives as long as its frontend: a saved guest keeps its
+    // frontend while its backend goes, and comes back to the same counts
+    // (an unplug removes the frontend first).
+    const frontend = this.device.otherendPath && (await this.device.readOtherend('state').catch(() => undefined));
+    if (frontend !== undefined && frontend !== '') this.life.retired(this.countersBefore);
   }
 
   /** Answers what is in flight, makes it durable and closes the store (the domain shuts down, or the device went offline). */
@@ -322,8 +393,13 @@ export class VbdBackend implements DeviceHandler {
     const connection = this.connection;
     if (!connection) return;
     this.connection = undefined;
+    this.draining = connection.rings;
     await Promise.all(connection.rings.map((ring) => ring.stop()));
-    this.servedBefore += connection.rings.reduce((sum, ring) => sum + ring.served, 0);
+    // Nothing is in flight on a ring that stopped; a ring whose thread died
+    // took its requests with it (the frontend replays them on the next connection).
+    const final = connection.rings.reduce((sum, ring) => addCounters(sum, ring.counters()), this.countersBefore);
+    this.countersBefore = { ...final, inFlight: 0 };
+    this.draining = [];
     const { handle } = connection.store;
     if (!connection.store.readOnly && handle.kind === 'fd') {
       const failed = await new Promise<Error | null>((resolve) => fdatasync(handle.fd, resolve));

@@ -36,8 +36,8 @@ export interface RingSpec {
   readonly store: StoreHandle;
   /** The frontend uses persistent grants: its data pages may be kept mapped. */
   readonly persistent: boolean;
-  /** Word 0: requests answered, counted by the ring thread. */
-  readonly stats: SharedArrayBuffer;
+  /** The ring's counters (ring-counters.ts): the ring thread writes them, the device's thread reads them. */
+  readonly counters: SharedArrayBuffer;
 }
 
 export type ToRingThread =

@@ -3,8 +3,10 @@ import { Worker } from 'node:worker_threads';
 import { XsError } from '../shared/errors.js';
 import { createLogger, type Logger } from '../shared/log.js';
 import type { PlatformLink } from '../shared/platform.js';
+import type { VbdCounters } from '../shared/vbd-stats.js';
 import type { XsErrorName } from '../shared/xs-wire.js';
 import type { GrantAccess } from './io-pool.js';
+import { answeredRequests, readRingCounters, RING_COUNTERS_BYTES } from './ring-counters.js';
 import type { FromRingThread, IoEngine, IoEngineChoice, RingSpec, RingThreadData } from './ring-messages.js';
 
 /**
@@ -39,12 +41,14 @@ export function withoutPreloads(execArgv: readonly string[]): string[] {
 export interface RingLease {
   /** Requests answered so far. */
   readonly served: number;
+  /** The ring's counters now (still readable once the ring stopped, or its thread died). */
+  counters(): VbdCounters;
   /** Stops taking requests, answers those taken, and lets go of the ring and its event channel. */
   stop(): Promise<void>;
 }
 
 /** What a device asks for: everything of a RingSpec but the parts the threads fill in. */
-export type RingRequest = Omit<RingSpec, 'id' | 'stats'>;
+export type RingRequest = Omit<RingSpec, 'id' | 'counters'>;
 
 interface Waiter {
   resolve(): void;
@@ -205,13 +209,12 @@ export class RingThreads {
     if (this.closed) throw new XsError('EIO', 'the block backend is closing');
     const thread = this.pick(request.name);
     const id = this.nextId++;
-    const stats = new SharedArrayBuffer(4);
-    const counter = new Uint32Array(stats);
+    const counters = new SharedArrayBuffer(RING_COUNTERS_BYTES);
     // Counted at once, so that the device's next queue, picked before this one is up, goes elsewhere.
     thread.rings.set(id, { device: request.name, broken });
     try {
       await thread.ready;
-      await thread.ask(id, { type: 'attach', spec: { ...request, id, stats } });
+      await thread.ask(id, { type: 'attach', spec: { ...request, id, counters } });
     } catch (err) {
       thread.rings.delete(id);
       throw err;
@@ -219,8 +222,9 @@ export class RingThreads {
     let stopping: Promise<void> | undefined;
     return {
       get served() {
-        return Atomics.load(counter, 0);
+        return answeredRequests(readRingCounters(counters, !thread.dead));
       },
+      counters: () => readRingCounters(counters, !thread.dead),
       stop: () =>
         (stopping ??= thread.ask(id, { type: 'stop', id }).then(
           () => void thread.rings.delete(id),

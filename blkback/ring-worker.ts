@@ -16,6 +16,7 @@ import { startEngine, type RingIo, type RunningEngine } from './io-engine.js';
 import { RequestQueue } from './queue.js';
 import type { FromRingThread, RingSpec, RingThreadData, ToRingThread } from './ring-messages.js';
 import { BlkbackRing, type RingHost } from './ring.js';
+import { RingCounterWriter } from './ring-counters.js';
 
 const port = parentPort!;
 const data = workerData as RingThreadData;
@@ -89,7 +90,7 @@ function attach(spec: RingSpec): void {
   const io = engine.forRing(spec.frontend, spec.persistent);
   const queue = new RequestQueue(io.runner, spec.store, spec.frontend, spec.backend, engine.limits);
   try {
-    const ring = new BlkbackRing(host, mapping, spec.remotePort, queue, spec.policy, (why) => post({ type: 'broken', id: spec.id, why }), new Uint32Array(spec.stats));
+    const ring = new BlkbackRing(host, mapping, spec.remotePort, queue, spec.policy, (why) => post({ type: 'broken', id: spec.id, why }), new RingCounterWriter(spec.counters));
     rings.set(spec.id, { ring, queue, io });
   } catch (err) {
     io.close();

@@ -19,6 +19,7 @@ import type { GrantMapping, GrantTable } from '../shared/platform.js';
 import { BackRing, SharedRing } from '../shared/ring.js';
 import type { PageChunk } from './io-task.js';
 import type { BlockIo, RequestQueue } from './queue.js';
+import { RingCounterWriter } from './ring-counters.js';
 
 /** What a ring needs to know of its store: its size and what it allows. Structured-clonable. */
 export interface StoreShape {
@@ -103,8 +104,8 @@ export class BlkbackRing {
     private readonly policy: RingPolicy,
     /** The ring is broken beyond repair: the device goes Closing with this error. */
     private readonly broken: (why: string) => void,
-    /** Requests answered, word 0: shared memory, so that the device's thread reads it without asking. */
-    private readonly stats: Uint32Array = new Uint32Array(1),
+    /** The ring's counters, in shared memory that the device's thread reads without asking. */
+    private readonly counters: RingCounterWriter,
   ) {
     const layout = layoutOf(policy.abi);
     this.back = BackRing.attach(new SharedRing(mapping.pages, layout.entryBytes));
@@ -114,11 +115,6 @@ export class BlkbackRing {
     this.port = host.bind(remotePort, () => this.service());
     // Requests may have been queued before we bound the channel.
     queueMicrotask(() => this.service());
-  }
-
-  /** Requests answered. */
-  get served(): number {
-    return Atomics.load(this.stats, 0);
   }
 
   /** Slots of the ring: the most requests it can hold. */
@@ -147,20 +143,23 @@ export class BlkbackRing {
         this.broken('the frontend moved its request producer more than a ring ahead of the responses');
         return;
       }
+      // One clock read for the pass: its requests are taken off the ring together.
+      const takenAt = waiting > 0 ? performance.now() : 0;
       for (let i = 0; i < waiting; i++) {
         this.back.takeRequest(this.entry);
-        this.handle(this.view.read(this.entry));
+        this.handle(this.view.read(this.entry), takenAt);
       }
       if (this.back.finalCheckForRequests() === 0) return;
     }
   }
 
-  private handle(request: BlkifRequestView): void {
+  /** `takenAt`: when it was taken off the ring (performance.now()), from which its latency is counted. */
+  private handle(request: BlkifRequestView, takenAt: number): void {
     this.outstanding++;
+    this.counters.inFlight(this.outstanding);
     // The view is reused for the next request: what the response echoes is taken now.
     const { idLow, idHigh } = request;
     const operation = request.kind === 'indirect' ? request.indirectOp : request.operation;
-    const answer = (status: number) => this.respond(idLow, idHigh, operation, status);
     let io: BlockIo | Refusal;
     try {
       io = this.translate(request);
@@ -169,10 +168,12 @@ export class BlkbackRing {
     }
     if ('status' in io) {
       this.host.log.debug(`${this.host.name}: request ${request.id} (operation ${request.operation}) answered at once: ${io.why}`);
-      answer(io.status);
+      this.respond(idLow, idHigh, operation, io.status, 0, takenAt);
       return;
     }
-    this.queue.submit(io, answer);
+    // The bytes it moves, counted once it has: a discard moves none.
+    const bytes = io.kind === 'read' || io.kind === 'write' || io.kind === 'barrier' ? io.length : 0;
+    this.queue.submit(io, (status) => this.respond(idLow, idHigh, operation, status, bytes, takenAt));
   }
 
   /** What a request asks of the store, once every field is checked. */
@@ -289,11 +290,11 @@ export class BlkbackRing {
     }
   }
 
-  private respond(idLow: number, idHigh: number, operation: number, status: number): void {
+  private respond(idLow: number, idHigh: number, operation: number, status: number, bytes: number, takenAt: number): void {
     writeResponse(this.policy.abi, this.response, 0, idLow, idHigh, operation, status);
     this.back.putResponse(this.response);
     this.outstanding--;
-    Atomics.add(this.stats, 0, 1);
+    this.counters.answered(operation, status, bytes, Math.round((performance.now() - takenAt) * 1000), this.outstanding);
     // Responses completed together go out with one signal.
     if (!this.pushScheduled) {
       this.pushScheduled = true;

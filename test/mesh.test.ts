@@ -47,6 +47,19 @@ t.test('a role starts, reports, answers health checks and stops', async (t) => {
   t.same(supervisor.status(), [], 'and it stops');
 });
 
+t.test('a role answers queries; an unknown topic, a silent role and a stopped one are errors, not waits', async (t) => {
+  const supervisor = new Supervisor();
+  t.teardown(() => supervisor.stopAll());
+  await supervisor.start({ name: 'probe', domid: 3, module: TEST_ROLE, config: { behaviour: 'ok' }, shared: null, restart: QUICK_RESTART });
+  t.same(await supervisor.query('probe', 'echo'), { topic: 'echo', list: [1, 2, 3] }, 'the answer arrives, structured');
+  await t.rejects(supervisor.query('probe', 'nothing'), /probe cannot answer 'nothing': no query 'nothing'/, 'an unknown topic');
+  await t.rejects(supervisor.query('probe', 'slow', 100), /probe did not answer the query 'slow' within 100 ms/, 'a role that does not answer in time');
+  t.same(await supervisor.query('probe', 'echo'), { topic: 'echo', list: [1, 2, 3] }, 'and it still answers the next');
+  await t.rejects(supervisor.query('nobody', 'echo'), /nobody is not running/, 'a role that is not there');
+  await supervisor.stop('probe');
+  await t.rejects(supervisor.query('probe', 'echo'), /probe is not running/, 'nor one that stopped');
+});
+
 t.test('a worker that throws is logged and restarted, within its policy', async (t) => {
   const logs = captureLogs(t);
   const supervisor = new Supervisor();

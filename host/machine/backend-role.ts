@@ -6,6 +6,9 @@ import { BackBus } from '../../xenbus/back-bus.js';
 import { DeferredRelease } from '../../xenbus/deferred-release.js';
 import { stateName } from '../../xenbus/state.js';
 import { BlkbackDriver, type BlkbackOptions } from '../../blkback/driver.js';
+import { BLOCK_STATS_TIMEOUT_MS, BLOCK_STATS_TOPIC } from '../../shared/mesh/topics.js';
+import type { Supervisor } from '../../shared/mesh/supervisor.js';
+import type { VbdStatsReport } from '../../shared/vbd-stats.js';
 
 /** What the backend role needs: whose backends it serves, how it reaches xenstored, how it serves. */
 export interface BackendRoleConfig {
@@ -17,8 +20,26 @@ export interface BackendRoleConfig {
   readonly blkback: BlkbackOptions;
 }
 
+/** The running backend role. */
+export interface BackendRole extends RoleInstance {
+  /** The counters of every block device it serves. */
+  blockStats(): VbdStatsReport[];
+}
+
 /** How often the role publishes its devices' states. */
 const STATS_INTERVAL_MS = 1000;
+
+/** The supervisor's name for the backend role's worker (`xenmesh backend`). */
+export const BACKEND_ROLE_NAME = 'backend';
+
+/**
+ * The counters of every block device the backend role serves, asked of its
+ * worker: what a metrics endpoint beside `xenmesh backend` serves. Rejects
+ * when the worker is not running or does not answer in time.
+ */
+export async function backendBlockStats(supervisor: Supervisor, name = BACKEND_ROLE_NAME, timeoutMs = BLOCK_STATS_TIMEOUT_MS): Promise<VbdStatsReport[]> {
+  return (await supervisor.query(name, BLOCK_STATS_TOPIC, timeoutMs)) as VbdStatsReport[];
+}
 
 /**
  * The back bus of a domain on real Xen, in a worker: what a driver domain's
@@ -27,7 +48,7 @@ const STATS_INTERVAL_MS = 1000;
  * binds through the platform its link names, and serves every block device
  * the toolstack writes under the domain's `backend/vbd`.
  */
-export async function startBackendRole(ctx: RoleContext<BackendRoleConfig>): Promise<RoleInstance> {
+export async function startBackendRole(ctx: RoleContext<BackendRoleConfig>): Promise<BackendRole> {
   const { domid, xenstore, blkback } = ctx.config;
   const { link } = ctx.shared as PlatformShared;
   const platform = await attachPlatform(link);
@@ -37,7 +58,8 @@ export async function startBackendRole(ctx: RoleContext<BackendRoleConfig>): Pro
   const home = await xs.getDomainPath(domid);
   const deferred = new DeferredRelease(domain.grants, domain.memory, ctx.log);
   const bus = new BackBus({ xs, domid, home, domain, events, link, log: ctx.log, deferred });
-  bus.register(new BlkbackDriver(blkback));
+  const driver = new BlkbackDriver(blkback);
+  bus.register(driver);
   await bus.start();
   ctx.log.info(`serving ${bus.root} with blkback (grant ${blkback.grantAccess ?? 'map'})`);
 
@@ -60,6 +82,11 @@ export async function startBackendRole(ctx: RoleContext<BackendRoleConfig>): Pro
   return {
     info: { home, root: bus.root },
     health: () => ({ xenstore: xs.isClosed ? 'closed' : 'connected', ...last }),
+    blockStats: () => driver.blockStats(),
+    query(topic) {
+      if (topic !== BLOCK_STATS_TOPIC) throw new Error(`no query '${topic}' (known: ${BLOCK_STATS_TOPIC})`);
+      return driver.blockStats();
+    },
     async stop() {
       clearInterval(timer);
       // Devices answer what is in flight, flush and close their stores;

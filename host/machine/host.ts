@@ -16,6 +16,8 @@ import { createLogger } from '../../shared/log.js';
 import { quoteText } from '../../shared/quote.js';
 import { settlesWithin } from '../../shared/deadline.js';
 import { DEFAULT_RESTART, Supervisor, type RestartPolicy, type WorkerStatus } from '../../shared/mesh/supervisor.js';
+import { BLOCK_STATS_TIMEOUT_MS, BLOCK_STATS_TOPIC } from '../../shared/mesh/topics.js';
+import type { VbdStatsReport } from '../../shared/vbd-stats.js';
 import { XenStoreClient } from '../../xenstore/client/client.js';
 import { SerialQueue } from '../../xenbus/serial.js';
 import type { DevicePaths, DeviceSpec, UnplugOptions, UnplugResult } from '../toolstack/devices.js';
@@ -521,6 +523,28 @@ export class Host {
 
   workers(): WorkerStatus[] {
     return this.supervisor.status();
+  }
+
+  /**
+   * The counters of every block device the host's driver domains serve,
+   * asked of each driver domain's kernel at once; a kernel that does not
+   * answer within `timeoutMs` (stuck, restarting, shutting down) is left
+   * out, and the log says so.
+   */
+  async blockStats(timeoutMs = BLOCK_STATS_TIMEOUT_MS): Promise<VbdStatsReport[]> {
+    const kernels = [...new Set(this.records.values())].filter((r) => r.drivers.backDrivers?.includes('vbd')).map((r) => kernelName(r.config.name));
+    const answers = await Promise.all(
+      kernels.map((name) =>
+        this.supervisor.query(name, BLOCK_STATS_TOPIC, timeoutMs).then(
+          (reports) => reports as VbdStatsReport[],
+          (err: Error) => {
+            log.warn(`block statistics: ${name} left out: ${err.message}`);
+            return [];
+          },
+        ),
+      ),
+    );
+    return answers.flat().sort((a, b) => a.backendDomid - b.backendDomid || a.frontendDomid - b.frontendDomid || a.devid - b.devid);
   }
 
   /**

@@ -2,6 +2,8 @@ import { ControlDriver } from '../../control/driver.js';
 import { attachPlatform, type PlatformShared } from '../../shared/attach.js';
 import { EventDispatcher } from '../../shared/event-dispatcher.js';
 import type { RoleContext, RoleInstance } from '../../shared/mesh/worker-runtime.js';
+import { BLOCK_STATS_TOPIC } from '../../shared/mesh/topics.js';
+import type { VbdStatsReport } from '../../shared/vbd-stats.js';
 import type { DomainInterface, Platform } from '../../shared/platform.js';
 import { XsServerFeature } from '../../shared/xs-wire.js';
 import { XenStoreClient } from '../../xenstore/client/client.js';
@@ -42,6 +44,21 @@ export interface Kernel extends RoleInstance {
  * on reads nobody was waiting for, and each guest booted slower than the last.
  */
 const STATS_INTERVAL_MS = 5000;
+
+/** What a backend driver that counts its block devices offers (blkback's BlkbackDriver). */
+interface BlockStatsSource {
+  blockStats(): VbdStatsReport[];
+}
+
+/**
+ * The answer to the supervisor's query about `topic`: a driver domain's
+ * block devices' counters (none for a kernel without blkback).
+ */
+export function answerKernelQuery(backDrivers: ReadonlyMap<string, XenbusDriver>, topic: string): unknown {
+  if (topic !== BLOCK_STATS_TOPIC) throw new Error(`no query '${topic}' (known: ${BLOCK_STATS_TOPIC})`);
+  const vbd = backDrivers.get('vbd') as Partial<BlockStatsSource> | undefined;
+  return vbd?.blockStats?.() ?? [];
+}
 
 /** A domain kernel's link to the hypervisor and to xenstore. */
 export interface KernelConnection {
@@ -137,6 +154,7 @@ export async function startKernel(ctx: RoleContext<KernelRoleConfig>): Promise<K
     control,
     info: { name, home },
     health: () => ({ xenstore: xs.isClosed ? 'closed' : 'connected', ...lastDevices }),
+    query: (topic) => answerKernelQuery(drivers.back, topic),
     async stop() {
       clearInterval(timer);
       await control.stop();

@@ -4,7 +4,7 @@ import { Packr } from 'msgpackr';
  * The mesh plane's messages: supervision between the supervisor (main
  * thread) and its workers, encoded with msgpackr and posted over the
  * workers' MessagePorts. Nothing a request needs travels here; this is
- * start and stop, health, logs, statistics and crash reports.
+ * start and stop, health, logs, statistics, queries and crash reports.
  */
 export type Envelope =
   /** Supervisor to worker: begin, with the role's configuration. */
@@ -19,6 +19,10 @@ export type Envelope =
   | { kind: 'health'; id: number; report?: HealthReport }
   | { kind: 'log'; level: 'debug' | 'info' | 'warn' | 'error'; component: string; message: string }
   | { kind: 'stats'; stats: Record<string, number | string> }
+  /** Supervisor to worker: what does the role know of `topic` (its block devices' counters)? */
+  | { kind: 'query'; id: number; topic: string }
+  /** Worker to supervisor: the query's answer, or why there is none. */
+  | { kind: 'answer'; id: number; value?: unknown; error?: string }
   /** Worker to supervisor: it is about to die of this. */
   | { kind: 'crash'; error: string; stack: string | undefined };
 

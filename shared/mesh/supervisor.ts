@@ -80,6 +80,8 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
   private readonly managed = new Map<string, Managed>();
   private nextHealthId = 1;
   private readonly healthWaiters = new Map<number, (report: HealthReport) => void>();
+  private nextQueryId = 1;
+  private readonly queryWaiters = new Map<number, (answer: { value?: unknown; error?: string }) => void>();
   private shuttingDown = false;
 
   /** Starts a role and resolves once its worker says it is ready. */
@@ -133,6 +135,30 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
         resolve(report);
       });
       worker.postMessage(encodeEnvelope({ kind: 'health', id }));
+    });
+  }
+
+  /**
+   * Asks a worker what its role knows of `topic` (a kernel serving block
+   * devices answers BLOCK_STATS_TOPIC); rejects if it is not running, does
+   * not know the topic, or does not answer within `timeoutMs`.
+   */
+  query(name: string, topic: string, timeoutMs = 2000): Promise<unknown> {
+    const entry = this.managed.get(name);
+    if (!entry?.worker || entry.state !== 'ready') return Promise.reject(new Error(`${name} is not running`));
+    const id = this.nextQueryId++;
+    const worker = entry.worker;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.queryWaiters.delete(id);
+        reject(new Error(`${name} did not answer the query '${topic}' within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.queryWaiters.set(id, (answer) => {
+        clearTimeout(timer);
+        if (answer.error !== undefined) reject(new Error(`${name} cannot answer '${topic}': ${answer.error}`));
+        else resolve(answer.value);
+      });
+      worker.postMessage(encodeEnvelope({ kind: 'query', id, topic }));
     });
   }
 
@@ -234,6 +260,10 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
       case 'health':
         if (envelope.report) this.healthWaiters.get(envelope.id)?.(envelope.report);
         this.healthWaiters.delete(envelope.id);
+        break;
+      case 'answer':
+        this.queryWaiters.get(envelope.id)?.(envelope);
+        this.queryWaiters.delete(envelope.id);
         break;
       case 'crash':
         this.onCrash(entry, envelope.stack ?? envelope.error);

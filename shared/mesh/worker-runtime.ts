@@ -26,6 +26,11 @@ export interface RoleInstance {
   health?(): Record<string, number | string>;
   /** What the supervisor should know once it is ready (a socket path, a port). */
   readonly info?: unknown;
+  /**
+   * Answers the supervisor's query about `topic` (structured data msgpackr
+   * encodes); throws for a topic the role does not know.
+   */
+  query?(topic: string): unknown;
 }
 
 /**
@@ -53,6 +58,17 @@ export function runRole<C>(start: (ctx: RoleContext<C>) => Promise<RoleInstance>
   process.on('unhandledRejection', crash);
 
   let instance: RoleInstance | undefined;
+  /** A query's answer, or why there is none: never a crash of the role. */
+  const answer = (id: number, topic: string) => {
+    const role = instance;
+    void (async () => {
+      if (!role?.query) throw new Error(`${boot.name} answers no queries${role ? '' : ' yet'}`);
+      return role.query(topic);
+    })().then(
+      (value) => send({ kind: 'answer', id, value }),
+      (err: unknown) => send({ kind: 'answer', id, error: err instanceof Error ? err.message : String(err) }),
+    );
+  };
   port.on('message', (data: unknown) => {
     let envelope: Envelope;
     try {
@@ -81,6 +97,9 @@ export function runRole<C>(start: (ctx: RoleContext<C>) => Promise<RoleInstance>
           id: envelope.id,
           report: { uptimeMs: Date.now() - began, heapUsed: process.memoryUsage().heapUsed, detail: instance?.health?.() ?? {} },
         });
+        break;
+      case 'query':
+        answer(envelope.id, envelope.topic);
         break;
       case 'stop':
         (instance ? instance.stop(envelope.reason) : Promise.resolve()).then(() => {

@@ -10,7 +10,9 @@
  *   acknowledged count goes to `data/disk-progress` as it grows (and a
  *   bitmap of the acknowledged blocks, base64, to `data/disk-acked`), and the
  *   outcome (JSON `{ id, acked, errors, mismatches, settledTwice }`) to
- *   `data/disk-result`.
+ *   `data/disk-result`;
+ * - `data/stall-queries` = `now`: from then on the kernel never answers the
+ *   supervisor's queries, as a kernel stuck in a driver would not.
  */
 import type { BlockDevice } from '../../blkfront/disk.js';
 import type { BlkfrontDriver } from '../../blkfront/driver.js';
@@ -44,6 +46,10 @@ runRole<KernelRoleConfig>(async (ctx) => {
   };
   await follow('data/crash', (value) => {
     if (value === 'now') throw new Error('the test asked this kernel to crash');
+  });
+  let queriesStalled = false;
+  await follow('data/stall-queries', (value) => {
+    if (value === 'now') queriesStalled = true;
   });
   await follow('data/disk-job', (value) => {
     if (value) void runJob(JSON.parse(value) as Job);
@@ -96,7 +102,7 @@ runRole<KernelRoleConfig>(async (ctx) => {
     await xs.write('data/disk-result', JSON.stringify({ id: job.id, acked, errors, mismatches, settledTwice }));
   }
 
-  return kernel;
+  return { ...kernel, query: (topic: string) => (queriesStalled ? new Promise<never>(() => {}) : kernel.query!(topic)) };
 });
 
 function equal(a: Uint8Array, b: Uint8Array): boolean {

@@ -14,6 +14,12 @@ runRole<TestRoleConfig>(async (ctx) => {
   return {
     info: { started: true },
     health: () => ({ served: 42 }),
+    // `echo` answers with what it was asked, `slow` never answers, anything else is unknown.
+    query: (topic: string) => {
+      if (topic === 'echo') return { topic, list: [1, 2, 3] };
+      if (topic === 'slow') return new Promise(() => {});
+      throw new Error(`no query '${topic}'`);
+    },
     stop: () => new Promise((resolve) => setTimeout(resolve, ctx.config.behaviour === 'slow-stop' ? 60_000 : 1)),
   };
 });
