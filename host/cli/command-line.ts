@@ -32,9 +32,18 @@ export function configure(command: Command, prefix: string, usage: string): Comm
       writeOut: (text) => process.stdout.write(text),
       writeErr: (text) => process.stderr.write(text),
       // commander's "error: ..." becomes "xenmesh <command>: ...", above the usage.
-      outputError: (text, write) => write(`${prefix}: ${text.replace(/^error: /, '').trimEnd()}\n${usage}\n`),
+      outputError: (text, write) => write(`${prefix}: ${oneLine(text)}\n${usage}\n`),
     });
   return command;
+}
+
+/** commander's message on one line: without its `error: `, its suggestion (`(Did you mean --ro?)`) joined on. */
+function oneLine(text: string): string {
+  return text
+    .replace(/^error: /, '')
+    .trim()
+    .replace(/\s*\n\s*\(Did you mean (.*)\?\)$/, ' (did you mean $1?)')
+    .replace(/\s*\n\s*/g, ' ');
 }
 
 /**

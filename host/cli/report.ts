@@ -164,8 +164,8 @@ export async function formatBlockList(host: Host, domid: number | undefined, sta
     if ((await back('feature-discard')) === '1') features.push('discard');
     const counters = stats?.find((s) => s.frontendDomid === spec.frontendDomid && s.backendDomid === spec.backendDomid && s.devid === spec.devid)?.counters;
     rows.push([
-      `${spec.frontendDomid} ${vdevName(spec.devid)}\nbe ${spec.backendDomid}`,
-      `${image}\n${mode}`,
+      `${spec.frontendDomid} ${vdevName(spec.devid)} ${mode}\nbe ${spec.backendDomid}`,
+      image,
       `fe ${frontState}\nbe ${backState}`,
       `${queues} x ${2 ** pageOrder} page${2 ** pageOrder === 1 ? '' : 's'}\n${features.join(' ') || '-'}`,
       formatCounters(counters),

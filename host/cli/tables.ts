@@ -38,13 +38,42 @@ export function renderTable(head: readonly string[], rows: readonly (readonly st
     chars: NO_RULES,
     style: { head: [], border: [], 'padding-left': 0, 'padding-right': GAP },
     colWidths: widths,
-    wordWrap: true,
-    wrapOnWordBoundary: true,
   });
-  for (const row of rows) table.push([...row]);
+  for (const row of rows) table.push(row.map((cell, i) => wrapCell(cell, widths[i]! - GAP)));
   return table
     .toString()
     .split('\n')
     .map((line) => line.trimEnd())
     .join('\n');
+}
+
+/**
+ * A cell's lines wrapped to `width`: at spaces, and a word longer than the
+ * width (an image's path) after a `/` where it can, else wherever it must;
+ * nothing is cut off.
+ */
+export function wrapCell(cell: string, width: number): string {
+  const out: string[] = [];
+  for (const line of cell.split('\n')) {
+    let current = '';
+    for (const word of line.split(' ')) {
+      const joined = current === '' ? word : `${current} ${word}`;
+      if (joined.length <= width) {
+        current = joined;
+        continue;
+      }
+      if (current !== '') out.push(current);
+      current = '';
+      let rest = word;
+      while (rest.length > width) {
+        const slash = rest.lastIndexOf('/', width);
+        const cut = slash > 0 ? slash + 1 : width;
+        out.push(rest.slice(0, cut));
+        rest = rest.slice(cut);
+      }
+      current = rest;
+    }
+    out.push(current);
+  }
+  return out.join('\n');
 }

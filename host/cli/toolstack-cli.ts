@@ -11,8 +11,8 @@ import { UsageError, parseSeconds, runs, subcommand } from './command-line.js';
 import { callToolstack } from './toolstack-call.js';
 import { TOOLSTACK_SOCKET_SUFFIX, type ToolstackRequest } from './toolstack-protocol.js';
 
-const SOCKET_HELP = `  --socket PATH       the host's xenstored socket (default ${DEFAULT_SOCKET_PATH});
-                      the toolstack listens on PATH${TOOLSTACK_SOCKET_SUFFIX}`;
+const SOCKET_HELP = `  --socket PATH       the host's xenstored socket; the toolstack listens on
+                      PATH${TOOLSTACK_SOCKET_SUFFIX} (default ${DEFAULT_SOCKET_PATH})`;
 const TIMEOUT_HELP = (what: string) => `  --timeout SECONDS   how long to wait for ${what} (default ${DEFAULT_ACTION_TIMEOUT_MS / 1000})`;
 
 const USAGES = {
