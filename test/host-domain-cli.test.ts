@@ -139,7 +139,7 @@ t.test('xenmesh domain --help', async (t) => {
   const help = await run(process.execPath, [XENMESH, 'domain', '--help']);
   t.equal(help.code, 0);
   t.match(help.stdout, /^Usage: xenmesh domain <action> <domain>/);
-  for (const action of ['shutdown', 'reboot', 'suspend', 'resume', 'destroy', 'sysrq']) t.match(help.stdout, new RegExp(`^  ${action} <domain>`, 'm'), `it lists ${action}`);
+  for (const action of ['shutdown', 'reboot', 'halt', 'suspend', 'resume', 'pause', 'unpause', 'destroy', 'sysrq']) t.match(help.stdout, new RegExp(`^  ${action} <domain>`, 'm'), `it lists ${action}`);
   for (const option of ['--socket PATH', '--timeout SECONDS', '--halt', '--backend DOMAIN']) t.match(help.stdout, option, `and ${option}`);
   t.match(help.stdout, '/var/run/xenstored/socket', 'with the default socket of xenmesh up');
   const top = await run(process.execPath, [XENMESH, '--help']);
@@ -159,6 +159,8 @@ t.test('bad arguments are refused with the usage', async (t) => {
     [['reboot', 'guest', '--halt'], /^xenmesh domain: --halt goes with shutdown only/],
     [['shutdown', 'guest', '--backend', 'driver'], /^xenmesh domain: --backend goes with resume only/],
     [['shutdown', 'guest', '--timeout', 'soon'], /^xenmesh domain: --timeout must be a positive number/],
+    [['shutdown', 'guest', '--timeout', '-5'], /^xenmesh domain: --timeout must be a positive number of seconds$/m],
+    [['shutdown', 'guest', '--timeout'], /^xenmesh domain: option '--timeout <seconds>' argument missing$/m],
     [['shutdown', 'guest', '--bogus'], /^xenmesh domain: .*'--bogus'/],
   ];
   for (const [args, error] of cases) {

@@ -88,9 +88,13 @@ t.test('a suspended domain: shown with its held devices; a resume to a bad backe
   t.match(await listRow(host, 'guest'), /^guest +2 +4 +---s-- suspended +held: vbd xvda, echo 0$/, 'list shows it suspended, holding its devices');
   await host.type('status', /guest \(2\) is suspended, holding vbd xvda, echo 0 until it resumes/);
 
+  // A domain whose kernel loads no back drivers: a guest, made without disks.
+  const plain = await host.xenmesh('create', 'plain');
+  t.match(plain.stdout, /^domain plain \((\d+)\) created, no disks$/m, 'a guest without disks', { stderr: plain.stderr });
   const bad: [string, RegExp][] = [
     ['guest', /domain guest \(2\) stays suspended: a domain cannot serve its own vbd devices/],
     ['Domain-0', /domain guest \(2\) stays suspended: Domain-0 runs no vbd backend on this host/],
+    ['plain', /domain guest \(2\) stays suspended: domain plain \(\d+\) has no vbd back driver/],
     ['nosuch', /no domain 'nosuch'/],
   ];
   for (const [backend, error] of bad) {

@@ -11,6 +11,7 @@ import { SYSRQ_KEY_RULE, sysrqKeyError } from '../../control/protocol.js';
 import type { Host } from '../machine/host.js';
 import { formatDevices, formatStatus } from './report.js';
 import { runToolstackAction } from './toolstack-actions.js';
+import { renderTable } from './tables.js';
 
 export interface PromptOptions {
   readonly input: NodeJS.ReadableStream;
@@ -122,11 +123,10 @@ export function helpText(): string {
     ...Object.entries(COMMANDS).map(([name, command]): [string, string] => [`${name} ${command.args}`.trim(), command.help]),
     ...Object.entries(OWN_COMMANDS),
   ];
-  const width = Math.max(...rows.map(([usage]) => usage.length));
   return [
     'Commands (a domain is named by its name or its domid):',
-    ...rows.map(([usage, help]) => `  ${usage.padEnd(width)}  ${help}`),
-    'From another terminal, xenmesh domain does the same (xenmesh domain --help).',
+    renderTable(['command', 'what it does'], rows),
+    'From another terminal, the xenmesh commands do the same (xenmesh --help).',
   ].join('\n');
 }
 
