@@ -11,7 +11,9 @@ import { SYSRQ_KEY_RULE, sysrqKeyError } from '../../control/protocol.js';
 import type { Host } from '../machine/host.js';
 import { formatDevices, formatStatus } from './report.js';
 import { runToolstackAction } from './toolstack-actions.js';
-import { renderTable } from './tables.js';
+import { renderTable, TABLE_WIDTH } from './tables.js';
+
+const HELP_INDENT = '  ';
 
 export interface PromptOptions {
   readonly input: NodeJS.ReadableStream;
@@ -125,7 +127,10 @@ export function helpText(): string {
   ];
   return [
     'Commands (a domain is named by its name or its domid):',
-    renderTable(['command', 'what it does'], rows),
+    // Indented under the line above, in the width left.
+    ...renderTable(['command', 'what it does'], rows, TABLE_WIDTH - HELP_INDENT.length)
+      .split('\n')
+      .map((line) => (line === '' ? line : `${HELP_INDENT}${line}`)),
     'From another terminal, the xenmesh commands do the same (xenmesh --help).',
   ].join('\n');
 }
