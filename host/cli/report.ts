@@ -167,22 +167,23 @@ export async function formatBlockList(host: Host, domid: number | undefined, sta
       `${spec.frontendDomid} ${vdevName(spec.devid)} ${mode}\nbe ${spec.backendDomid}`,
       image,
       `fe ${frontState}\nbe ${backState}`,
-      `${queues} x ${2 ** pageOrder} page${2 ** pageOrder === 1 ? '' : 's'}\n${features.join(' ') || '-'}`,
+      [`${queues} x ${2 ** pageOrder} page${2 ** pageOrder === 1 ? '' : 's'}`, ...(features.length > 0 ? features : ['-'])].join('\n'),
       formatCounters(counters),
     ]);
   }
   return renderTable(['Disk', 'Image', 'States', 'Rings', 'I/O'], rows);
 }
 
-/** blkback's counters for a disk, in four short lines; `-` for each it does not report. */
+/** blkback's counters for a disk, in four short lines (requests, bytes, errors and in flight, latency); `-` for each it does not report. */
 function formatCounters(counters: VbdStatsReport['counters'] | undefined): string {
-  if (!counters) return 'req -\nbytes -\nerr - infl -\np50 - p99 -';
+  if (!counters) return 'req -\nr - w -\nerr - infl -\np50 - p99 -';
   const requests = counters.readRequests + counters.writeRequests + counters.flushRequests + counters.discardRequests;
   const p50 = latencyPercentileUs(counters, 0.5);
   const p99 = latencyPercentileUs(counters, 0.99);
   return [
     `req ${requests} (r ${counters.readRequests} w ${counters.writeRequests})`,
-    `bytes r ${formatBytes(counters.bytesRead)} w ${formatBytes(counters.bytesWritten)}`,
+    // Bytes read and written, told from the requests above by their units.
+    `r ${formatBytes(counters.bytesRead)} w ${formatBytes(counters.bytesWritten)}`,
     `err ${counters.errors} infl ${counters.inFlight}`,
     `p50 ${formatMicros(p50)} p99 ${formatMicros(p99)}`,
   ].join('\n');
