@@ -51,9 +51,6 @@ export interface ToolstackRequest {
   readonly options: DomainActionOptions;
 }
 
-/** The request of the protocol's first version, which acted on domains only. */
-export type DomainRequest = ToolstackRequest;
-
 export type DomainReply = { readonly ok: true; readonly message: string } | { readonly ok: false; readonly error: string };
 
 /** A line that is not a request the host can act on; the message is what the client is told. */
