@@ -592,9 +592,11 @@ export class Host {
       throw new DomainActionError(`${quoteText(name, "'")} is not a domain name: letters, digits, '_', '.', '-', not all digits, at most 64`);
     }
     if (this.platform.listDomains().some((d) => d.name === name && d.state !== 'dying')) throw new DomainActionError(`a domain named ${name} exists already`);
-    const backendDomid = this.chooseBackend(backend, 'vbd', undefined);
-    const disks = images.map((target, i) => diskDevice({ frontendDomid: 0, backendDomid, vdev: `xvd${String.fromCharCode(97 + i)}`, target }));
     if (images.length > MAX_CREATE_DISKS) throw new DomainActionError(`at most ${MAX_CREATE_DISKS} disks at creation (xvda to xvdp); attach more with block-attach`);
+    // A guest without disks needs no driver domain; one with disks is refused before it exists if none can serve them.
+    const backendDomid = images.length === 0 && backend === undefined ? undefined : this.chooseBackend(backend, 'vbd', undefined);
+    // The frontend's domid is not known until the domain exists; these specs are for the image check, then given it.
+    const disks = images.map((target, i) => diskDevice({ frontendDomid: 0, backendDomid: backendDomid ?? 0, vdev: `xvd${String.fromCharCode(97 + i)}`, target }));
     try {
       await checkDiskImages(disks);
     } catch (err) {
