@@ -11,9 +11,9 @@ import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { DomainActionError, type DomainAction, type DomainActionOptions } from '../control/actions.js';
+import { DomainActionError, type ToolstackAction, type DomainActionOptions } from '../control/actions.js';
 import { SHUTDOWN_TIMEOUT_MS } from '../host/machine/host.js';
-import { MAX_LINE_LENGTH, toolstackSocketPath } from '../host/cli/toolstack-protocol.js';
+import { MAX_LINE_LENGTH, OWN_VERSION, toolstackSocketPath } from '../host/cli/toolstack-protocol.js';
 import { ToolstackServer } from '../host/cli/toolstack-server.js';
 import { run, waitFor } from './helpers/daemon.js';
 
@@ -129,13 +129,17 @@ function exchange(path: string, text: string, expectedLines: number): Promise<st
   });
 }
 
-const parse = (line: string | undefined) => JSON.parse(line ?? 'null') as { ok: boolean; message?: string; error?: string };
+/** A reply line, without the version every reply carries (checked in toolstack-protocol.test.ts). */
+const parse = (line: string | undefined) => {
+  const { version: _version, ...reply } = JSON.parse(line ?? 'null') as { version: unknown; ok: boolean; message?: string; error?: string };
+  return reply;
+};
 
 t.test('xenmesh domain --help', async (t) => {
   const help = await run(process.execPath, [XENMESH, 'domain', '--help']);
   t.equal(help.code, 0);
   t.match(help.stdout, /^Usage: xenmesh domain <action> <domain>/);
-  for (const action of ['shutdown', 'reboot', 'suspend', 'resume', 'destroy', 'sysrq']) t.match(help.stdout, new RegExp(`^  ${action} <domain>`, 'm'), `it lists ${action}`);
+  for (const action of ['shutdown', 'reboot', 'halt', 'suspend', 'resume', 'pause', 'unpause', 'destroy', 'sysrq']) t.match(help.stdout, new RegExp(`^  ${action} <domain>`, 'm'), `it lists ${action}`);
   for (const option of ['--socket PATH', '--timeout SECONDS', '--halt', '--backend DOMAIN']) t.match(help.stdout, option, `and ${option}`);
   t.match(help.stdout, '/var/run/xenstored/socket', 'with the default socket of xenmesh up');
   const top = await run(process.execPath, [XENMESH, '--help']);
@@ -155,6 +159,8 @@ t.test('bad arguments are refused with the usage', async (t) => {
     [['reboot', 'guest', '--halt'], /^xenmesh domain: --halt goes with shutdown only/],
     [['shutdown', 'guest', '--backend', 'driver'], /^xenmesh domain: --backend goes with resume only/],
     [['shutdown', 'guest', '--timeout', 'soon'], /^xenmesh domain: --timeout must be a positive number/],
+    [['shutdown', 'guest', '--timeout', '-5'], /^xenmesh domain: --timeout must be a positive number of seconds$/m],
+    [['shutdown', 'guest', '--timeout'], /^xenmesh domain: option '--timeout <seconds>' argument missing$/m],
     [['shutdown', 'guest', '--bogus'], /^xenmesh domain: .*'--bogus'/],
   ];
   for (const [args, error] of cases) {
@@ -187,7 +193,7 @@ t.test('the toolstack socket, in process', async (t) => {
   const path = join(dir, 'socket.toolstack');
   writeFileSync(path, 'left by a host that died');
   const asked: string[] = [];
-  const control = async (action: DomainAction, domain: string, options: DomainActionOptions) => {
+  const control = async (action: ToolstackAction, domain: string | undefined, options: DomainActionOptions) => {
     asked.push(`${action} ${domain} ${JSON.stringify(options)}`);
     if (domain === 'slow') await new Promise((resolve) => setTimeout(resolve, 300));
     if (domain === 'nosuch') throw new DomainActionError(`no domain '${domain}'`);
@@ -198,7 +204,7 @@ t.test('the toolstack socket, in process', async (t) => {
   await server.listen();
   t.teardown(() => server.close());
 
-  const request = (action: string, domain: unknown, options?: object) => `${JSON.stringify({ action, domain, options })}\n`;
+  const request = (action: string, domain: unknown, options?: object) => `${JSON.stringify({ version: OWN_VERSION, action, domain, options })}\n`;
   const [slow, fast] = await Promise.all([
     exchange(path, request('reboot', 'slow'), 1).then((lines) => ({ lines, at: Date.now() })),
     exchange(path, request('destroy', 'fast'), 1).then((lines) => ({ lines, at: Date.now() })),
@@ -229,7 +235,7 @@ t.test('the toolstack socket, in process', async (t) => {
       request('reboot', 'guest', { hald: true }),
       request('shutdown', 'guest', { halt: 'yes' }),
       request('shutdown', 'guest', { timeoutMs: -1 }),
-      `${JSON.stringify({ action: 'reboot', domain: 'guest', extra: 1 })}\n`,
+      `${JSON.stringify({ version: OWN_VERSION, action: 'reboot', domain: 'guest', extra: 1 })}\n`,
       request('reboot', 'nosuch'),
       request('reboot', 'broken'),
     ].join(''),
@@ -276,7 +282,7 @@ t.test('xenmesh domain against a running host', async (t) => {
 
   t.test('bad JSON on the socket gets an error answer and the host serves on', async (t) => {
     const [bad, alsoBad] = await Promise.all([
-      exchange(host.toolstack, '{"action": "reboot"\n{"action": "frobnicate", "domain": "guest"}\n', 2),
+      exchange(host.toolstack, `{"action": "reboot"\n${JSON.stringify({ version: OWN_VERSION, action: 'frobnicate', domain: 'guest' })}\n`, 2),
       exchange(host.toolstack, 'not json at all\n', 1),
     ]);
     t.match(parse(bad[0]), { ok: false, error: /not valid JSON/ }, 'bad JSON is answered with an error');

@@ -2,7 +2,7 @@
  * `xenmesh backend`: the block backend for a real Xen host, in dom0 or a
  * driver domain, in place of the kernel's xen-blkback.
  */
-import { parseArgs } from 'node:util';
+import type { Command } from 'commander';
 import { Supervisor, DEFAULT_RESTART } from '../../shared/mesh/supervisor.js';
 import type { PlatformShared } from '../../shared/attach.js';
 import { XenPlatform } from '../../shared/xen/platform.js';
@@ -15,6 +15,7 @@ import type { BlkbackOptions } from '../../blkback/driver.js';
 import type { IoEngineChoice } from '../../blkback/ring-messages.js';
 import { DEFAULT_RING_THREADS } from '../../blkback/ring-threads.js';
 import type { BackendRoleConfig } from '../machine/backend-role.js';
+import { runs, subcommand } from './command-line.js';
 
 /** How the I/O workers reach a frontend's pages unless told otherwise. */
 const DEFAULT_GRANT_ACCESS: GrantAccess = 'auto';
@@ -58,43 +59,41 @@ script from scripts/${HOTPLUG_SCRIPT} installed where the script= names it.
 
 const workerModule = (name: string) => new URL(`./workers/${name}.js`, import.meta.url);
 
-export async function runBackend(argv: string[]): Promise<number> {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args: argv,
-      options: {
-        xenstore: { type: 'string' },
-        domid: { type: 'string' },
-        'grant-access': { type: 'string' },
-        'io-engine': { type: 'string' },
-        'ring-threads': { type: 'string' },
-        help: { type: 'boolean', short: 'h' },
-      },
-      strict: true,
-    }));
-  } catch (err) {
-    process.stderr.write(`xenmesh backend: ${(err as Error).message}\n${BACKEND_USAGE}\n`);
-    return 1;
-  }
-  if (values.help) {
-    process.stdout.write(`${BACKEND_USAGE}\n`);
-    return 0;
-  }
+/** The options `xenmesh backend` takes, as commander parsed them. */
+export interface BackendOptions {
+  xenstore?: string;
+  domid?: string;
+  grantAccess?: string;
+  ioEngine?: string;
+  ringThreads?: string;
+}
+
+/** `xenmesh backend`: its options, each one .option() line. */
+export function backendCommand(): Command {
+  const command = subcommand('backend', BACKEND_USAGE)
+    .option('--xenstore <path>')
+    .option('--domid <n>')
+    .option('--grant-access <map|copy|auto>')
+    .option('--io-engine <uring|pool|auto>')
+    .option('--ring-threads <n>');
+  return runs(command, (values: BackendOptions) => runBackend(values));
+}
+
+export async function runBackend(values: BackendOptions): Promise<number> {
   const fail = (message: string) => {
     process.stderr.write(`xenmesh backend: ${message}\n`);
     return 1;
   };
   if (values.domid !== undefined && !/^\d+$/.test(values.domid)) return fail(`--domid must be a domain number, not '${values.domid}'`);
-  const grantAccess = values['grant-access'] ?? DEFAULT_GRANT_ACCESS;
+  const grantAccess = values.grantAccess ?? DEFAULT_GRANT_ACCESS;
   if (grantAccess !== 'map' && grantAccess !== 'copy' && grantAccess !== 'auto') {
     return fail(`--grant-access is map, copy or auto, not '${grantAccess}'`);
   }
-  const ioEngine = values['io-engine'];
+  const ioEngine = values.ioEngine;
   if (ioEngine !== undefined && ioEngine !== 'uring' && ioEngine !== 'pool' && ioEngine !== 'auto') {
     return fail(`--io-engine is uring, pool or auto, not '${ioEngine}'`);
   }
-  const ringThreadsArg = values['ring-threads'];
+  const ringThreadsArg = values.ringThreads;
   if (ringThreadsArg !== undefined && !/^[1-9]\d{0,2}$/.test(ringThreadsArg)) return fail(`--ring-threads must be a positive number of threads, not '${ringThreadsArg}'`);
 
   let domid: number;

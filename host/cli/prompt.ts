@@ -7,11 +7,16 @@
  * above it, and the prompt is drawn again below with what was typed.
  */
 import { clearLine, createInterface, cursorTo, type Interface } from 'node:readline';
-import type { DomainAction, DomainActionOptions } from '../../control/actions.js';
+import { resolve } from 'node:path';
+import type { DomainActionOptions, ToolstackAction } from '../../control/actions.js';
 import { SYSRQ_KEY_RULE, sysrqKeyError } from '../../control/protocol.js';
 import { setLogWriter } from '../../shared/log.js';
 import type { Host } from '../machine/host.js';
 import { formatDevices, formatStatus, formatTreeAt } from './report.js';
+import { runToolstackAction } from './toolstack-actions.js';
+import { renderTable, TABLE_WIDTH } from './tables.js';
+
+const HELP_INDENT = '  ';
 
 export interface PromptOptions {
   readonly input: NodeJS.ReadableStream;
@@ -41,14 +46,44 @@ interface Command {
   readonly run: (host: Host, args: string[]) => Promise<string>;
 }
 
-const action = (name: DomainAction, options: (args: string[]) => DomainActionOptions = () => ({})) =>
-  (host: Host, args: string[]) => host.control(name, args[0]!, options(args));
+const action = (name: ToolstackAction, options: (args: string[]) => DomainActionOptions = () => ({})) =>
+  (host: Host, args: string[]) => runToolstackAction(host, name, args[0], options(args));
+
+/** One `--name value` (or, with no value wanted, `--name`) out of a command's words; the words left are the arguments. */
+function takeFlag(args: string[], name: string, wantsValue: boolean): string | true | undefined {
+  const at = args.indexOf(name);
+  if (at < 0) return undefined;
+  const [, value] = args.splice(at, wantsValue ? 2 : 1);
+  if (!wantsValue) return true;
+  if (value === undefined) throw new Error(`${name} needs a value`);
+  return value;
+}
+
+/** The words of a command line with its `--` flags taken out, for the commands that take flags. */
+const flagged = (flags: Record<string, boolean>, run: (host: Host, args: string[], values: Record<string, string | true | undefined>) => Promise<string>) =>
+  (host: Host, words: string[]) => {
+    const args = [...words];
+    const values = Object.fromEntries(Object.entries(flags).map(([name, wantsValue]) => [name, takeFlag(args, name, wantsValue)]));
+    const unknown = args.find((word) => word.startsWith('--'));
+    if (unknown) throw new Error(`unknown option '${unknown}'`);
+    return run(host, args, values);
+  };
 
 /** What the prompt understands; `help` and `quit` are the prompt's own. */
 const COMMANDS: Record<string, Command> = {
+  list: { args: '', help: 'the domains, as xl list', minArgs: 0, maxArgs: 0, run: action('list') },
+  create: {
+    args: '<name> [image ...] [--backend D]',
+    help: 'create a guest, its disks (xvda, ...) served by a driver domain',
+    minArgs: 1,
+    maxArgs: 20,
+    run: flagged({ '--backend': true }, (host, [name, ...images], { '--backend': backend }) =>
+      runToolstackAction(host, 'create', name, { disks: images.map((image) => resolve(image)), ...(typeof backend === 'string' ? { backend } : {}) }),
+    ),
+  },
   shutdown: { args: '<domain>', help: 'ask the domain to power off', minArgs: 1, maxArgs: 1, run: action('shutdown') },
-  halt: { args: '<domain>', help: 'ask the domain to halt', minArgs: 1, maxArgs: 1, run: action('shutdown', () => ({ halt: true })) },
-  reboot: { args: '<domain>', help: 'ask the domain to reboot, and start it again', minArgs: 1, maxArgs: 1, run: action('reboot') },
+  halt: { args: '<domain>', help: 'ask the domain to halt', minArgs: 1, maxArgs: 1, run: action('halt') },
+  reboot: { args: '<domain>', help: 'ask the domain to reboot, and start it again (under a new domid)', minArgs: 1, maxArgs: 1, run: action('reboot') },
   suspend: { args: '<domain>', help: 'ask the domain to suspend itself', minArgs: 1, maxArgs: 1, run: action('suspend') },
   resume: {
     args: '<domain> [backend-domain]',
@@ -57,8 +92,28 @@ const COMMANDS: Record<string, Command> = {
     maxArgs: 2,
     run: action('resume', ([, backend]) => (backend === undefined ? {} : { backend })),
   },
+  pause: { args: '<domain>', help: 'stop scheduling the domain', minArgs: 1, maxArgs: 1, run: action('pause') },
+  unpause: { args: '<domain>', help: 'let a paused domain run again', minArgs: 1, maxArgs: 1, run: action('unpause') },
   destroy: { args: '<domain>', help: 'destroy the domain at once, without asking it', minArgs: 1, maxArgs: 1, run: action('destroy') },
   sysrq: { args: '<domain> <key>', help: `send the domain a sysrq key (${SYSRQ_KEY_RULE})`, minArgs: 2, maxArgs: 2, run: action('sysrq', ([, key]) => ({ key: key! })) },
+  'block-list': { args: '[domain]', help: "the disks, their rings, features and counters", minArgs: 0, maxArgs: 1, run: action('block-list') },
+  'block-attach': {
+    args: '<domain> <image> [vdev] [--ro] [--backend D]',
+    help: 'attach a disk to a running domain',
+    minArgs: 2,
+    maxArgs: 6,
+    run: flagged({ '--ro': false, '--backend': true }, (host, [domain, image, vdev, ...extra], { '--ro': ro, '--backend': backend }) => {
+      if (image === undefined) throw new Error('usage: block-attach <domain> <image> [vdev] [--ro] [--backend D]');
+      if (extra.length > 0) throw new Error(`unexpected argument '${extra[0]}'`);
+      return runToolstackAction(host, 'block-attach', domain, {
+        image: resolve(image),
+        ...(vdev === undefined ? {} : { vdev }),
+        ...(ro ? { readOnly: true } : {}),
+        ...(typeof backend === 'string' ? { backend } : {}),
+      });
+    }),
+  },
+  'block-detach': { args: '<domain> <vdev>', help: 'detach a disk (by force if the guest does not close it)', minArgs: 2, maxArgs: 2, run: action('block-detach', ([, vdev]) => ({ vdev: vdev! })) },
   status: {
     args: '',
     help: 'the domains, their workers and devices',
@@ -79,11 +134,13 @@ export function helpText(): string {
     ...Object.entries(COMMANDS).map(([name, command]): [string, string] => [`${name} ${command.args}`.trim(), command.help]),
     ...Object.entries(OWN_COMMANDS),
   ];
-  const width = Math.max(...rows.map(([usage]) => usage.length));
   return [
     'Commands (a domain is named by its name or its domid):',
-    ...rows.map(([usage, help]) => `  ${usage.padEnd(width)}  ${help}`),
-    'From another terminal, xenmesh domain does the same (xenmesh domain --help).',
+    // Indented under the line above, in the width left.
+    ...renderTable(['command', 'what it does'], rows, TABLE_WIDTH - HELP_INDENT.length)
+      .split('\n')
+      .map((line) => (line === '' ? line : `${HELP_INDENT}${line}`)),
+    'From another terminal, the xenmesh commands do the same (xenmesh --help).',
   ].join('\n');
 }
 

@@ -1,9 +1,10 @@
 /**
  * The client end of the toolstack socket: sends one request to the host
- * that `xenmesh up` runs and waits for its answer.
+ * that `xenmesh up` runs and waits for its answer (a VersionMismatchError
+ * when the host runs another version of xenmesh).
  */
 import { createConnection } from 'node:net';
-import { LineBuffer, formatLine, parseReply, type DomainReply, type DomainRequest } from './toolstack-protocol.js';
+import { LineBuffer, formatLine, parseReply, type DomainReply, type ToolstackRequest } from './toolstack-protocol.js';
 
 /** The host cannot be reached, or did not answer; the message says which, as a user reads it. */
 export class HostUnreachableError extends Error {
@@ -26,7 +27,7 @@ const NO_LISTENER = new Set(['ENOENT', 'ECONNREFUSED', 'ENOTSOCK']);
  * with a HostUnreachableError when no host listens there, the host hangs up
  * without answering, or no answer comes within `waitMs`.
  */
-export function askHost(path: string, request: DomainRequest, waitMs: number): Promise<DomainReply> {
+export function askHost(path: string, request: ToolstackRequest, waitMs: number): Promise<DomainReply> {
   return new Promise((resolve, reject) => {
     const socket = createConnection(path);
     let connected = false;

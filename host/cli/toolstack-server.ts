@@ -1,13 +1,13 @@
 /**
- * The running host's toolstack socket: where `xenmesh domain` (or anything
- * that writes a JSON line to a Unix socket) asks the host to shut down,
- * reboot, suspend, resume or destroy a domain or send it a sysrq, as xl
- * asks libxl. Like xenstored's socket, it acts for dom0, so only its owner
+ * The running host's toolstack socket: where `xenmesh domain`, `xenmesh
+ * list`, `xenmesh block-attach` and the rest (or anything that writes a
+ * JSON line to a Unix socket) ask the host to act on its domains and their
+ * disks, as xl asks libxl. Like xenstored's socket, it acts for dom0, so only its owner
  * may connect.
  */
 import { rmSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
-import { DomainActionError, type DomainAction, type DomainActionOptions } from '../../control/actions.js';
+import { DomainActionError, type ToolstackAction, type DomainActionOptions } from '../../control/actions.js';
 import { createLogger } from '../../shared/log.js';
 import { listenPrivately } from '../../shared/private-listen.js';
 import { quoteText } from '../../shared/quote.js';
@@ -15,8 +15,8 @@ import { LineBuffer, RequestError, formatLine, parseRequest, type DomainReply } 
 
 const log = createLogger('toolstack');
 
-/** The toolstack call the socket serves: `Host.control`. */
-export type DomainController = (action: DomainAction, domain: string, options: DomainActionOptions) => Promise<string>;
+/** The toolstack call the socket serves (runToolstackAction on the host); resolves with what to tell the client. */
+export type DomainController = (action: ToolstackAction, domain: string | undefined, options: DomainActionOptions) => Promise<string>;
 
 export class ToolstackServer {
   private server: Server | undefined;
@@ -107,7 +107,7 @@ export class ToolstackServer {
     }
     const { action, options } = request;
     // The domain is as the client wrote it: quoted, so that a newline in it cannot forge a line of the log.
-    const domain = quoteText(request.domain, "'");
+    const domain = request.domain === undefined ? '(every domain)' : quoteText(request.domain, "'");
     log.info(`${action} ${domain} asked on the toolstack socket`);
     try {
       const message = await this.control(action, request.domain, options);

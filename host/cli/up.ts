@@ -1,17 +1,19 @@
 import { lstat, mkdir, open } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
-import { parseArgs } from 'node:util';
+import type { Command } from 'commander';
 import { createLogger } from '../../shared/log.js';
 import { DEFAULT_SOCKET_PATH } from '../../xenstore/daemon/socket-server.js';
 import { diskDevice, type DeviceSpec } from '../toolstack/devices.js';
 import { waitForDevice } from '../toolstack/device-wait.js';
 import { chooseDiskAccess, DiskRefused, type DiskAccess } from '../toolstack/disk-check.js';
 import { Host } from '../machine/host.js';
+import { runs, subcommand } from './command-line.js';
 import { HostPrompt, PROMPT_HINT } from './prompt.js';
 import { formatDevices, formatStatus } from './report.js';
 import { toolstackSocketPath } from './toolstack-protocol.js';
 import { ToolstackServer } from './toolstack-server.js';
+import { runToolstackAction } from './toolstack-actions.js';
 
 const log = createLogger('host');
 
@@ -52,29 +54,27 @@ const DOMAINS = [
 /** How long the host waits for the first device to connect before it reports anyway. */
 const CONNECT_WAIT_MS = 10_000;
 
-export async function runUp(argv: string[]): Promise<number> {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args: argv,
-      options: {
-        image: { type: 'string' },
-        access: { type: 'string' },
-        socket: { type: 'string' },
-        frames: { type: 'string' },
-        trace: { type: 'string' },
-        help: { type: 'boolean', short: 'h' },
-      },
-      strict: true,
-    }));
-  } catch (err) {
-    process.stderr.write(`xenmesh up: ${(err as Error).message}\n${UP_USAGE}\n`);
-    return 1;
-  }
-  if (values.help) {
-    process.stdout.write(`${UP_USAGE}\n`);
-    return 0;
-  }
+/** The options `xenmesh up` takes, as commander parsed them. */
+export interface UpOptions {
+  image?: string;
+  access?: string;
+  socket?: string;
+  frames?: string;
+  trace?: string;
+}
+
+/** `xenmesh up`: its options, each one .option() line. */
+export function upCommand(): Command {
+  const command = subcommand('up', UP_USAGE)
+    .option('--image <file>')
+    .option('--access <ro|rw>')
+    .option('--socket <path>')
+    .option('--frames <n>')
+    .option('--trace <file>');
+  return runs(command, (values: UpOptions) => runUp(values));
+}
+
+export async function runUp(values: UpOptions): Promise<number> {
   const frames = values.frames === undefined ? undefined : Number(values.frames);
   if (frames !== undefined && (!Number.isInteger(frames) || frames < 4096)) {
     process.stderr.write('xenmesh up: --frames must be a whole number of pages, at least 4096\n');
@@ -101,7 +101,7 @@ export async function runUp(argv: string[]): Promise<number> {
     return 1;
   }
   const host = new Host({ socket, frames, traceFile: values.trace });
-  const toolstack = new ToolstackServer((action, domain, options) => host.control(action, domain, options), toolstackSocketPath(socket));
+  const toolstack = new ToolstackServer((action, domain, options) => runToolstackAction(host, action, domain, options), toolstackSocketPath(socket));
   try {
     await host.boot();
     const started = [];

@@ -7,7 +7,8 @@ import { requireControl, whyNotDone, writeShutdownRequest, writeSysrq } from '..
 import { VIRQ_DOM_EXC, type EventChannels, type ShutdownReasonName } from '../../shared/platform.js';
 import { waitForState } from '../../xenbus/read.js';
 import { XenbusState } from '../../xenbus/state.js';
-import { attachBackend, detachBackend, devicePaths } from '../toolstack/devices.js';
+import { attachBackend, detachBackend, devicePaths, diskDevice, vdevName, vdevNumber } from '../toolstack/devices.js';
+import { waitForDevice } from '../toolstack/device-wait.js';
 import { DEFAULT_DRIVER_DOMAIN_VBDS } from '../toolstack/device-quotas.js';
 import { checkDiskImages, DiskRefused } from '../toolstack/disk-check.js';
 import { judgeOutcome, type DomainEnd } from '../toolstack/outcome.js';
@@ -28,6 +29,15 @@ import { Toolstack, type DomainConfig } from '../toolstack/toolstack.js';
 import { XENSTORED_RESTART, type XenstoredRoleConfig } from './xenstored-role.js';
 
 const log = createLogger('host');
+
+/** A guest made by `xenmesh create`: 4 MiB, as `xenmesh up`'s guest. */
+const GUEST_PAGES = 1024;
+
+/** The disks a new guest or block-attach names by itself: xvda to xvdp, the ones with the short device numbers (xen-vbd-interface(7)). */
+const MAX_CREATE_DISKS = 16;
+
+/** How long block-detach gives the guest to close a disk before removing it by force (libxl's LIBXL_DESTROY_TIMEOUT, 10 s). */
+const DEVICE_DETACH_TIMEOUT_MS = 10_000;
 
 /** dom0's memory: 1 MiB is plenty for xenstored's own pages. */
 const DOM0_PAGES = 256;
@@ -298,7 +308,8 @@ export class Host {
       await this.destroyDomain(domid);
       return `${label} destroyed`;
     }
-    if (!this.platform.domainInfo(domid)) throw new DomainActionError(`${label} is rebooting; ask again once it runs under its new domid`);
+    const info = this.platform.domainInfo(domid);
+    if (!info) throw new DomainActionError(`${label} is rebooting; ask again once it runs under its new domid`);
     switch (action) {
       case 'sysrq':
         if (options.key === undefined) throw new DomainActionError(`sysrq needs a key: ${SYSRQ_KEY_RULE}`);
@@ -306,10 +317,19 @@ export class Host {
         return `SysRq '${options.key}' sent to ${label}`;
       case 'resume':
         return this.resume(domid, label, options.backend, timeoutMs);
+      case 'pause':
+        // As xl pause: the domain stops being scheduled; its devices stay, and what it had in flight waits.
+        if (info.state === 'paused') throw new DomainActionError(`${label} is already paused`);
+        if (info.state !== 'running') throw new DomainActionError(`${label} is not running (${describeState(info.state, info.shutdownReason)})`);
+        this.platform.pauseDomain(domid);
+        return `${label} paused`;
+      case 'unpause':
+        if (info.state !== 'paused') throw new DomainActionError(`${label} is not paused (${describeState(info.state, info.shutdownReason)})`);
+        this.platform.unpauseDomain(domid);
+        return `${label} unpaused`;
       default: {
-        const request: ShutdownRequest = action === 'shutdown' ? (options.halt ? 'halt' : 'poweroff') : action;
-        const info = this.platform.domainInfo(domid);
-        if (info?.state === 'shutdown') throw new DomainActionError(`${label} has already shut down (${info.shutdownReason})`);
+        const request: ShutdownRequest = action === 'shutdown' ? (options.halt ? 'halt' : 'poweroff') : action === 'halt' ? 'halt' : action;
+        if (info.state === 'shutdown') throw new DomainActionError(`${label} has already shut down (${info.shutdownReason})`);
         await requireControl(this.xenstore, domid, label, request);
         // Listening before writing: the domain may act before the write's reply is read.
         const outcome = this.outcomeOf(domid, label, request, timeoutMs);
@@ -505,6 +525,12 @@ export class Host {
     if (!saved) throw new DomainActionError(`${label} is still being saved; try again`);
     const target = backend === undefined ? undefined : this.findDomain(backend);
     const devices = saved.map((spec) => (target ? { ...spec, backendDomid: target.domid } : spec));
+    // A backend that cannot serve the devices would leave them Initialising
+    // for good: refused before anything is written, the domain still suspended.
+    for (const spec of devices) {
+      const why = this.whyCannotServe(spec.backendDomid, spec.kind, domid);
+      if (why) throw new DomainActionError(`${label} stays suspended: ${why}`);
+    }
     // Every disk is looked at before any is given a backend: a domain that
     // cannot have all of them stays suspended, to be resumed once the image is back.
     try {
@@ -519,6 +545,166 @@ export class Host {
     this.reaping.delete(domid);
     this.platform.resumeDomain(domid);
     return { devices, target };
+  }
+
+  /**
+   * Why a domain cannot be the backend of a `kind` device of `frontendDomid`,
+   * or undefined if it can: it must be another domain that this host
+   * started with that kind's back driver loaded (a driver domain).
+   */
+  whyCannotServe(backendDomid: number, kind: string, frontendDomid: number): string | undefined {
+    if (backendDomid === frontendDomid) return `a domain cannot serve its own ${kind} devices`;
+    if (backendDomid === 0) return `Domain-0 runs no ${kind} backend on this host; name a driver domain`;
+    const record = this.records.get(backendDomid);
+    const info = this.platform.domainInfo(backendDomid);
+    const label = `domain ${info?.name ?? record?.config.name ?? '?'} (${backendDomid})`;
+    if (!record || !info) return `${label} is not a domain this host runs`;
+    if (info.state !== 'running' && info.state !== 'paused') return `${label} is not running`;
+    if (!record.drivers.backDrivers?.includes(kind)) return `${label} has no ${kind} back driver (it loads: ${record.drivers.backDrivers?.join(', ') || 'no back drivers'})`;
+    return undefined;
+  }
+
+  /** The domains this host runs with a back driver for `kind`, by domid. */
+  backendsFor(kind: string): number[] {
+    return [...this.records.values()]
+      .filter((record) => record.drivers.backDrivers?.includes(kind) && this.platform.domainInfo(record.domid))
+      .map((record) => record.domid)
+      .sort((a, b) => a - b);
+  }
+
+  /**
+   * The devices a domain uses as a frontend, and whether they are held for
+   * it (it is suspended, their backends taken away until it resumes).
+   */
+  devicesOf(domid: number): { devices: readonly DeviceSpec[]; held: boolean } {
+    const saved = this.saved.get(domid);
+    if (saved) return { devices: saved, held: true };
+    const record = this.records.get(domid);
+    return { devices: record && record.domid === domid ? record.devices : [], held: false };
+  }
+
+  /**
+   * Creates a guest as \`xenmesh up\` creates its own: its kernel with the
+   * front drivers, and each disk (xvda, xvdb, ...) served by `backend`, or
+   * by the first driver domain; every disk is looked at before the domain
+   * is created, and the guest is destroyed again if one cannot be plugged.
+   */
+  async createGuest(name: string, images: readonly string[], backend: string | undefined, timeoutMs: number): Promise<string> {
+    if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(name) || /^\d+$/.test(name)) {
+      throw new DomainActionError(`${quoteText(name, "'")} is not a domain name: letters, digits, '_', '.', '-', not all digits, at most 64`);
+    }
+    if (this.platform.listDomains().some((d) => d.name === name && d.state !== 'dying')) throw new DomainActionError(`a domain named ${name} exists already`);
+    if (images.length > MAX_CREATE_DISKS) throw new DomainActionError(`at most ${MAX_CREATE_DISKS} disks at creation (xvda to xvdp); attach more with block-attach`);
+    // A guest without disks needs no driver domain; one with disks is refused before it exists if none can serve them.
+    const backendDomid = images.length === 0 && backend === undefined ? undefined : this.chooseBackend(backend, 'vbd', undefined);
+    // The frontend's domid is not known until the domain exists; these specs are for the image check, then given it.
+    const disks = images.map((target, i) => diskDevice({ frontendDomid: 0, backendDomid: backendDomid ?? 0, vdev: `xvd${String.fromCharCode(97 + i)}`, target }));
+    try {
+      await checkDiskImages(disks);
+    } catch (err) {
+      if (err instanceof DiskRefused) throw new DomainActionError(`domain ${name} not created: ${err.message}`);
+      throw err;
+    }
+    const start = await this.startDomain({ name, pages: GUEST_PAGES }, { frontDrivers: ['echo', 'vbd'] });
+    const label = `domain ${name} (${start.domid})`;
+    try {
+      const specs = disks.map((disk) => ({ ...disk, frontendDomid: start.domid }));
+      for (const spec of specs) await this.plugDevice(spec);
+      const outcomes = await Promise.all(specs.map((spec) => waitForDevice(this.xenstore, spec, timeoutMs)));
+      const problems = outcomes.flatMap((o, i) => (o.outcome === 'connected' ? [] : [`${vdevName(specs[i]!.devid)}: ${o.outcome === 'failed' ? o.reason : `not connected within ${timeoutMs / 1000} s`}`]));
+      if (problems.length > 0) return `${label} created; but ${problems.join('; ')}`;
+    } catch (err) {
+      await this.destroyDomain(start.domid).catch(() => {});
+      throw new DomainActionError(`domain ${name} not created: ${(err as Error).message}`);
+    }
+    const where = disks.length > 0 ? `, ${disks.length} disk(s) served by domain ${backendDomid}, connected` : ', no disks';
+    return `${label} created${where}`;
+  }
+
+  /** The backend a new device goes to: the one named, else the frontend's disks' own, else the first driver domain. */
+  private chooseBackend(backend: string | undefined, kind: string, frontendDomid: number | undefined): number {
+    if (backend !== undefined) {
+      const { domid } = this.findDomain(backend);
+      const why = this.whyCannotServe(domid, kind, frontendDomid ?? -1);
+      if (why) throw new DomainActionError(why);
+      return domid;
+    }
+    const current = frontendDomid === undefined ? undefined : this.devicesOf(frontendDomid).devices.find((d) => d.kind === kind)?.backendDomid;
+    if (current !== undefined) return current;
+    const driver = this.backendsFor(kind)[0];
+    if (driver === undefined) throw new DomainActionError(`no domain on this host serves ${kind} devices; start a driver domain`);
+    return driver;
+  }
+
+  /**
+   * Attaches a disk to a running domain, as xl block-attach does: libxl's
+   * layout and permissions, the next free xvdX unless told, the domain's
+   * disks' backend unless told; resolves once the disk connects, and says
+   * why when it does not.
+   */
+  async blockAttach(domain: string, image: string, options: { vdev?: string; readOnly?: boolean; backend?: string; timeoutMs?: number }): Promise<string> {
+    const timeoutMs = options.timeoutMs ?? DEFAULT_ACTION_TIMEOUT_MS;
+    const { domid, name } = this.findDomain(domain);
+    const label = `domain ${name} (${domid})`;
+    if (domid === 0) throw new DomainActionError('Domain-0 takes no disks from this host\'s driver domains');
+    const info = this.platform.domainInfo(domid);
+    const record = this.records.get(domid);
+    if (!info || !record || record.domid !== domid) throw new DomainActionError(`${label} is not a domain this host runs`);
+    if (info.state === 'shutdown' || info.state === 'dying') throw new DomainActionError(`${label} is not running (${describeState(info.state, info.shutdownReason)})`);
+    if (!record.drivers.frontDrivers?.includes('vbd')) throw new DomainActionError(`${label} has no vbd front driver to use a disk`);
+    const used = new Set(this.devicesOf(domid).devices.filter((d) => d.kind === 'vbd').map((d) => d.devid));
+    let vdev = options.vdev;
+    if (vdev === undefined) {
+      vdev = nextFreeVdev(used);
+      if (vdev === undefined) throw new DomainActionError(`${label} has no free disk name left`);
+    }
+    let devid: number;
+    try {
+      devid = vdevNumber(vdev);
+    } catch (err) {
+      throw new DomainActionError((err as Error).message);
+    }
+    if (used.has(devid)) throw new DomainActionError(`${label} already has a disk ${vdev}`);
+    const backendDomid = this.chooseBackend(options.backend, 'vbd', domid);
+    const spec = diskDevice({ frontendDomid: domid, backendDomid, vdev, target: image, readOnly: options.readOnly });
+    try {
+      await this.plugDevice(spec);
+    } catch (err) {
+      if (err instanceof DiskRefused) throw new DomainActionError(`${vdev} not attached: ${err.message}`);
+      throw err;
+    }
+    const mode = options.readOnly ? 'read-only' : 'read-write';
+    const outcome = await waitForDevice(this.xenstore, spec, timeoutMs);
+    if (outcome.outcome === 'failed') throw new DomainActionError(`${vdev} attached to ${label}, but it did not connect: ${outcome.reason}`);
+    if (outcome.outcome === 'timeout') throw new DomainActionError(`${vdev} attached to ${label}, but it did not connect within ${timeoutMs / 1000} s`);
+    return `${vdev} (${image}, ${mode}) attached to ${label}, served by domain ${backendDomid}; connected`;
+  }
+
+  /**
+   * Detaches a disk, as xl block-detach does: the backend is set Closing,
+   * the frontend is given `timeoutMs` to close, and is removed by force
+   * if it does not; the answer says which.
+   */
+  async blockDetach(domain: string, vdev: string, timeoutMs = DEVICE_DETACH_TIMEOUT_MS): Promise<string> {
+    const { domid, name } = this.findDomain(domain);
+    const label = `domain ${name} (${domid})`;
+    let devid: number;
+    try {
+      devid = vdevNumber(vdev);
+    } catch (err) {
+      throw new DomainActionError((err as Error).message);
+    }
+    const { devices, held } = this.devicesOf(domid);
+    const spec = devices.find((d) => d.kind === 'vbd' && d.devid === devid);
+    if (!spec) {
+      const disks = devices.filter((d) => d.kind === 'vbd').map((d) => vdevName(d.devid));
+      throw new DomainActionError(`${label} has no disk ${vdev} (its disks: ${disks.length > 0 ? disks.join(', ') : 'none'})`);
+    }
+    if (held) throw new DomainActionError(`${label} is suspended; resume it before detaching ${vdev}`);
+    const result = await this.unplugDevice(spec, { timeoutMs });
+    return result.clean
+      ? `${vdev} detached from ${label}: the guest closed it`
+      : `${vdev} detached from ${label} by force: the guest did not close it within ${timeoutMs / 1000} s`;
   }
 
   workers(): WorkerStatus[] {
@@ -599,6 +785,21 @@ interface DomainRecord {
   readonly ops: SerialQueue;
   /** A destroy was asked: nothing under way brings the domain back. */
   doomed: boolean;
+}
+
+/** A domain's state as a user reads it. */
+function describeState(state: string, reason: ShutdownReasonName | undefined): string {
+  if (state === 'shutdown') return reason === 'suspend' ? 'suspended' : `shut down: ${reason ?? 'poweroff'}`;
+  return state;
+}
+
+/** The first xvdX name whose device number is not in `used`. */
+function nextFreeVdev(used: ReadonlySet<number>): string | undefined {
+  for (let i = 0; i < MAX_CREATE_DISKS; i++) {
+    const vdev = `xvd${String.fromCharCode(97 + i)}`;
+    if (!used.has(vdevNumber(vdev))) return vdev;
+  }
+  return undefined;
 }
 
 const sameDevice = (a: DeviceSpec, b: DeviceSpec) => a.kind === b.kind && a.devid === b.devid && a.frontendDomid === b.frontendDomid;

@@ -329,3 +329,15 @@ export function diskDevice(disk: DiskSpec): DeviceSpec {
   };
   return { kind: 'vbd', frontendDomid: disk.frontendDomid, backendDomid: disk.backendDomid, devid, backend, frontend };
 }
+
+/** A Xen virtual disk's name from its device number, the inverse of vdevNumber: `xvda`, `xvdb1`, ...; `d<n>` for a number that is none. */
+export function vdevName(devid: number): string {
+  const letters = (disk: number): string => {
+    let name = '';
+    for (let n = disk + 1; n > 0; n = Math.floor((n - 1) / 26)) name = String.fromCharCode(97 + ((n - 1) % 26)) + name;
+    return name;
+  };
+  if (devid >> 8 === 202) return `xvd${letters((devid >> 4) & 0xf)}${devid & 0xf || ''}`;
+  if ((devid & (1 << 28)) !== 0) return `xvd${letters((devid >> 8) & 0xfffff)}${devid & 0xff || ''}`;
+  return `d${devid}`;
+}

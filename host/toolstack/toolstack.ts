@@ -6,6 +6,12 @@ import { checkDiskImages } from './disk-check.js';
 import { UNTIL_COMMITTED, devicesOf, plugDevice, unplugDevice, type DevicePaths, type DeviceSpec, type UnplugOptions, type UnplugResult } from './devices.js';
 import { buildDomain, type StartInfo } from './domain-builder.js';
 
+/**
+ * The first domid Xen reserves for itself (DOMID_FIRST_RESERVED,
+ * xen/include/public/xen.h): domains are numbered below it.
+ */
+export const DOMID_FIRST_RESERVED = 0x7ff0;
+
 export interface DomainConfig {
   name: string;
   /** Memory in 4 KiB pages. */
@@ -31,6 +37,8 @@ export interface DomainConfig {
  */
 export class Toolstack {
   private readonly vmPaths = new Map<number, string>();
+  /** The domid last handed out: the next domain gets the next free one after it. */
+  private lastDomid = 0;
 
   constructor(
     private readonly platform: Platform,
@@ -62,7 +70,8 @@ export class Toolstack {
     const quotas = { ...(config.vbds === undefined ? {} : quotasForVbds(config.vbds)), ...config.xenstoreQuotas };
     const problem = quotasProblem(quotas);
     if (problem) throw new Error(`domain ${config.name}: ${problem}`);
-    const spec = { name: config.name, pages: config.pages, domid: config.domid, maxMaptrackFrames: config.maxMaptrackFrames };
+    const domid = config.domid ?? this.nextDomid();
+    const spec = { name: config.name, pages: config.pages, domid, maxMaptrackFrames: config.maxMaptrackFrames };
     const start = buildDomain(this.platform, spec, this.storeDomid);
     try {
       await this.writeHome(start, config);
@@ -75,6 +84,26 @@ export class Toolstack {
     }
     this.platform.unpauseDomain(start.domid);
     return start;
+  }
+
+  /**
+   * The domid for a new domain, as Xen's XEN_DOMCTL_createdomain picks it:
+   * the next free one after the last it handed out, wrapping below
+   * DOMID_FIRST_RESERVED back to 1. A domain created again (a reboot) thus
+   * gets a new domid, never the one of the domain just destroyed, whose
+   * traces (a late watch event, a backend still closing) could be taken
+   * for the new domain's.
+   */
+  private nextDomid(): number {
+    const span = DOMID_FIRST_RESERVED - 1;
+    for (let step = 1; step <= span; step++) {
+      const domid = ((this.lastDomid - 1 + step) % span) + 1;
+      if (!this.platform.domainInfo(domid)) {
+        this.lastDomid = domid;
+        return domid;
+      }
+    }
+    throw new Error(`no free domid: every one below ${DOMID_FIRST_RESERVED} is in use`);
   }
 
   /**

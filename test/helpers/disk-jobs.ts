@@ -25,6 +25,8 @@ export interface DiskJob {
   readonly kind: 'write' | 'verify';
   readonly count: number;
   readonly depth: number;
+  /** The disk (its virtual-device number) the job goes to; the guest's first disk if absent. */
+  readonly devid?: number;
 }
 
 export interface DiskJobResult {

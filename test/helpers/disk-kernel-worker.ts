@@ -10,7 +10,8 @@
  *   acknowledged count goes to `data/disk-progress` as it grows (and a
  *   bitmap of the acknowledged blocks, base64, to `data/disk-acked`), and the
  *   outcome (JSON `{ id, acked, errors, mismatches, settledTwice }`) to
- *   `data/disk-result`;
+ *   `data/disk-result`. With `devid`, the job goes to that disk; else to
+ *   the first;
  * - `data/stall-queries` = `now`: from then on the kernel never answers the
  *   supervisor's queries, as a kernel stuck in a driver would not.
  */
@@ -25,6 +26,7 @@ interface Job {
   kind: 'write' | 'verify';
   count: number;
   depth: number;
+  devid?: number;
 }
 
 
@@ -55,15 +57,15 @@ runRole<KernelRoleConfig>(async (ctx) => {
     if (value) void runJob(JSON.parse(value) as Job);
   });
 
-  const disk = (): BlockDevice => {
+  const disk = (devid: number | undefined): BlockDevice => {
     const driver = kernel.drivers.front.get('vbd') as BlkfrontDriver | undefined;
-    const frontend = driver && [...driver.devices.values()][0];
+    const frontend = driver && (devid === undefined ? [...driver.devices.values()][0] : driver.devices.get(String(devid)));
     if (!frontend) throw new Error('this domain has no disk');
     return frontend.disk;
   };
 
   async function runJob(job: Job): Promise<void> {
-    const device = disk();
+    const device = disk(job.devid);
     await device.whenConnected();
     let next = 0;
     let acked = 0;
