@@ -2,12 +2,16 @@ import { lstat, mkdir, open } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { createLogger } from '../../shared/log.js';
+import { applyLogFormatOption, createLogger, LOG_OPTIONS_USAGE } from '../../shared/log.js';
 import { DEFAULT_SOCKET_PATH } from '../../xenstore/daemon/socket-server.js';
 import { diskDevice, type DeviceSpec } from '../toolstack/devices.js';
 import { waitForDevice } from '../toolstack/device-wait.js';
 import { chooseDiskAccess, DiskRefused, type DiskAccess } from '../toolstack/disk-check.js';
 import { Host } from '../machine/host.js';
+import { serviceNotifier } from '../../shared/sd-notify.js';
+import type { VbdStatsReport } from '../../shared/vbd-stats.js';
+import { decodeDomainFigures } from '../../xenstore/daemon/domain-figures.js';
+import { createMetricsRegistry, METRICS_OPTION_USAGE, MetricsAddressError, parseMetricsAddress, serveMetrics, type MetricsServer } from './metrics.js';
 import { HostPrompt, PROMPT_HINT } from './prompt.js';
 import { formatDevices, formatStatus, formatTree } from './report.js';
 import { toolstackSocketPath } from './toolstack-protocol.js';
@@ -21,6 +25,7 @@ export const DEFAULT_IMAGE = resolve(process.env['XDG_DATA_HOME'] ?? join(homedi
 export const DEFAULT_IMAGE_BYTES = 2 ** 30;
 
 export const UP_USAGE = `Usage: xenmesh up [--image FILE] [--access ro|rw] [--socket PATH] [--frames N] [--trace FILE]
+                  [--log-format json|text] [--metrics ADDR]
 
 Boots an embedded Xen host: dom0 with xenstored, a driver domain and a guest
 domain, each domain's kernel in a worker of its own. The driver domain serves
@@ -40,7 +45,9 @@ Stays up until Ctrl-C, SIGTERM or quit.
                   (and said so) when the image cannot be written
   --socket PATH   where xenstored listens for dom0's tools
   --frames N      machine memory in 4 KiB pages (default 16384)
-  --trace FILE    trace every xenstore request and reply to FILE`;
+  --trace FILE    trace every xenstore request and reply to FILE
+${LOG_OPTIONS_USAGE}
+${METRICS_OPTION_USAGE}`;
 
 /** The domains `xenmesh up` creates besides dom0 (4 MiB each), with the bus drivers each loads. */
 const DOMAINS = [
@@ -63,6 +70,8 @@ export async function runUp(argv: string[]): Promise<number> {
         socket: { type: 'string' },
         frames: { type: 'string' },
         trace: { type: 'string' },
+        'log-format': { type: 'string' },
+        metrics: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
       strict: true,
@@ -75,6 +84,11 @@ export async function runUp(argv: string[]): Promise<number> {
     process.stdout.write(`${UP_USAGE}\n`);
     return 0;
   }
+  const logFormatProblem = applyLogFormatOption(values['log-format']);
+  if (logFormatProblem) {
+    process.stderr.write(`xenmesh up: ${logFormatProblem}\n`);
+    return 1;
+  }
   const frames = values.frames === undefined ? undefined : Number(values.frames);
   if (frames !== undefined && (!Number.isInteger(frames) || frames < 4096)) {
     process.stderr.write('xenmesh up: --frames must be a whole number of pages, at least 4096\n');
@@ -82,6 +96,14 @@ export async function runUp(argv: string[]): Promise<number> {
   }
   if (values.access !== undefined && !isAccess(values.access)) {
     process.stderr.write(`xenmesh up: --access is ro or rw, not '${values.access}'\n${UP_USAGE}\n`);
+    return 1;
+  }
+  let metricsAddress;
+  try {
+    metricsAddress = values.metrics === undefined ? undefined : parseMetricsAddress(values.metrics);
+  } catch (err) {
+    if (!(err instanceof MetricsAddressError)) throw err;
+    process.stderr.write(`xenmesh up: ${err.message}\n`);
     return 1;
   }
   const access: DiskAccess = values.access ?? 'auto';
@@ -102,6 +124,17 @@ export async function runUp(argv: string[]): Promise<number> {
   }
   const host = new Host({ socket, frames, traceFile: values.trace });
   const toolstack = new ToolstackServer((action, domain, options) => host.control(action, domain, options), toolstackSocketPath(socket));
+  // The endpoint is claimed before the host boots: an address in use stops the command before any domain exists.
+  let metrics: MetricsServer | undefined;
+  if (metricsAddress) {
+    try {
+      metrics = await serveMetrics(metricsAddress, hostMetrics(host));
+    } catch (err) {
+      process.stderr.write(`xenmesh up: ${(err as Error).message}\n`);
+      return 1;
+    }
+    log.info(`serving metrics at ${metrics.url}`);
+  }
   try {
     await host.boot();
     const started = [];
@@ -114,6 +147,7 @@ export async function runUp(argv: string[]): Promise<number> {
     await toolstack.listen();
   } catch (err) {
     log.error(`boot failed: ${(err as Error).message}`);
+    await metrics?.close();
     await toolstack.close().catch(() => {});
     await host.shutdown().catch(() => {});
     return 1;
@@ -132,6 +166,8 @@ export async function runUp(argv: string[]): Promise<number> {
   }
   out('');
   out('Running. Ctrl-C or SIGTERM stops the host.');
+  const notifier = serviceNotifier();
+  notifier.ready(`host up: ${host.domains.size} domains; xenstored on ${socket}`);
   host.supervisor.on('restart', (name, attempt) => log.info(`${name} restarted (attempt ${attempt})`));
 
   return new Promise<number>((resolve) => {
@@ -141,6 +177,7 @@ export async function runUp(argv: string[]): Promise<number> {
       if (stopping) return;
       stopping = true;
       log.info(`${reason}: shutting the host down`);
+      notifier.stopping(`${reason}: shutting the host down`);
       prompt?.close();
       // The toolstack stops taking requests before the domains it would act on go away;
       // the host is shut down even if the socket would not close. Both are bounded.
@@ -148,6 +185,7 @@ export async function runUp(argv: string[]): Promise<number> {
         .close()
         .catch((err: Error) => log.warn(`closing the toolstack socket: ${err.message}`))
         .then(() => host.shutdown())
+        .finally(() => metrics?.close())
         .then(
           () => resolve(0),
           (err: Error) => {
@@ -171,6 +209,19 @@ export async function runUp(argv: string[]): Promise<number> {
         onInterrupt: () => stop('SIGINT'),
       });
     }
+  });
+}
+
+/** The host's figures for the metrics endpoint, read when scraped. */
+function hostMetrics(host: Host) {
+  // Host.blockStats() is the backend's per-disk counters where the host provides it.
+  const blockStats = (host as Partial<{ blockStats(): Promise<VbdStatsReport[]> }>).blockStats?.bind(host);
+  return createMetricsRegistry({
+    blockStats: () => blockStats?.() ?? [],
+    // A xenstored restarting serves no figures for that scrape rather than failing it.
+    xenstoreDomains: async () => decodeDomainFigures((await host.supervisor.health('xenstored').catch(() => undefined))?.detail ?? {}),
+    workers: () => host.workers(),
+    domainName: (domid) => host.platform.listDomains().find((d) => d.domid === domid)?.name,
   });
 }
 

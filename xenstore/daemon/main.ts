@@ -1,5 +1,6 @@
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createLogger } from '../../shared/log.js';
+import { applyLogFormatOption, createLogger } from '../../shared/log.js';
+import { serviceNotifier } from '../../shared/sd-notify.js';
 import { OptionError, XENSTORED_USAGE, parseXenstoredOptions } from './options.js';
 import { XenStoreSocketServer } from './socket-server.js';
 import { XenStoreDaemon } from './xenstored.js';
@@ -45,6 +46,11 @@ export async function runXenstored(argv: readonly string[]): Promise<number> {
     process.stdout.write(`${XENSTORED_USAGE}\n`);
     return 0;
   }
+  const logFormatProblem = applyLogFormatOption(options.logFormat);
+  if (logFormatProblem) {
+    process.stderr.write(`xenmesh xenstored: ${logFormatProblem}\n`);
+    return 1;
+  }
   if (options.pidFile && !claimPidFile(options.pidFile)) {
     log.info(`a daemon with pid file ${options.pidFile} is already running`);
     return 0;
@@ -86,6 +92,8 @@ export async function runXenstored(argv: readonly string[]): Promise<number> {
     }
   }
   log.info(`serving xenstore on ${options.socket}`);
+  const notifier = serviceNotifier();
+  notifier.ready(`serving xenstore on ${options.socket}`);
 
   return new Promise<number>((resolve) => {
     let stopping = false;
@@ -93,6 +101,7 @@ export async function runXenstored(argv: readonly string[]): Promise<number> {
       if (stopping) return;
       stopping = true;
       log.info(`${signal}: stopping`);
+      notifier.stopping(`${signal}: stopping`);
       daemon.shutdown();
       // Stopped on purpose, the daemon takes its store with it, as xenstored does.
       journal?.discard();
