@@ -63,10 +63,27 @@ export async function runXenstored(argv: readonly string[]): Promise<number> {
     traceFile: options.traceFile,
   });
   const server = new XenStoreSocketServer(daemon, options.socket);
+  // The signals are caught from here on: a stop asked for while the socket
+  // and the journal are being set up (systemd stopping a unit that is
+  // still starting) is carried out once they are, instead of killing the
+  // daemon half way.
+  let stopAsked: NodeJS.Signals | undefined;
+  let onStop: ((signal: NodeJS.Signals) => void) | undefined;
+  const signalled = (signal: NodeJS.Signals) => {
+    stopAsked ??= signal;
+    onStop?.(signal);
+  };
+  process.once('SIGTERM', signalled);
+  process.once('SIGINT', signalled);
+  const forgetSignals = () => {
+    process.off('SIGTERM', signalled);
+    process.off('SIGINT', signalled);
+  };
   try {
     await server.listen();
   } catch (err) {
     log.error(`cannot listen on ${options.socket}: ${(err as Error).message}`);
+    forgetSignals();
     daemon.shutdown();
     if (options.pidFile) rmSync(options.pidFile, { force: true });
     return 1;
@@ -85,6 +102,7 @@ export async function runXenstored(argv: readonly string[]): Promise<number> {
       }
     } catch (err) {
       log.error(`cannot use the journal in ${options.journalDir}: ${(err as Error).message}`);
+      forgetSignals();
       daemon.shutdown();
       await server.close();
       if (options.pidFile) rmSync(options.pidFile, { force: true });
@@ -110,7 +128,7 @@ export async function runXenstored(argv: readonly string[]): Promise<number> {
         resolve(0);
       });
     };
-    process.once('SIGTERM', stop);
-    process.once('SIGINT', stop);
+    onStop = stop;
+    if (stopAsked) stop(stopAsked);
   });
 }
