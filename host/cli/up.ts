@@ -109,6 +109,18 @@ export async function runUp(argv: string[]): Promise<number> {
   const access: DiskAccess = values.access ?? 'auto';
   const socket = values.socket ?? DEFAULT_SOCKET_PATH;
   const image = values.image === undefined ? DEFAULT_IMAGE : resolve(values.image);
+  const host = new Host({ socket, frames, traceFile: values.trace });
+  // The endpoint is claimed first: an address in use stops the command before anything is made or booted.
+  let metrics: MetricsServer | undefined;
+  if (metricsAddress) {
+    try {
+      metrics = await serveMetrics(metricsAddress, hostMetrics(host));
+    } catch (err) {
+      process.stderr.write(`xenmesh up: ${(err as Error).message}\n`);
+      return 1;
+    }
+    log.info(`serving metrics at ${metrics.url}`);
+  }
   // The disk is looked at before any domain is created: a host whose
   // guest's disk could never connect does not start.
   let readOnly: boolean;
@@ -120,21 +132,10 @@ export async function runUp(argv: string[]): Promise<number> {
   } catch (err) {
     const why = err instanceof DiskRefused ? err.message : `${image}: ${(err as Error).message}`;
     process.stderr.write(`xenmesh up: cannot serve the guest's disk: ${why}\n`);
+    await metrics?.close();
     return 1;
   }
-  const host = new Host({ socket, frames, traceFile: values.trace });
   const toolstack = new ToolstackServer((action, domain, options) => host.control(action, domain, options), toolstackSocketPath(socket));
-  // The endpoint is claimed before the host boots: an address in use stops the command before any domain exists.
-  let metrics: MetricsServer | undefined;
-  if (metricsAddress) {
-    try {
-      metrics = await serveMetrics(metricsAddress, hostMetrics(host));
-    } catch (err) {
-      process.stderr.write(`xenmesh up: ${(err as Error).message}\n`);
-      return 1;
-    }
-    log.info(`serving metrics at ${metrics.url}`);
-  }
   try {
     await host.boot();
     const started = [];
