@@ -14,7 +14,8 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createMetricsRegistry, parseMetricsAddress, serveMetrics, vdevName } from '../host/cli/metrics.js';
 import { LATENCY_BUCKETS_US, type VbdStatsReport } from '../shared/vbd-stats.js';
-import type { WorkerStatus } from '../shared/mesh/supervisor.js';
+import { Supervisor, type WorkerStatus } from '../shared/mesh/supervisor.js';
+import { setLogSink } from '../shared/log.js';
 import type { XenstoreDomainFigures } from '../xenstore/daemon/domain-figures.js';
 import { run, waitFor } from './helpers/daemon.js';
 
@@ -118,6 +119,24 @@ t.test('xenstored and worker figures, labelled by domain', async (t) => {
   t.equal(sample(text, 'xenmesh_worker_state{worker="kernel:guest",domid="2",state="ready"}'), 1);
   t.equal(sample(text, 'xenmesh_worker_state{worker="kernel:guest",domid="2",state="crashed"}'), 0);
   t.notMatch(text, /xenmesh_vbd_/, 'no disk metrics without a blockStats');
+});
+
+t.test('a worker killed is restarted, and the scrape counts it', async (t) => {
+  // The supervisor logs the crash and the restart; they are expected here.
+  setLogSink(() => {});
+  const supervisor = new Supervisor();
+  t.teardown(() => supervisor.stopAll());
+  const registry = createMetricsRegistry({ workers: () => supervisor.status() });
+  const module = new URL('./helpers/test-role-worker.js', import.meta.url);
+  await supervisor.start({ name: 'probe', domid: 3, module, config: { behaviour: 'ok' }, shared: null, restart: { kind: 'on-failure', maxRestarts: 2, windowMs: 60_000, delayMs: 10 } });
+  const series = 'xenmesh_worker_restarts_total{worker="probe",domid="3"}';
+  t.equal(sample(await registry.metrics(), series), 0, 'no restart yet');
+  const restarted = new Promise<void>((resolve) => supervisor.once('ready', () => resolve()));
+  await supervisor.kill('probe');
+  await restarted;
+  const text = await registry.metrics();
+  t.equal(sample(text, series), 1, 'one restart');
+  t.equal(sample(text, 'xenmesh_worker_state{worker="probe",domid="3",state="ready"}'), 1, 'and it is ready again');
 });
 
 t.test('vdev names from device numbers', async (t) => {
