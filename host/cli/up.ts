@@ -169,7 +169,10 @@ export async function runUp(argv: string[]): Promise<number> {
   out('Running. Ctrl-C or SIGTERM stops the host.');
   const notifier = serviceNotifier();
   notifier.ready(`host up: ${host.domains.size} domains; xenstored on ${socket}`);
-  host.supervisor.on('restart', (name, attempt) => log.info(`${name} restarted (attempt ${attempt})`));
+  host.supervisor.on('restart', (name, attempt) => {
+    log.info(`${name} restarted (attempt ${attempt})`);
+    notifier.status(`host up; ${name} restarted (attempt ${attempt})`);
+  });
 
   return new Promise<number>((resolve) => {
     let stopping = false;
