@@ -166,9 +166,7 @@ export async function runUp(argv: string[]): Promise<number> {
     out(await formatTree(host.xenstore, `/local/domain/${domid}`));
   }
   out('');
-  out('Running. Ctrl-C or SIGTERM stops the host.');
   const notifier = serviceNotifier();
-  notifier.ready(`host up: ${host.domains.size} domains; xenstored on ${socket}`);
   host.supervisor.on('restart', (name, attempt) => {
     log.info(`${name} restarted (attempt ${attempt})`);
     notifier.status(`host up; ${name} restarted (attempt ${attempt})`);
@@ -200,6 +198,9 @@ export async function runUp(argv: string[]): Promise<number> {
     };
     process.once('SIGINT', stop);
     process.once('SIGTERM', stop);
+    // Said once the signals are caught: whoever waits for this line may stop the host at once.
+    out('Running. Ctrl-C or SIGTERM stops the host.');
+    notifier.ready(`host up: ${host.domains.size} domains; xenstored on ${socket}`);
     // The prompt reads whatever stdin is, terminal or pipe; when it ends
     // (`< /dev/null`, a finished script) the prompt goes and the host runs on.
     if (process.stdin.readable) {
