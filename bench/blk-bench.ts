@@ -92,6 +92,7 @@ import { connect } from 'node:net';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setLogLevel } from '../shared/log.js';
+import { ByteProgress, RunProgress } from '../shared/progress.js';
 import { Host } from '../host/machine/host.js';
 import { devicePaths, diskDevice } from '../host/toolstack/devices.js';
 import { readStateAt, waitForState } from '../xenbus/read.js';
@@ -377,9 +378,12 @@ function makeImage(path: string): void {
   try {
     ftruncateSync(fd, IMAGE_BYTES);
     const chunk = randomFillSync(Buffer.alloc(MIB));
+    const progress = new ByteProgress(`filling ${path}`, IMAGE_BYTES);
     for (let offset = 0; offset < IMAGE_BYTES; offset += MIB) {
       chunk.writeUInt32LE(offset / MIB, 0);
-      writeSync(fd, chunk, 0, Math.min(MIB, IMAGE_BYTES - offset), offset);
+      const length = Math.min(MIB, IMAGE_BYTES - offset);
+      writeSync(fd, chunk, 0, length, offset);
+      progress.update(offset + length);
     }
     fsyncSync(fd);
   } finally {
@@ -653,6 +657,9 @@ async function runCandidate(bench: Bench, candidate: Candidate, spec: Spec): Pro
   }
 }
 
+/** Counts every run of the benchmark, set once the candidates and locations are known. */
+let runProgress: RunProgress;
+
 /** Every round of one workload: each candidate once per round, the order rotated from round to round. */
 async function measureWorkload(bench: Bench, candidates: Candidate[], spec: Spec, location: Location): Promise<Partial<Record<Candidate, Run[]>>> {
   const runs: Partial<Record<Candidate, Run[]>> = {};
@@ -661,7 +668,7 @@ async function measureWorkload(bench: Bench, candidates: Candidate[], spec: Spec
     for (const [position, candidate] of order.entries()) {
       const figure = await runCandidate(bench, candidate, spec);
       (runs[candidate] ??= []).push({ round, position, figure });
-      process.stderr.write(`${location.name}, ${spec.name}, round ${round + 1}/${ROUNDS}: ${describe(spec, candidate, figure)}\n`);
+      runProgress.finished(`${location.name}, ${spec.name}, round ${round + 1}/${ROUNDS}: ${describe(spec, candidate, figure)}`);
       // Every run starts with no dirty pages.
       if (spec.op === 'write') syncImage(bench.image);
     }
@@ -882,6 +889,7 @@ async function main(): Promise<void> {
   if (locations.length === 0) throw new Error('BENCH_LOCATIONS names neither tmpfs nor disk');
 
   const began = Date.now();
+  runProgress = new RunProgress(locations.length * WORKLOADS.length * ROUNDS * candidates.length);
   const all: [Location, Results][] = [];
   for (const location of locations) all.push([location, await measureLocation(location, candidates, engine)]);
 

@@ -24,11 +24,14 @@ import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { EmbeddedPlatform } from '../shared/embedded/platform.js';
 import { setLogLevel } from '../shared/log.js';
+import { RunProgress } from '../shared/progress.js';
 import { Host } from '../host/machine/host.js';
 import type { StartInfo } from '../host/toolstack/domain-builder.js';
 
 const DURATION_MS = Number(process.env['BENCH_MS'] ?? 2000);
 const ROUNDS = Number(process.env['BENCH_ROUNDS'] ?? 3);
+/** The reads in flight xenstore's ring and socket are measured at. */
+const IN_FLIGHT_DEPTHS = [1, 16] as const;
 /** Fewer rounds give no median worth the name and no range. */
 const MIN_ROUNDS = 3;
 const WORKER = new URL('./platform-bench-worker.js', import.meta.url);
@@ -66,11 +69,15 @@ function rotated<T>(items: readonly T[], round: number): T[] {
  * round, so that none always goes first and a burst of load on the machine
  * falls on several of them; returns each one's figures in round order.
  */
-async function interleaved<K extends string>(measures: Record<K, () => Promise<number>>): Promise<Record<K, number[]>> {
+async function interleaved<K extends string>(measures: Record<K, () => Promise<number>>, progress: RunProgress, what: string): Promise<Record<K, number[]>> {
   const names = Object.keys(measures) as K[];
   const figures = Object.fromEntries(names.map((name) => [name, [] as number[]])) as Record<K, number[]>;
   for (let round = 0; round < ROUNDS; round++) {
-    for (const name of rotated(names, round)) figures[name].push(await measures[name]());
+    for (const name of rotated(names, round)) {
+      const figure = await measures[name]();
+      figures[name].push(figure);
+      progress.finished(`${what}, ${name}, round ${round + 1}/${ROUNDS}: ${fmt(figure)} per s`);
+    }
   }
   return figures;
 }
@@ -156,8 +163,8 @@ async function socketReads(host: Host, inFlight: number): Promise<number> {
 }
 
 /** READs per second over a reader domain's ring and over the socket, interleaved. */
-async function xenstoreReads(host: Host, inFlight: number): Promise<{ ring: number[]; socket: number[] }> {
-  return interleaved({ ring: () => ringReads(host, inFlight), socket: () => socketReads(host, inFlight) });
+async function xenstoreReads(host: Host, inFlight: number, progress: RunProgress): Promise<{ ring: number[]; socket: number[] }> {
+  return interleaved({ ring: () => ringReads(host, inFlight), socket: () => socketReads(host, inFlight) }, progress, `xenstore reads, ${inFlight} in flight`);
 }
 
 const fmt = (n: number) => Math.round(n).toLocaleString('en-US');
@@ -175,14 +182,16 @@ async function main(): Promise<void> {
   if (!Number.isInteger(ROUNDS) || ROUNDS < MIN_ROUNDS) {
     throw new Error(`BENCH_ROUNDS=${process.env['BENCH_ROUNDS']}: at least ${MIN_ROUNDS} rounds are needed, so that every figure is a median with a range rather than a single run`);
   }
-  const signalling = await interleaved({ evtchn: eventChannelTrips, blocking: atomicsFloor, async: atomicsAsyncFloor });
+  // Three signalling measures, then ring and socket reads at two depths, each once per round.
+  const progress = new RunProgress(ROUNDS * (3 + 2 * IN_FLIGHT_DEPTHS.length));
+  const signalling = await interleaved({ evtchn: eventChannelTrips, blocking: atomicsFloor, async: atomicsAsyncFloor }, progress, 'signalling');
 
   const dir = mkdtempSync(join(tmpdir(), 'xenmesh-bench-'));
   const host = new Host({ socket: join(dir, 'socket'), frames: 8192 });
   const reads: Record<number, { ring: number[]; socket: number[] }> = {};
   try {
     await host.boot();
-    for (const inFlight of [1, 16]) reads[inFlight] = await xenstoreReads(host, inFlight);
+    for (const inFlight of IN_FLIGHT_DEPTHS) reads[inFlight] = await xenstoreReads(host, inFlight, progress);
   } finally {
     await host.shutdown();
     rmSync(dir, { recursive: true, force: true });

@@ -8,6 +8,7 @@
  * Servers run in their own processes, the load generator in this one, so
  * that on a two-core machine each side has a core.
  */
+import { RunProgress } from '../shared/progress.js';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
@@ -271,6 +272,8 @@ async function main(): Promise<void> {
     await prepare(daemonPath);
     const rows: string[] = [];
     const ratios: number[] = [];
+    // Four operations at two client counts, against xenstored and the echo baseline, each once per round.
+    const progress = new RunProgress(4 * 2 * 2 * ROUNDS);
     for (const [name, op, baselineOp] of [
       ['READ', read, read],
       ['WRITE', write, write],
@@ -282,7 +285,9 @@ async function main(): Promise<void> {
         const baseRuns: number[] = [];
         for (let round = 0; round < ROUNDS; round++) {
           oursRuns.push(await throughput(daemonPath, clients, op));
+          progress.finished(`${name}, ${clients} clients, round ${round + 1}/${ROUNDS}: xenstored ${fmt(oursRuns.at(-1)!)} per s`);
           baseRuns.push(await throughput(echoPath, clients, baselineOp));
+          progress.finished(`${name}, ${clients} clients, round ${round + 1}/${ROUNDS}: echo baseline ${fmt(baseRuns.at(-1)!)} per s`);
         }
         const ours = median(oursRuns);
         const base = median(baseRuns);

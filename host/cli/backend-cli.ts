@@ -3,6 +3,7 @@
  * driver domain, in place of the kernel's xen-blkback.
  */
 import type { Command } from 'commander';
+import { applyLogFormatOption, LOG_OPTIONS_USAGE, setLogDomain } from '../../shared/log.js';
 import { Supervisor, DEFAULT_RESTART } from '../../shared/mesh/supervisor.js';
 import type { PlatformShared } from '../../shared/attach.js';
 import { XenPlatform } from '../../shared/xen/platform.js';
@@ -14,7 +15,9 @@ import { IO_ENGINE_ENV } from '../../blkback/io-engine.js';
 import type { BlkbackOptions } from '../../blkback/driver.js';
 import type { IoEngineChoice } from '../../blkback/ring-messages.js';
 import { DEFAULT_RING_THREADS } from '../../blkback/ring-threads.js';
-import type { BackendRoleConfig } from '../machine/backend-role.js';
+import { serviceNotifier } from '../../shared/sd-notify.js';
+import { createMetricsRegistry, METRICS_OPTION_USAGE, MetricsAddressError, parseMetricsAddress, serveMetrics, type MetricsServer } from './metrics.js';
+import { BACKEND_ROLE_NAME, backendBlockStats, type BackendRoleConfig } from '../machine/backend-role.js';
 import { runs, subcommand } from './command-line.js';
 
 /** How the I/O workers reach a frontend's pages unless told otherwise. */
@@ -25,6 +28,7 @@ export const HOTPLUG_SCRIPT = 'block-xenmesh';
 
 export const BACKEND_USAGE = `Usage: xenmesh backend [--xenstore PATH] [--domid N] [--grant-access map|copy|auto]
                        [--io-engine uring|pool|auto] [--ring-threads N]
+                       [--log-format json|text] [--metrics ADDR]
 
 Serves the virtual block devices a Xen toolstack (xl, libxl) configures for
 the domain this runs in: every backend/vbd/<frontend-domid>/<devid> under the
@@ -54,7 +58,9 @@ script from scripts/${HOTPLUG_SCRIPT} installed where the script= names it.
                     or $${IO_ENGINE_ENV}) takes io_uring where the kernel
                     allows it and logs why not where it does not
   --ring-threads N  threads serving the rings (default: one per core, up
-                    to ${DEFAULT_RING_THREADS} here)`;
+                    to ${DEFAULT_RING_THREADS} here)
+${LOG_OPTIONS_USAGE}
+${METRICS_OPTION_USAGE}`;
 
 
 const workerModule = (name: string) => new URL(`./workers/${name}.js`, import.meta.url);
@@ -66,6 +72,8 @@ export interface BackendOptions {
   grantAccess?: string;
   ioEngine?: string;
   ringThreads?: string;
+  logFormat?: string;
+  metrics?: string;
 }
 
 /** `xenmesh backend`: its options, each one .option() line. */
@@ -75,7 +83,9 @@ export function backendCommand(): Command {
     .option('--domid <n>')
     .option('--grant-access <map|copy|auto>')
     .option('--io-engine <uring|pool|auto>')
-    .option('--ring-threads <n>');
+    .option('--ring-threads <n>')
+    .option('--log-format <json|text>')
+    .option('--metrics <addr>');
   return runs(command, (values: BackendOptions) => runBackend(values));
 }
 
@@ -84,6 +94,8 @@ export async function runBackend(values: BackendOptions): Promise<number> {
     process.stderr.write(`xenmesh backend: ${message}\n`);
     return 1;
   };
+  const logFormatProblem = applyLogFormatOption(values.logFormat);
+  if (logFormatProblem) return fail(logFormatProblem);
   if (values.domid !== undefined && !/^\d+$/.test(values.domid)) return fail(`--domid must be a domain number, not '${values.domid}'`);
   const grantAccess = values.grantAccess ?? DEFAULT_GRANT_ACCESS;
   if (grantAccess !== 'map' && grantAccess !== 'copy' && grantAccess !== 'auto') {
@@ -96,12 +108,21 @@ export async function runBackend(values: BackendOptions): Promise<number> {
   const ringThreadsArg = values.ringThreads;
   if (ringThreadsArg !== undefined && !/^[1-9]\d{0,2}$/.test(ringThreadsArg)) return fail(`--ring-threads must be a positive number of threads, not '${ringThreadsArg}'`);
 
+  let metricsAddress;
+  try {
+    metricsAddress = values.metrics === undefined ? undefined : parseMetricsAddress(values.metrics);
+  } catch (err) {
+    if (!(err instanceof MetricsAddressError)) throw err;
+    return fail(err.message);
+  }
+
   let domid: number;
   try {
     domid = values.domid !== undefined ? Number(values.domid) : await ownDomid(values.xenstore);
   } catch (err) {
     return fail((err as Error).message);
   }
+  setLogDomain({ domid });
   let platform: XenPlatform;
   try {
     platform = XenPlatform.open(domid);
@@ -109,7 +130,17 @@ export async function runBackend(values: BackendOptions): Promise<number> {
     return fail((err as Error).message);
   }
 
+  const notifier = serviceNotifier();
   const supervisor = new Supervisor();
+  let metrics: MetricsServer | undefined;
+  if (metricsAddress) {
+    try {
+      metrics = await serveMetrics(metricsAddress, createMetricsRegistry({ workers: () => supervisor.status(), blockStats: () => backendBlockStats(supervisor).catch(() => []) }));
+    } catch (err) {
+      return fail((err as Error).message);
+    }
+    process.stdout.write(`xenmesh backend: serving metrics at ${metrics.url}\n`);
+  }
   const blkback: BlkbackOptions = {
     grantAccess: grantAccess as GrantAccess,
     ...(ioEngine !== undefined ? { ioEngine: ioEngine as IoEngineChoice } : {}),
@@ -118,7 +149,7 @@ export async function runBackend(values: BackendOptions): Promise<number> {
   const config: BackendRoleConfig = { domid, xenstore: values.xenstore, blkback };
   try {
     await supervisor.start({
-      name: 'backend',
+      name: BACKEND_ROLE_NAME,
       domid,
       module: workerModule('backend-worker'),
       config,
@@ -127,10 +158,13 @@ export async function runBackend(values: BackendOptions): Promise<number> {
     });
   } catch (err) {
     await supervisor.stopAll('failed to start');
+    await metrics?.close();
     return fail((err as Error).message);
   }
   const info = supervisor.status()[0]?.info as { root?: string } | undefined;
-  process.stdout.write(`xenmesh backend: ready: serving ${info?.root ?? 'backend'}/vbd of domain ${domid} (grant ${grantAccess})\n`);
+  const serving = `serving ${info?.root ?? 'backend'}/vbd of domain ${domid} (grant ${grantAccess})`;
+  process.stdout.write(`xenmesh backend: ready: ${serving}\n`);
+  notifier.ready(serving);
 
   return new Promise<number>((resolve) => {
     let stopping = false;
@@ -138,7 +172,11 @@ export async function runBackend(values: BackendOptions): Promise<number> {
       if (stopping) return;
       stopping = true;
       process.stdout.write(`xenmesh backend: ${signal}: answering what is in flight and closing the images\n`);
-      void supervisor.stopAll(signal).then(() => resolve(0), () => resolve(1));
+      notifier.stopping(`${signal}: answering what is in flight and closing the images`);
+      void supervisor
+        .stopAll(signal)
+        .finally(() => metrics?.close())
+        .then(() => resolve(0), () => resolve(1));
     };
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));

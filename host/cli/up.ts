@@ -2,13 +2,16 @@ import { lstat, mkdir, open } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import type { Command } from 'commander';
-import { createLogger } from '../../shared/log.js';
+import { applyLogFormatOption, createLogger, LOG_OPTIONS_USAGE } from '../../shared/log.js';
+import { serviceNotifier } from '../../shared/sd-notify.js';
+import { decodeDomainFigures } from '../../xenstore/daemon/domain-figures.js';
 import { DEFAULT_SOCKET_PATH } from '../../xenstore/daemon/socket-server.js';
 import { diskDevice, type DeviceSpec } from '../toolstack/devices.js';
 import { waitForDevice } from '../toolstack/device-wait.js';
 import { chooseDiskAccess, DiskRefused, type DiskAccess } from '../toolstack/disk-check.js';
 import { Host } from '../machine/host.js';
 import { runs, subcommand } from './command-line.js';
+import { createMetricsRegistry, METRICS_OPTION_USAGE, MetricsAddressError, parseMetricsAddress, serveMetrics, type MetricsServer } from './metrics.js';
 import { HostPrompt, PROMPT_HINT } from './prompt.js';
 import { formatDevices, formatStatus } from './report.js';
 import { toolstackSocketPath } from './toolstack-protocol.js';
@@ -23,6 +26,7 @@ export const DEFAULT_IMAGE = resolve(process.env['XDG_DATA_HOME'] ?? join(homedi
 export const DEFAULT_IMAGE_BYTES = 2 ** 30;
 
 export const UP_USAGE = `Usage: xenmesh up [--image FILE] [--access ro|rw] [--socket PATH] [--frames N] [--trace FILE]
+                  [--log-format json|text] [--metrics ADDR]
 
 Boots an embedded Xen host: dom0 with xenstored, a driver domain and a guest
 domain, each domain's kernel in a worker of its own. The driver domain serves
@@ -42,7 +46,9 @@ Stays up until Ctrl-C, SIGTERM or quit.
                   (and said so) when the image cannot be written
   --socket PATH   where xenstored listens for dom0's tools
   --frames N      machine memory in 4 KiB pages (default 16384)
-  --trace FILE    trace every xenstore request and reply to FILE`;
+  --trace FILE    trace every xenstore request and reply to FILE
+${LOG_OPTIONS_USAGE}
+${METRICS_OPTION_USAGE}`;
 
 /** The domains `xenmesh up` creates besides dom0 (4 MiB each), with the bus drivers each loads. */
 const DOMAINS = [
@@ -61,6 +67,8 @@ export interface UpOptions {
   socket?: string;
   frames?: string;
   trace?: string;
+  logFormat?: string;
+  metrics?: string;
 }
 
 /** `xenmesh up`: its options, each one .option() line. */
@@ -70,11 +78,18 @@ export function upCommand(): Command {
     .option('--access <ro|rw>')
     .option('--socket <path>')
     .option('--frames <n>')
-    .option('--trace <file>');
+    .option('--trace <file>')
+    .option('--log-format <json|text>')
+    .option('--metrics <addr>');
   return runs(command, (values: UpOptions) => runUp(values));
 }
 
 export async function runUp(values: UpOptions): Promise<number> {
+  const logFormatProblem = applyLogFormatOption(values.logFormat);
+  if (logFormatProblem) {
+    process.stderr.write(`xenmesh up: ${logFormatProblem}\n`);
+    return 1;
+  }
   const frames = values.frames === undefined ? undefined : Number(values.frames);
   if (frames !== undefined && (!Number.isInteger(frames) || frames < 4096)) {
     process.stderr.write('xenmesh up: --frames must be a whole number of pages, at least 4096\n');
@@ -87,6 +102,26 @@ export async function runUp(values: UpOptions): Promise<number> {
   const access: DiskAccess = values.access ?? 'auto';
   const socket = values.socket ?? DEFAULT_SOCKET_PATH;
   const image = values.image === undefined ? DEFAULT_IMAGE : resolve(values.image);
+  let metricsAddress;
+  try {
+    metricsAddress = values.metrics === undefined ? undefined : parseMetricsAddress(values.metrics);
+  } catch (err) {
+    if (!(err instanceof MetricsAddressError)) throw err;
+    process.stderr.write(`xenmesh up: ${err.message}\n`);
+    return 1;
+  }
+  const host = new Host({ socket, frames, traceFile: values.trace });
+  // The endpoint is claimed first: an address in use stops the command before anything is made or booted.
+  let metrics: MetricsServer | undefined;
+  if (metricsAddress) {
+    try {
+      metrics = await serveMetrics(metricsAddress, hostMetrics(host));
+    } catch (err) {
+      process.stderr.write(`xenmesh up: ${(err as Error).message}\n`);
+      return 1;
+    }
+    log.info(`serving metrics at ${metrics.url}`);
+  }
   // The disk is looked at before any domain is created: a host whose
   // guest's disk could never connect does not start.
   let readOnly: boolean;
@@ -98,9 +133,9 @@ export async function runUp(values: UpOptions): Promise<number> {
   } catch (err) {
     const why = err instanceof DiskRefused ? err.message : `${image}: ${(err as Error).message}`;
     process.stderr.write(`xenmesh up: cannot serve the guest's disk: ${why}\n`);
+    await metrics?.close();
     return 1;
   }
-  const host = new Host({ socket, frames, traceFile: values.trace });
   const toolstack = new ToolstackServer((action, domain, options) => runToolstackAction(host, action, domain, options), toolstackSocketPath(socket));
   try {
     await host.boot();
@@ -116,24 +151,16 @@ export async function runUp(values: UpOptions): Promise<number> {
     log.error(`boot failed: ${(err as Error).message}`);
     await toolstack.close().catch(() => {});
     await host.shutdown().catch(() => {});
+    await metrics?.close();
     return 1;
   }
 
   const out = (text: string) => process.stdout.write(`${text}\n`);
-  out(`xenstored is listening on ${socket}; inspect it with XENSTORED_PATH=${socket} xenstore-ls -p /`);
-  out(`The toolstack is listening on ${toolstack.path}; drive it with xenmesh domain <action> <domain> --socket ${socket}`);
-  out('Running. Ctrl-C or SIGTERM stops the host.');
-  // The prompt reads whatever stdin is, terminal or pipe; when it ends
-  // (`< /dev/null`, a finished script) the prompt goes and the host runs on.
-  const reading = process.stdin.readable;
-  if (reading) out(PROMPT_HINT);
-  // The status comes last, so that it is what a terminal shows above the
-  // prompt; the xenstore trees are there on request (`tree`, xenstore-ls).
-  out('');
-  out(await formatStatus(host));
-  out('');
-  out(await formatDevices(host.xenstore));
-  host.supervisor.on('restart', (name, attempt) => log.info(`${name} restarted (attempt ${attempt})`));
+  const notifier = serviceNotifier();
+  host.supervisor.on('restart', (name, attempt) => {
+    log.info(`${name} restarted (attempt ${attempt})`);
+    notifier.status(`host up; ${name} restarted (attempt ${attempt})`);
+  });
 
   return new Promise<number>((resolve) => {
     let stopping = false;
@@ -142,6 +169,7 @@ export async function runUp(values: UpOptions): Promise<number> {
       if (stopping) return;
       stopping = true;
       log.info(`${reason}: shutting the host down`);
+      notifier.stopping(`${reason}: shutting the host down`);
       prompt?.close();
       // The toolstack stops taking requests before the domains it would act on go away;
       // the host is shut down even if the socket would not close. Both are bounded.
@@ -149,6 +177,7 @@ export async function runUp(values: UpOptions): Promise<number> {
         .close()
         .catch((err: Error) => log.warn(`closing the toolstack socket: ${err.message}`))
         .then(() => host.shutdown())
+        .finally(() => metrics?.close())
         .then(
           () => resolve(0),
           (err: Error) => {
@@ -159,18 +188,39 @@ export async function runUp(values: UpOptions): Promise<number> {
     };
     process.once('SIGINT', stop);
     process.once('SIGTERM', stop);
-    if (reading) {
-      prompt = new HostPrompt(host, {
-        input: process.stdin,
-        output: process.stdout,
-        errors: process.stderr,
-        // Output redirected to a file gets no prompt and no escape sequences, even from a terminal's input.
-        terminal: process.stdin.isTTY === true && process.stdout.isTTY === true,
-        onQuit: () => stop('quit'),
-        onInterrupt: () => stop('SIGINT'),
-      });
-    }
+    // Said once the signals are caught: whoever waits for these lines may stop the host at once.
+    announce().then(
+      () => {
+        if (stopping || !process.stdin.readable) return;
+        prompt = new HostPrompt(host, {
+          input: process.stdin,
+          output: process.stdout,
+          errors: process.stderr,
+          // Output redirected to a file gets no prompt and no escape sequences, even from a terminal's input.
+          terminal: process.stdin.isTTY === true && process.stdout.isTTY === true,
+          onQuit: () => stop('quit'),
+          onInterrupt: () => stop('SIGINT'),
+        });
+      },
+      (err: Error) => log.error(`reporting the host's status: ${err.message}`),
+    );
   });
+
+  async function announce(): Promise<void> {
+    out(`xenstored is listening on ${socket}; inspect it with XENSTORED_PATH=${socket} xenstore-ls -p /`);
+    out(`The toolstack is listening on ${toolstack.path}; drive it with xenmesh domain <action> <domain> --socket ${socket}`);
+    out('Running. Ctrl-C or SIGTERM stops the host.');
+    notifier.ready(`host up: ${host.domains.size} domains; xenstored on ${socket}`);
+    // The prompt reads whatever stdin is, terminal or pipe; when it ends
+    // (`< /dev/null`, a finished script) the prompt goes and the host runs on.
+    if (process.stdin.readable) out(PROMPT_HINT);
+    // The status comes last, so that it is what a terminal shows above the
+    // prompt; the xenstore trees are there on request (`tree`, xenstore-ls).
+    out('');
+    out(await formatStatus(host));
+    out('');
+    out(await formatDevices(host.xenstore));
+  }
 }
 
 /** What --access takes: xl's spellings of a disk's access. Without it, `auto`. */
@@ -212,4 +262,15 @@ async function waitConnected(host: Host, spec: DeviceSpec): Promise<void> {
   const result = await waitForDevice(host.xenstore, spec, CONNECT_WAIT_MS);
   if (result.outcome === 'failed') throw new Error(`${spec.kind} ${spec.devid} did not connect: ${result.reason}`);
   if (result.outcome === 'timeout') log.warn(`${spec.kind} ${spec.devid} did not connect within ${CONNECT_WAIT_MS} ms`);
+}
+
+/** The host's figures for the metrics endpoint, read when scraped. */
+function hostMetrics(host: Host) {
+  return createMetricsRegistry({
+    blockStats: () => host.blockStats(),
+    // A xenstored restarting serves no figures for that scrape rather than failing it.
+    xenstoreDomains: async () => decodeDomainFigures((await host.supervisor.health('xenstored').catch(() => undefined))?.detail ?? {}),
+    workers: () => host.workers(),
+    domainName: (domid) => host.platform.listDomains().find((d) => d.domid === domid)?.name,
+  });
 }

@@ -180,6 +180,7 @@ export class Host {
     await this.supervisor.start({
       name: 'xenstored',
       domid: 0,
+      domainName: 'Domain-0',
       module: workerModule('xenstored-worker'),
       config,
       shared: { link: this.platform.link } satisfies PlatformShared,
@@ -222,6 +223,7 @@ export class Host {
     return this.supervisor.start({
       name: kernelName(record.config.name),
       domid: start.domid,
+      domainName: record.config.name,
       module: this.options.kernelModule ?? workerModule('kernel-worker'),
       config: kernel,
       shared: { link: this.platform.link } satisfies PlatformShared,

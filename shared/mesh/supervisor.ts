@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events';
 import { Worker, type ResourceLimits } from 'node:worker_threads';
-import { createLogger, type LogLevel } from '../log.js';
+import { createLogger, logLine, type LogLevel } from '../log.js';
 import { decodeEnvelope, encodeEnvelope, type Envelope, type HealthReport } from './envelope.js';
 import type { WorkerBoot } from './worker-runtime.js';
 
@@ -23,6 +23,8 @@ export interface RoleSpec {
   /** Unique within the mesh: `xenstored`, `kernel:guest`. */
   name: string;
   domid: number;
+  /** The domain's name, where known, for the worker's log lines. */
+  domainName?: string;
   /** The worker's module (compiled JavaScript). */
   module: URL;
   /** The role's configuration, sent in the start envelope. */
@@ -251,7 +253,7 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
         this.emit('ready', name, envelope.info);
         break;
       case 'log':
-        createLogger(`${envelope.component} d${domid}`)[envelope.level as LogLevel](envelope.message);
+        logLine(envelope.level as LogLevel, envelope.component, envelope.message, { domid, name: entry.spec.domainName });
         break;
       case 'stats':
         entry.stats = envelope.stats;

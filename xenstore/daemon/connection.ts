@@ -109,6 +109,11 @@ export class Connection {
     return this.output.queuedBytes;
   }
 
+  /** Replies and watch events waiting to be written to the peer. */
+  get queuedMessages(): number {
+    return this.output.length;
+  }
+
   /** When the message being received started arriving, if one is only partly here. */
   get partialMessageSince(): number | undefined {
     return this.partialSince;

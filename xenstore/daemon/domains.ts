@@ -46,6 +46,8 @@ export class DomainRecord {
   /** Where its ring is, as INTRODUCE gave it (page and event channel). */
   ring: { gfn: bigint; port: number } | undefined;
   readonly counts: Record<CountedItem, number> = { watches: 0, outstanding: 0, transactions: 0 };
+  /** Requests answered for the domain since it became known (the metrics endpoint serves it). */
+  requestsHandled = 0;
   /** Memory held outside the node tree: queued output, watches, transaction copies. */
   connectionMemory = 0;
   softMemoryReported = false;

@@ -1,5 +1,6 @@
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createLogger } from '../../shared/log.js';
+import { applyLogFormatOption, createLogger } from '../../shared/log.js';
+import { serviceNotifier } from '../../shared/sd-notify.js';
 import { OptionError, XENSTORED_USAGE, parseXenstoredOptions } from './options.js';
 import { XenStoreSocketServer } from './socket-server.js';
 import { XenStoreDaemon } from './xenstored.js';
@@ -45,6 +46,11 @@ export async function runXenstored(argv: readonly string[]): Promise<number> {
     process.stdout.write(`${XENSTORED_USAGE}\n`);
     return 0;
   }
+  const logFormatProblem = applyLogFormatOption(options.logFormat);
+  if (logFormatProblem) {
+    process.stderr.write(`xenmesh xenstored: ${logFormatProblem}\n`);
+    return 1;
+  }
   if (options.pidFile && !claimPidFile(options.pidFile)) {
     log.info(`a daemon with pid file ${options.pidFile} is already running`);
     return 0;
@@ -57,10 +63,27 @@ export async function runXenstored(argv: readonly string[]): Promise<number> {
     traceFile: options.traceFile,
   });
   const server = new XenStoreSocketServer(daemon, options.socket);
+  // The signals are caught from here on: a stop asked for while the socket
+  // and the journal are being set up (systemd stopping a unit that is
+  // still starting) is carried out once they are, instead of killing the
+  // daemon half way.
+  let stopAsked: NodeJS.Signals | undefined;
+  let onStop: ((signal: NodeJS.Signals) => void) | undefined;
+  const signalled = (signal: NodeJS.Signals) => {
+    stopAsked ??= signal;
+    onStop?.(signal);
+  };
+  process.once('SIGTERM', signalled);
+  process.once('SIGINT', signalled);
+  const forgetSignals = () => {
+    process.off('SIGTERM', signalled);
+    process.off('SIGINT', signalled);
+  };
   try {
     await server.listen();
   } catch (err) {
     log.error(`cannot listen on ${options.socket}: ${(err as Error).message}`);
+    forgetSignals();
     daemon.shutdown();
     if (options.pidFile) rmSync(options.pidFile, { force: true });
     return 1;
@@ -79,6 +102,7 @@ export async function runXenstored(argv: readonly string[]): Promise<number> {
       }
     } catch (err) {
       log.error(`cannot use the journal in ${options.journalDir}: ${(err as Error).message}`);
+      forgetSignals();
       daemon.shutdown();
       await server.close();
       if (options.pidFile) rmSync(options.pidFile, { force: true });
@@ -86,6 +110,8 @@ export async function runXenstored(argv: readonly string[]): Promise<number> {
     }
   }
   log.info(`serving xenstore on ${options.socket}`);
+  const notifier = serviceNotifier();
+  notifier.ready(`serving xenstore on ${options.socket}`);
 
   return new Promise<number>((resolve) => {
     let stopping = false;
@@ -93,6 +119,7 @@ export async function runXenstored(argv: readonly string[]): Promise<number> {
       if (stopping) return;
       stopping = true;
       log.info(`${signal}: stopping`);
+      notifier.stopping(`${signal}: stopping`);
       daemon.shutdown();
       // Stopped on purpose, the daemon takes its store with it, as xenstored does.
       journal?.discard();
@@ -101,7 +128,7 @@ export async function runXenstored(argv: readonly string[]): Promise<number> {
         resolve(0);
       });
     };
-    process.once('SIGTERM', stop);
-    process.once('SIGINT', stop);
+    onStop = stop;
+    if (stopAsked) stop(stopAsked);
   });
 }

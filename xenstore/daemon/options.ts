@@ -15,6 +15,8 @@ export interface XenstoredOptions {
   queuedOutputLimit: number;
   /** Where the journal lives (default: journalDirFor(socket)); undefined with --no-journal. */
   journalDir: string | undefined;
+  /** --log-format, checked by the logger (shared/log.ts). */
+  logFormat: string | undefined;
   help: boolean;
 }
 
@@ -53,6 +55,9 @@ export const XENSTORED_USAGE = `Usage: xenmesh xenstored [options]
                            from it after a crash (default <socket>.journal,
                            /var/run/xenstored/socket.journal)
   --no-journal             keep no journal: a crash loses the store
+  --log-format json|text  log lines as JSON objects (pino's: time, level,
+                           domain, component, msg) or as text (the default);
+                           XENMESH_LOG=debug|info|warn|error sets the threshold
   -N, --no-fork            accepted for compatibility: the daemon always runs in the foreground
   -H, --help               show this help
 
@@ -87,6 +92,7 @@ const VALUE_FLAGS: Record<string, string> = {
   '--timeout': 'timeout',
   '--queued-output-max': 'queued-output-max',
   '--journal-dir': 'journal-dir',
+  '--log-format': 'log-format',
 };
 
 /** xenstored's get_optval_uint(): a whole decimal number no larger than INT_MAX. */
@@ -122,6 +128,7 @@ export function parseXenstoredOptions(argv: readonly string[]): XenstoredOptions
     watchEventTimeoutMs: DEFAULT_WATCH_EVENT_TIMEOUT_MS,
     queuedOutputLimit: DEFAULT_QUEUED_OUTPUT_LIMIT,
     journalDir: undefined,
+    logFormat: undefined,
     help: false,
   };
   let journal: 'default' | 'none' | 'given' = 'default';
@@ -179,6 +186,9 @@ export function parseXenstoredOptions(argv: readonly string[]): XenstoredOptions
       case 'journal-dir':
         options.journalDir = value;
         journal = 'given';
+        break;
+      case 'log-format':
+        options.logFormat = value;
         break;
       case 'queued-output-max':
         options.queuedOutputLimit = unsignedValue(value);

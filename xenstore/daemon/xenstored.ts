@@ -279,6 +279,7 @@ export class XenStoreDaemon {
 
   private process(conn: Connection, msg: XsMessage): void {
     const domain = conn.domain;
+    domain.requestsHandled++;
     this.domains.adjust(domain, 'outstanding', 1);
     const ticket = new RequestTicket(() => {
       this.domains.adjust(domain, 'outstanding', -1);

@@ -11,6 +11,7 @@ import type { DomainRecord } from '../../../xenstore/daemon/domains.js';
 import { XenStoreDaemon } from '../../../xenstore/daemon/xenstored.js';
 import { takeSavedState, writeSavedState } from '../../../xenstore/daemon/saved-state.js';
 import { Journal } from '../../../xenstore/daemon/journal.js';
+import { domainFigures, encodeDomainFigures } from '../../../xenstore/daemon/domain-figures.js';
 import { XENSTORED_RESTART, type XenstoredRoleConfig } from '../xenstored-role.js';
 
 
@@ -69,7 +70,8 @@ runRole<XenstoredRoleConfig>(async (ctx) => {
 
   return {
     info: { socket: ctx.config.socket },
-    health: connections,
+    // The health report carries each domain's figures as well, for the metrics endpoint.
+    health: () => ({ ...connections(), ...encodeDomainFigures(domainFigures(daemon)) }),
     async stop(reason) {
       clearInterval(timer);
       if (reason === XENSTORED_RESTART) writeSavedState(ctx.config.stateFile, daemon.saveState());
