@@ -47,3 +47,8 @@ function mayCreateIn(dir: string): boolean {
     return false;
   }
 }
+
+/** defaultSocketPath()'s choice in words, for usage texts. */
+export const DEFAULT_SOCKET_HELP =
+  `${XENSTORED_SOCKET_PATH} for root; for other users $XDG_RUNTIME_DIR/xenmesh/${USER_SOCKET_NAME}, ` +
+  `else ~/.local/state/xenmesh/${USER_SOCKET_NAME}`;

@@ -3,11 +3,13 @@ import { homedir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { createLogger } from '../../shared/log.js';
-import { DEFAULT_SOCKET_PATH } from '../../xenstore/daemon/socket-server.js';
+import { DEFAULT_SOCKET_HELP, defaultSocketPath } from '../../shared/default-paths.js';
+import { PathError } from '../../shared/startup-paths.js';
 import { diskDevice, type DeviceSpec } from '../toolstack/devices.js';
 import { waitForDevice } from '../toolstack/device-wait.js';
 import { chooseDiskAccess, DiskRefused, type DiskAccess } from '../toolstack/disk-check.js';
 import { Host } from '../machine/host.js';
+import { checkHostPaths } from './paths.js';
 import { HostPrompt, PROMPT_HINT } from './prompt.js';
 import { formatDevices, formatStatus, formatTree } from './report.js';
 import { toolstackSocketPath } from './toolstack-protocol.js';
@@ -25,7 +27,7 @@ export const UP_USAGE = `Usage: xenmesh up [--image FILE] [--access ro|rw] [--so
 Boots an embedded Xen host: dom0 with xenstored, a driver domain and a guest
 domain, each domain's kernel in a worker of its own. The driver domain serves
 a raw image file to the guest as its disk xvda (and an echo device).
-xenstored also listens on a Unix socket (default ${DEFAULT_SOCKET_PATH}) so
+xenstored also listens on a Unix socket (default: ${DEFAULT_SOCKET_HELP}) so
 that xenstore-utils can inspect and drive the running host; socket clients
 act as dom0. The toolstack listens next to it (PATH.toolstack) for
 \`xenmesh domain\`, and commands typed at the host's prompt (help lists them)
@@ -38,7 +40,8 @@ Stays up until Ctrl-C, SIGTERM or quit.
   --access ro|rw  serve the disk read-only, or read-write and refuse an image
                   that cannot be written; by default read-write, or read-only
                   (and said so) when the image cannot be written
-  --socket PATH   where xenstored listens for dom0's tools
+  --socket PATH   where xenstored listens for dom0's tools; one that a running
+                  host or daemon serves is refused
   --frames N      machine memory in 4 KiB pages (default 16384)
   --trace FILE    trace every xenstore request and reply to FILE`;
 
@@ -85,8 +88,15 @@ export async function runUp(argv: string[]): Promise<number> {
     return 1;
   }
   const access: DiskAccess = values.access ?? 'auto';
-  const socket = values.socket ?? DEFAULT_SOCKET_PATH;
+  const socket = values.socket ?? defaultSocketPath();
   const image = values.image === undefined ? DEFAULT_IMAGE : resolve(values.image);
+  try {
+    await checkHostPaths({ socket, traceFile: values.trace });
+  } catch (err) {
+    if (!(err instanceof PathError)) throw err;
+    process.stderr.write(`xenmesh up: ${err.message}\n`);
+    return 1;
+  }
   // The disk is looked at before any domain is created: a host whose
   // guest's disk could never connect does not start.
   let readOnly: boolean;
@@ -97,7 +107,7 @@ export async function runUp(argv: string[]): Promise<number> {
     readOnly = choice.readOnly;
   } catch (err) {
     const why = err instanceof DiskRefused ? err.message : `${image}: ${(err as Error).message}`;
-    process.stderr.write(`xenmesh up: cannot serve the guest's disk: ${why}\n`);
+    process.stderr.write(`xenmesh up: cannot serve the guest's disk: ${why} (--image FILE)\n`);
     return 1;
   }
   const host = new Host({ socket, frames, traceFile: values.trace });

@@ -1,5 +1,6 @@
-import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import { createLogger } from '../../shared/log.js';
+import { checkAppendableFile, PathError, prepareSocketDirectory, refuseServedSocketPath, writeFileOrRefuse } from '../../shared/startup-paths.js';
 import { OptionError, XENSTORED_USAGE, parseXenstoredOptions } from './options.js';
 import { XenStoreSocketServer } from './socket-server.js';
 import { XenStoreDaemon } from './xenstored.js';
@@ -17,18 +18,29 @@ function processAlive(pid: number): boolean {
 }
 
 /**
- * Claims the pid file. Like xenstored, a second daemon started with the pid
- * file of a running one leaves quietly; a file left by a dead daemon is taken over.
+ * Whether the pid file names a running daemon. Like xenstored, a second
+ * daemon started with the pid file of a running one leaves quietly; a
+ * file left by a dead daemon is taken over.
  */
-function claimPidFile(file: string): boolean {
+function pidFileHeld(file: string): boolean {
   try {
     const pid = Number(readFileSync(file, 'utf8').trim());
-    if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && processAlive(pid)) return false;
+    return Number.isInteger(pid) && pid > 0 && pid !== process.pid && processAlive(pid);
   } catch {
     // No pid file yet.
+    return false;
   }
-  writeFileSync(file, `${process.pid}\n`, { mode: 0o600 });
-  return true;
+}
+
+/**
+ * Refuses a socket another daemon or host serves (before the pid file
+ * or anything else is touched), and any path given that cannot be used.
+ */
+async function checkDaemonPaths(socket: string, traceFile: string | undefined): Promise<void> {
+  await refuseServedSocketPath(socket, '--socket');
+  prepareSocketDirectory(socket, '--socket');
+  // Opened here, where a failure can be told, rather than in the daemon, which would trace nothing.
+  if (traceFile !== undefined) checkAppendableFile(traceFile, 'trace file', '-T/--trace');
 }
 
 /** `xenmesh xenstored`: the daemon in the foreground on its Unix socket. */
@@ -45,9 +57,17 @@ export async function runXenstored(argv: readonly string[]): Promise<number> {
     process.stdout.write(`${XENSTORED_USAGE}\n`);
     return 0;
   }
-  if (options.pidFile && !claimPidFile(options.pidFile)) {
-    log.info(`a daemon with pid file ${options.pidFile} is already running`);
-    return 0;
+  try {
+    if (options.pidFile && pidFileHeld(options.pidFile)) {
+      log.info(`a daemon with pid file ${options.pidFile} is already running`);
+      return 0;
+    }
+    await checkDaemonPaths(options.socket, options.traceFile);
+    if (options.pidFile) writeFileOrRefuse(options.pidFile, `${process.pid}\n`, 'pid file', '-F/--pid-file');
+  } catch (err) {
+    if (!(err instanceof PathError)) throw err;
+    process.stderr.write(`xenmesh xenstored: ${err.message}\n`);
+    return 1;
   }
 
   const daemon = new XenStoreDaemon({
