@@ -29,6 +29,8 @@ export class SocketInUseError extends Error {
   constructor(
     readonly path: string,
     reason: string,
+    /** Something listens there, as opposed to a file that is not a socket. */
+    readonly served: boolean,
   ) {
     super(`${path} ${reason}`);
   }
@@ -39,9 +41,10 @@ export async function probeSocket(path: string): Promise<SocketProbe> {
   let isSocket: boolean;
   try {
     isSocket = lstatSync(path).isSocket();
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { state: 'absent' };
-    return { state: 'unusable', reason: `cannot be looked at (${(err as Error).message})` };
+  } catch {
+    // Nothing this user can see (missing, or in a directory it cannot search):
+    // nothing to take over, and the listener says why it cannot listen there.
+    return { state: 'absent' };
   }
   if (!isSocket) return { state: 'unusable', reason: 'exists and is not a socket, so it is not replaced' };
   return new Promise<SocketProbe>((resolve) => {
@@ -68,7 +71,7 @@ export async function probeSocket(path: string): Promise<SocketProbe> {
  */
 export async function refuseServedSocket(path: string): Promise<void> {
   const probe = await probeSocket(path);
-  if (probe.state === 'served' || probe.state === 'unusable') throw new SocketInUseError(path, probe.reason);
+  if (probe.state === 'served' || probe.state === 'unusable') throw new SocketInUseError(path, probe.reason, probe.state === 'served');
 }
 
 /** Which file a socket is: what tells it from a successor's at the same path. */

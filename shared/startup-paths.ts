@@ -35,7 +35,7 @@ export async function refuseServedSocketPath(path: string, option: string): Prom
     await refuseServedSocket(path);
   } catch (err) {
     if (!(err instanceof SocketInUseError)) throw err;
-    throw new PathError(`${err.message}; stop it first, or pick another socket with ${option}`);
+    throw new PathError(`${err.message}; ${err.served ? 'stop it first' : 'remove it'}, or pick another socket with ${option}`);
   }
 }
 
