@@ -15,6 +15,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { run } from './helpers/daemon.js';
+import { leaveStaleSocket } from './helpers/stale-socket.js';
 
 const XENMESH = fileURLToPath(new URL('../bin/xenmesh.js', import.meta.url));
 /** What each command prints once it serves. */
@@ -103,12 +104,6 @@ async function xenstoreLs(socket: string, path = '/local/domain/0'): Promise<str
   return (await run('xenstore-ls', [path], { XENSTORED_PATH: socket })).stdout;
 }
 
-/** Leaves a socket file nobody listens on, as a daemon killed with SIGKILL does. */
-function staleSocket(path: string): void {
-  const made = spawnSync('python3', ['-c', 'import socket, sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])', path]);
-  if (made.status !== 0) throw new Error(`cannot make a stale socket: ${made.stderr.toString()}`);
-}
-
 t.test('a second xenmesh up on a served socket is refused, and the first serves on', async (t) => {
   const dir = scratch(t);
   const socket = join(dir, 'socket');
@@ -163,7 +158,7 @@ t.test('xenmesh xenstored: a served socket is refused, a stale one replaced, a s
   t.equal(await successor.exit, 0, 'the successor stops');
 
   const stale = join(dir, 'stale');
-  staleSocket(stale);
+  leaveStaleSocket(stale);
   const replacing = await start(t, ['xenstored', '--socket', stale, '--no-journal'], XENSTORED_SERVING);
   t.ok(replacing.serving, 'a stale socket is replaced', { output: replacing.output() });
   await run('xenstore-write', ['/data/stale', 'replaced'], { XENSTORED_PATH: stale });

@@ -77,6 +77,15 @@ export async function runXenstored(argv: readonly string[]): Promise<number> {
     traceFile: options.traceFile,
   });
   const server = new XenStoreSocketServer(daemon, options.socket);
+  // Taken from before the socket can be found: a signal that came between
+  // then and the daemon's being ready would otherwise kill it outright
+  // (no handler is the default action), leaving its socket behind.
+  let stopAsked: NodeJS.Signals | undefined;
+  let onSignal = (signal: NodeJS.Signals): void => {
+    stopAsked ??= signal;
+  };
+  process.once('SIGTERM', (signal) => onSignal(signal));
+  process.once('SIGINT', (signal) => onSignal(signal));
   try {
     await server.listen();
   } catch (err) {
@@ -121,7 +130,7 @@ export async function runXenstored(argv: readonly string[]): Promise<number> {
         resolve(0);
       });
     };
-    process.once('SIGTERM', stop);
-    process.once('SIGINT', stop);
+    onSignal = stop;
+    if (stopAsked) stop(stopAsked);
   });
 }
