@@ -86,12 +86,20 @@ async function start(t: Test, args: string[], ready: string, options: SpawnOptio
   return started;
 }
 
-/** Runs `xenmesh <args>` to its end: its exit status and what it wrote to stderr. */
+/** How long a command that should refuse at once may run before it counts as not refusing (it is killed). */
+const REFUSAL_LIMIT_MS = 30_000;
+
+/**
+ * Runs `xenmesh <args>`, which should refuse, to its end: its exit status
+ * (null if it had to be killed, still running) and what it wrote to stderr.
+ */
 async function refusal(args: string[], options: SpawnOptions = {}): Promise<{ code: number | null; stderr: string }> {
   const child = spawn('env', ['-u', 'NODE_OPTIONS', process.execPath, XENMESH, ...args], { ...options, stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  const limit = setTimeout(() => child.kill('SIGKILL'), REFUSAL_LIMIT_MS);
   const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+  clearTimeout(limit);
   return { code, stderr };
 }
 
