@@ -5,7 +5,7 @@
 import { parseArgs } from 'node:util';
 import { DEFAULT_ACTION_TIMEOUT_MS, DOMAIN_ACTIONS, type DomainActionOptions } from '../../control/actions.js';
 import { SYSRQ_KEY_RULE, sysrqKeyError } from '../../control/protocol.js';
-import { DEFAULT_SOCKET_HELP, defaultSocketPath } from '../../shared/default-paths.js';
+import { defaultSocketHelp, defaultSocketPath } from '../../shared/default-paths.js';
 import { HostUnreachableError, askHost } from './toolstack-client.js';
 import { TOOLSTACK_SOCKET_SUFFIX, isDomainAction, toolstackSocketPath, type DomainRequest } from './toolstack-protocol.js';
 
@@ -26,8 +26,8 @@ Actions:
   sysrq <domain> <key>    send the domain a sysrq key (${SYSRQ_KEY_RULE})
 
 Options:
-  --socket PATH       the host's xenstored socket (default: as xenmesh up's,
-                      ${DEFAULT_SOCKET_HELP})
+  --socket PATH       the host's xenstored socket; by default xenmesh up's,
+                      ${defaultSocketHelp('                      ')}
   --timeout SECONDS   how long to wait for the domain to act (default ${DEFAULT_ACTION_TIMEOUT_MS / 1000})
   --halt              shutdown: halt instead of powering off
   --backend DOMAIN    resume: the driver domain that serves its disks from now on`;

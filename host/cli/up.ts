@@ -3,7 +3,7 @@ import { homedir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { createLogger } from '../../shared/log.js';
-import { DEFAULT_SOCKET_HELP, defaultSocketPath } from '../../shared/default-paths.js';
+import { defaultSocketHelp, defaultSocketPath } from '../../shared/default-paths.js';
 import { PathError } from '../../shared/startup-paths.js';
 import { diskDevice, type DeviceSpec } from '../toolstack/devices.js';
 import { waitForDevice } from '../toolstack/device-wait.js';
@@ -27,9 +27,9 @@ export const UP_USAGE = `Usage: xenmesh up [--image FILE] [--access ro|rw] [--so
 Boots an embedded Xen host: dom0 with xenstored, a driver domain and a guest
 domain, each domain's kernel in a worker of its own. The driver domain serves
 a raw image file to the guest as its disk xvda (and an echo device).
-xenstored also listens on a Unix socket (default: ${DEFAULT_SOCKET_HELP}) so
-that xenstore-utils can inspect and drive the running host; socket clients
-act as dom0. The toolstack listens next to it (PATH.toolstack) for
+xenstored also listens on a Unix socket (--socket) so that xenstore-utils
+can inspect and drive the running host; socket clients act as dom0. The
+toolstack listens next to it (PATH.toolstack) for
 \`xenmesh domain\`, and commands typed at the host's prompt (help lists them)
 shut down, reboot, suspend, resume or destroy a domain or send it a sysrq.
 Stays up until Ctrl-C, SIGTERM or quit.
@@ -41,7 +41,8 @@ Stays up until Ctrl-C, SIGTERM or quit.
                   that cannot be written; by default read-write, or read-only
                   (and said so) when the image cannot be written
   --socket PATH   where xenstored listens for dom0's tools; one that a running
-                  host or daemon serves is refused
+                  host or daemon serves is refused. By default
+                  ${defaultSocketHelp('                  ')}
   --frames N      machine memory in 4 KiB pages (default 16384)
   --trace FILE    trace every xenstore request and reply to FILE`;
 

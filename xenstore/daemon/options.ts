@@ -1,7 +1,7 @@
 import { XENSTORE_REL_PATH_MAX } from '../../shared/xs-wire.js';
 import { SHORTEST_USABLE_PATH_MAX } from '../store/path.js';
 import { defaultQuotas, isQuotaItem, isSoftQuotaItem, quotaValueProblem, type QuotaItem, type QuotaSet } from '../store/quota.js';
-import { DEFAULT_SOCKET_HELP, defaultSocketPath } from '../../shared/default-paths.js';
+import { defaultSocketHelp, defaultSocketPath } from '../../shared/default-paths.js';
 import { DEFAULT_QUEUED_OUTPUT_LIMIT } from './output-limit.js';
 import { DEFAULT_WATCH_EVENT_TIMEOUT_MS } from './xenstored.js';
 
@@ -31,8 +31,9 @@ export class OptionError extends Error {}
 
 export const XENSTORED_USAGE = `Usage: xenmesh xenstored [options]
 
-  --socket <path>          Unix socket to serve (default: ${DEFAULT_SOCKET_HELP});
-                           one that a running daemon or host serves is refused
+  --socket <path>          Unix socket to serve; one that a running daemon or
+                           host serves is refused. By default
+                           ${defaultSocketHelp('                           ')}
   -T, --trace <file>       trace every request and reply to <file> (also --trace-file)
   -F, --pid-file <file>    write the daemon's pid to <file>
   -E, --entry-nb <nb>      limit the number of nodes per domain (default 1000)
