@@ -7,6 +7,7 @@
  */
 import { constants, promises as fsp, type Stats } from 'node:fs';
 import { SECTOR_SIZE } from '../shared/blkif.js';
+import { lockConflictMessage, lockImage } from '../shared/image-lock.js';
 import { optionalNativeCalls } from '../shared/native.js';
 
 /**
@@ -17,7 +18,7 @@ import { optionalNativeCalls } from '../shared/native.js';
 export class ImageError extends Error {
   override readonly name = 'ImageError';
   constructor(
-    readonly code: 'ENOENT' | 'ELOOP' | 'EACCES' | 'EROFS' | 'EINVAL' | 'EIO',
+    readonly code: 'ENOENT' | 'ELOOP' | 'EACCES' | 'EROFS' | 'EINVAL' | 'EIO' | 'EBUSY',
     readonly path: string,
     problem: string,
   ) {
@@ -166,3 +167,50 @@ function errnoOf(err: unknown): ImageError['code'] {
   const code = (err as NodeJS.ErrnoException).code;
   return code === 'ENOENT' || code === 'EACCES' || code === 'EROFS' || code === 'ELOOP' ? code : code === 'EPERM' ? 'EACCES' : 'EIO';
 }
+
+/**
+ * Locks the image a device has open as `fd` for as long as it stays open
+ * (see shared/image-lock.ts), or an EBUSY ImageError naming it when
+ * another backend holds a lock that refuses this one.
+ */
+export function lockOpenImage(path: string, fd: number, readOnly: boolean): void {
+  if (lockImage(fd, readOnly) === 'conflict') throw new ImageError('EBUSY', path, lockConflictMessage(readOnly));
+}
+
+/**
+ * Whether a backend could lock the image now: opened, locked and closed
+ * again, so that the toolstack refuses a disk whose image another backend
+ * serves before it creates anything for it. A backend of the same image
+ * that is closing (a domain rebooting, or being saved) lets go within
+ * LOCK_RELEASE_WAIT_MS, so a conflict is asked again until then.
+ */
+export async function checkImageLock(path: string, readOnly: boolean, open: ImageOpener = fsp.open): Promise<void> {
+  const deadline = Date.now() + LOCK_RELEASE_WAIT_MS;
+  for (;;) {
+    let handle;
+    try {
+      handle = await open(path, readOnly ? constants.O_RDONLY : constants.O_RDWR);
+    } catch (err) {
+      throw await explainOpenFailure(path, err, readOnly);
+    }
+    try {
+      lockOpenImage(path, handle.fd, readOnly);
+      return;
+    } catch (err) {
+      if (Date.now() >= deadline) throw err;
+    } finally {
+      await handle.close();
+    }
+    await new Promise((resolve) => setTimeout(resolve, LOCK_RETRY_MS));
+  }
+}
+
+/**
+ * How long the toolstack gives a backend that is letting go of an image
+ * (answering what is in flight, flushing, closing) before it takes a lock
+ * conflict for another backend's: a disconnect's flush of a busy image
+ * takes this order of time.
+ */
+const LOCK_RELEASE_WAIT_MS = 2000;
+/** How often a conflict is asked again meanwhile. */
+const LOCK_RETRY_MS = 50;

@@ -2,7 +2,7 @@ import { constants, promises as fsp, readFileSync, type Stats } from 'node:fs';
 import { nativeCalls, optionalNativeCalls } from '../shared/native.js';
 import { SECTOR_SIZE } from '../shared/blkif.js';
 import type { VbdConfig } from './config.js';
-import { explainOpenFailure, ImageError, tooShort } from './image.js';
+import { explainOpenFailure, ImageError, lockOpenImage, tooShort } from './image.js';
 
 /**
  * How an I/O worker reaches a store; it travels in the pool's tasks. A file
@@ -42,8 +42,10 @@ export interface BackingStore {
  * Opens the store a device names. An image file or a block device is
  * opened read-write unless the device is read-only, with O_DIRECT when the
  * toolstack said it is safe and the file system allows it (tmpfs does
- * not; then buffered I/O, and flushes make it durable). A store that
- * cannot be served is an ImageError that says why in one line.
+ * not; then buffered I/O, and flushes make it durable). The image is
+ * locked as QEMU locks it (shared/image-lock.ts) until the store is
+ * closed. A store that cannot be served, or whose image another backend
+ * holds, is an ImageError that says why in one line.
  */
 export async function openStore(config: VbdConfig): Promise<BackingStore> {
   if (config.target.kind === 'memory') return memoryStore(config.target.bytes, config);
@@ -69,6 +71,8 @@ export async function openStore(config: VbdConfig): Promise<BackingStore> {
   }
   try {
     const stats = await handle.stat();
+    // On the one descriptor every queue of the device uses, for as long as it is open.
+    if (stats.isBlockDevice() || stats.isFile()) lockOpenImage(path, handle.fd, config.readOnly);
     if (stats.isBlockDevice()) return deviceStore(path, handle, stats, direct, config);
     if (stats.isFile()) return fileStore(path, handle, stats, direct, config);
     throw new ImageError('EINVAL', path, 'is not a regular file or a block device');

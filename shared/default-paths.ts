@@ -47,3 +47,11 @@ function mayCreateIn(dir: string): boolean {
     return false;
   }
 }
+
+/**
+ * defaultSocketPath()'s choice in words, for usage texts: short lines,
+ * joined by a newline and `indent`, to sit in a column of options.
+ */
+export function defaultSocketHelp(indent: string): string {
+  return [`${XENSTORED_SOCKET_PATH} for root; for other users`, `$XDG_RUNTIME_DIR/xenmesh/${USER_SOCKET_NAME},`, `else ~/.local/state/xenmesh/${USER_SOCKET_NAME}`].join(`\n${indent}`);
+}

@@ -11,12 +11,14 @@
  * (mkdtemp() makes it so, whatever the umask), which nobody else can search
  * and so nobody else can connect through; it is given mode 0600 there, and
  * only then renamed to its path, which is atomic and also replaces a stale
- * socket left by a daemon that did not stop.
+ * socket left by a daemon that did not stop; a socket that is served is
+ * never replaced (see socket-probe.ts).
  */
 import { chmodSync, mkdirSync, mkdtempSync, renameSync, rmSync } from 'node:fs';
 import type { Server } from 'node:net';
 import { basename, dirname, join } from 'node:path';
 import { checkSocketDirectory } from './socket-directory.js';
+import { refuseServedSocket, socketIdentity, type SocketIdentity } from './socket-probe.js';
 
 /** Only the owner may connect: the socket acts for dom0. */
 const SOCKET_MODE = 0o600;
@@ -28,9 +30,11 @@ const PRIVATE_DIR_PREFIX = '.sock-';
 /**
  * Makes `server` listen on `path` with mode 0600 and no window in between.
  * The socket's directory is created if missing; one that others could write
- * to is refused (see checkSocketDirectory).
+ * to is refused (see checkSocketDirectory), and so, with a
+ * SocketInUseError, is a path that another listener serves. Resolves with
+ * the identity of the socket file, for removeOwnSocket.
  */
-export async function listenPrivately(server: Server, path: string): Promise<void> {
+export async function listenPrivately(server: Server, path: string): Promise<SocketIdentity> {
   const dir = dirname(path);
   mkdirSync(dir, { recursive: true, mode: DIRECTORY_MODE });
   checkSocketDirectory(dir);
@@ -47,7 +51,11 @@ export async function listenPrivately(server: Server, path: string): Promise<voi
     });
     try {
       chmodSync(bound, SOCKET_MODE);
+      // As late as can be before the rename, so that a listener that came meanwhile is seen.
+      await refuseServedSocket(path);
+      const identity = socketIdentity(bound);
       renameSync(bound, path);
+      return identity;
     } catch (err) {
       server.close();
       throw err;

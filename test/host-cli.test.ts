@@ -171,7 +171,7 @@ t.test('images xenmesh up cannot serve are refused in one line, before any domai
     const started = Date.now();
     const result = await run(process.execPath, [XENMESH, 'up', '--socket', socket, '--image', path]);
     t.equal(result.code, 1, `${what}: exit status 1`);
-    t.equal(result.stderr, `xenmesh up: cannot serve the guest's disk: ${path} ${problem}\n`, `${what}: one line naming the path and what is wrong`);
+    t.equal(result.stderr, `xenmesh up: cannot serve the guest's disk: ${path} ${problem} (--image FILE)\n`, `${what}: one line naming the path and what is wrong`);
     t.equal(result.stdout, '', `${what}: and nothing else`);
     t.notOk(existsSync(socket), `${what}: no xenstored was started, no domain created`);
     t.ok(Date.now() - started < 5000, `${what}: at once, not after a wait for the disk to connect`);
@@ -200,7 +200,7 @@ t.test('an image the host cannot write: served read-only and said so, or refused
 
   const refused = await boot(t, ['--socket', join(dir, 'refused'), '--image', path, '--access', 'rw'], as);
   t.equal(await refused.exit, 1, '--access rw: exit status 1');
-  t.equal(refused.stderr, `xenmesh up: cannot serve the guest's disk: ${path} is not writable (EACCES: permission denied), and the disk is read-write\n`, '--access rw: one line saying the image is not writable');
+  t.equal(refused.stderr, `xenmesh up: cannot serve the guest's disk: ${path} is not writable (EACCES: permission denied), and the disk is read-write (--image FILE)\n`, '--access rw: one line saying the image is not writable');
   t.notOk(existsSync(join(dir, 'refused')), '--access rw: no domain was created');
 
   const socket = join(dir, 'socket');

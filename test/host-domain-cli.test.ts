@@ -16,6 +16,7 @@ import { SHUTDOWN_TIMEOUT_MS } from '../host/machine/host.js';
 import { MAX_LINE_LENGTH, OWN_VERSION, toolstackSocketPath } from '../host/cli/toolstack-protocol.js';
 import { ToolstackServer } from '../host/cli/toolstack-server.js';
 import { run, waitFor } from './helpers/daemon.js';
+import { leaveStaleSocket } from './helpers/stale-socket.js';
 
 const XENMESH = fileURLToPath(new URL('../bin/xenmesh.js', import.meta.url));
 /** The line `xenmesh up` prints once the host runs. */
@@ -191,7 +192,7 @@ t.test('the toolstack socket, in process', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'xenmesh-toolstack-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const path = join(dir, 'socket.toolstack');
-  writeFileSync(path, 'left by a host that died');
+  leaveStaleSocket(path);
   const asked: string[] = [];
   const control = async (action: ToolstackAction, domain: string | undefined, options: DomainActionOptions) => {
     asked.push(`${action} ${domain} ${JSON.stringify(options)}`);

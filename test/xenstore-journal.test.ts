@@ -202,7 +202,9 @@ t.test('a snapshot of another format or version is refused, not half read', asyn
 
 t.test('the journal directory: next to the socket unless told, or none', async (t) => {
   const { parseXenstoredOptions } = await import('../xenstore/daemon/options.js');
-  t.equal(parseXenstoredOptions([]).journalDir, '/var/run/xenstored/socket.journal', 'the default, next to the default socket');
+  const { defaultSocketPath } = await import('../shared/default-paths.js');
+  t.equal(parseXenstoredOptions([]).journalDir, `${defaultSocketPath()}.journal`, 'the default, next to the default socket');
+  t.equal(parseXenstoredOptions([]).socket, defaultSocketPath(), 'which is defaultSocketPath()');
   t.equal(parseXenstoredOptions(['--socket', '/tmp/s']).journalDir, '/tmp/s.journal', 'next to the socket given');
   t.equal(parseXenstoredOptions(['--journal-dir', '/tmp/j', '--socket', '/tmp/s']).journalDir, '/tmp/j');
   t.equal(parseXenstoredOptions(['--journal-dir=/tmp/j']).journalDir, '/tmp/j');

@@ -121,7 +121,8 @@ t.test('a socket path it cannot use is reported', async (t) => {
   writeFileSync(join(dir, 'file'), '');
   const result = await run(process.execPath, [XENMESH, 'xenstored', '--socket', join(dir, 'file', 'socket')]);
   t.equal(result.code, 1);
-  t.match(result.stderr, /cannot listen on/);
+  t.match(result.stderr, `xenmesh xenstored: cannot create ${join(dir, 'file')}, the directory of the socket ${join(dir, 'file', 'socket')}`);
+  t.match(result.stderr, /pick another socket with --socket\n$/, 'and names the option');
 });
 
 t.test('a socket directory others could write to is refused, on one line', async (t) => {
@@ -132,6 +133,6 @@ t.test('a socket directory others could write to is refused, on one line', async
   t.equal(result.code, 1, 'exits 1');
   const lines = result.stderr.trimEnd().split('\n');
   t.equal(lines.length, 1, 'with one line');
-  t.match(lines[0], `cannot listen on ${join(dir, 'socket')}: refusing to serve a socket in ${dir}: ${dir} is writable by group or others (mode 0777) and not sticky`);
+  t.equal(lines[0], `xenmesh xenstored: refusing to serve a socket in ${dir}: ${dir} is writable by group or others (mode 0777) and not sticky, so they could replace the socket; pick another socket with --socket`);
   t.notOk(existsSync(join(dir, 'socket')), 'and no socket');
 });

@@ -5,7 +5,7 @@
 import type { Command } from 'commander';
 import { DEFAULT_ACTION_TIMEOUT_MS, DOMAIN_ACTIONS, type DomainAction, type DomainActionOptions } from '../../control/actions.js';
 import { SYSRQ_KEY_RULE, sysrqKeyError } from '../../control/protocol.js';
-import { DEFAULT_SOCKET_PATH } from '../../xenstore/daemon/socket-server.js';
+import { defaultSocketHelp, defaultSocketPath } from '../../shared/default-paths.js';
 import { UsageError, parseSeconds, runs, subcommand } from './command-line.js';
 import { callToolstack } from './toolstack-call.js';
 import { TOOLSTACK_SOCKET_SUFFIX, type ToolstackRequest } from './toolstack-protocol.js';
@@ -30,7 +30,8 @@ Actions:
   sysrq <domain> <key>    send the domain a sysrq key (${SYSRQ_KEY_RULE})
 
 Options:
-  --socket PATH       the host's xenstored socket (default ${DEFAULT_SOCKET_PATH})
+  --socket PATH       the host's xenstored socket; by default xenmesh up's,
+                      ${defaultSocketHelp('                      ')}
   --timeout SECONDS   how long to wait for the domain to act (default ${DEFAULT_ACTION_TIMEOUT_MS / 1000})
   --halt              shutdown: halt instead of powering off
   --backend DOMAIN    resume: the driver domain that serves its disks from now on`;
@@ -53,7 +54,7 @@ export function domainCommand(): Command {
     .option('--backend <domain>');
   return runs(command, async (action: string | undefined, domain: string | undefined, rest: string[], flags: DomainFlags) => {
     const request = domainRequest(action, domain, rest, flags);
-    return callToolstack('xenmesh domain', flags.socket ?? DEFAULT_SOCKET_PATH, request);
+    return callToolstack('xenmesh domain', flags.socket ?? defaultSocketPath(), request);
   });
 }
 

@@ -6,13 +6,13 @@
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import { DEFAULT_ACTION_TIMEOUT_MS, type DomainActionOptions } from '../../control/actions.js';
-import { DEFAULT_SOCKET_PATH } from '../../xenstore/daemon/socket-server.js';
+import { defaultSocketPath } from '../../shared/default-paths.js';
 import { UsageError, parseSeconds, runs, subcommand } from './command-line.js';
 import { callToolstack } from './toolstack-call.js';
 import { TOOLSTACK_SOCKET_SUFFIX, type ToolstackRequest } from './toolstack-protocol.js';
 
 const SOCKET_HELP = `  --socket PATH       the host's xenstored socket; the toolstack listens on
-                      PATH${TOOLSTACK_SOCKET_SUFFIX} (default ${DEFAULT_SOCKET_PATH})`;
+                      PATH${TOOLSTACK_SOCKET_SUFFIX} (default: xenmesh up's, ${defaultSocketPath()})`;
 const TIMEOUT_HELP = (what: string) => `  --timeout SECONDS   how long to wait for ${what} (default ${DEFAULT_ACTION_TIMEOUT_MS / 1000})`;
 
 const USAGES = {
@@ -93,7 +93,7 @@ interface CommonFlags {
 
 const call = (name: string, flags: CommonFlags, request: Omit<ToolstackRequest, 'options'> & { options?: DomainActionOptions }) => {
   const options = { ...request.options, ...(flags.timeout === undefined ? {} : { timeoutMs: parseSeconds('--timeout', flags.timeout) }) };
-  return callToolstack(`xenmesh ${name}`, flags.socket ?? DEFAULT_SOCKET_PATH, { ...request, options });
+  return callToolstack(`xenmesh ${name}`, flags.socket ?? defaultSocketPath(), { ...request, options });
 };
 
 /** A subcommand with the options every one of them has. */

@@ -5,11 +5,11 @@
  * disks, as xl asks libxl. Like xenstored's socket, it acts for dom0, so only its owner
  * may connect.
  */
-import { rmSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { DomainActionError, type ToolstackAction, type DomainActionOptions } from '../../control/actions.js';
 import { createLogger } from '../../shared/log.js';
 import { listenPrivately } from '../../shared/private-listen.js';
+import { removeOwnSocket, type SocketIdentity } from '../../shared/socket-probe.js';
 import { quoteText } from '../../shared/quote.js';
 import { LineBuffer, RequestError, formatLine, parseRequest, type DomainReply } from './toolstack-protocol.js';
 
@@ -20,6 +20,8 @@ export type DomainController = (action: ToolstackAction, domain: string | undefi
 
 export class ToolstackServer {
   private server: Server | undefined;
+  /** The socket file this server created: the only one it removes. */
+  private identity: SocketIdentity | undefined;
   private readonly clients = new Set<Socket>();
 
   constructor(
@@ -37,7 +39,7 @@ export class ToolstackServer {
     // Half-open connections stay writable, so that a client that sends its
     // request and then closes its end (`nc -U -N`) still gets the answer.
     const server = createServer({ allowHalfOpen: true }, (socket) => this.serve(socket));
-    await listenPrivately(server, this.path);
+    this.identity = await listenPrivately(server, this.path);
     this.server = server;
   }
 
@@ -49,7 +51,9 @@ export class ToolstackServer {
     const closed = new Promise<void>((resolve) => server.close(() => resolve()));
     for (const socket of this.clients) socket.destroy();
     await closed;
-    rmSync(this.path, { force: true });
+    // A successor's socket at the same path is not ours to remove.
+    removeOwnSocket(this.path, this.identity);
+    this.identity = undefined;
   }
 
   /**

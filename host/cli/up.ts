@@ -5,13 +5,15 @@ import type { Command } from 'commander';
 import { applyLogFormatOption, createLogger, LOG_OPTIONS_USAGE } from '../../shared/log.js';
 import { serviceNotifier } from '../../shared/sd-notify.js';
 import { decodeDomainFigures } from '../../xenstore/daemon/domain-figures.js';
-import { DEFAULT_SOCKET_PATH } from '../../xenstore/daemon/socket-server.js';
+import { defaultSocketHelp, defaultSocketPath } from '../../shared/default-paths.js';
+import { PathError } from '../../shared/startup-paths.js';
 import { diskDevice, type DeviceSpec } from '../toolstack/devices.js';
 import { waitForDevice } from '../toolstack/device-wait.js';
 import { chooseDiskAccess, DiskRefused, type DiskAccess } from '../toolstack/disk-check.js';
 import { Host } from '../machine/host.js';
 import { runs, subcommand } from './command-line.js';
 import { createMetricsRegistry, METRICS_OPTION_USAGE, MetricsAddressError, parseMetricsAddress, serveMetrics, type MetricsServer } from './metrics.js';
+import { checkHostPaths } from './paths.js';
 import { HostPrompt, PROMPT_HINT } from './prompt.js';
 import { formatDevices, formatStatus } from './report.js';
 import { toolstackSocketPath } from './toolstack-protocol.js';
@@ -31,9 +33,9 @@ export const UP_USAGE = `Usage: xenmesh up [--image FILE] [--access ro|rw] [--so
 Boots an embedded Xen host: dom0 with xenstored, a driver domain and a guest
 domain, each domain's kernel in a worker of its own. The driver domain serves
 a raw image file to the guest as its disk xvda (and an echo device).
-xenstored also listens on a Unix socket (default ${DEFAULT_SOCKET_PATH}) so
-that xenstore-utils can inspect and drive the running host; socket clients
-act as dom0. The toolstack listens next to it (PATH.toolstack) for
+xenstored also listens on a Unix socket (--socket) so that xenstore-utils
+can inspect and drive the running host; socket clients act as dom0. The
+toolstack listens next to it (PATH.toolstack) for
 \`xenmesh domain\`, and commands typed at the host's prompt (help lists them)
 shut down, reboot, suspend, resume or destroy a domain or send it a sysrq.
 Stays up until Ctrl-C, SIGTERM or quit.
@@ -44,7 +46,9 @@ Stays up until Ctrl-C, SIGTERM or quit.
   --access ro|rw  serve the disk read-only, or read-write and refuse an image
                   that cannot be written; by default read-write, or read-only
                   (and said so) when the image cannot be written
-  --socket PATH   where xenstored listens for dom0's tools
+  --socket PATH   where xenstored listens for dom0's tools; one that a running
+                  host or daemon serves is refused. By default
+                  ${defaultSocketHelp('                  ')}
   --frames N      machine memory in 4 KiB pages (default 16384)
   --trace FILE    trace every xenstore request and reply to FILE
 ${LOG_OPTIONS_USAGE}
@@ -100,8 +104,15 @@ export async function runUp(values: UpOptions): Promise<number> {
     return 1;
   }
   const access: DiskAccess = values.access ?? 'auto';
-  const socket = values.socket ?? DEFAULT_SOCKET_PATH;
+  const socket = values.socket ?? defaultSocketPath();
   const image = values.image === undefined ? DEFAULT_IMAGE : resolve(values.image);
+  try {
+    await checkHostPaths({ socket, traceFile: values.trace });
+  } catch (err) {
+    if (!(err instanceof PathError)) throw err;
+    process.stderr.write(`xenmesh up: ${err.message}\n`);
+    return 1;
+  }
   let metricsAddress;
   try {
     metricsAddress = values.metrics === undefined ? undefined : parseMetricsAddress(values.metrics);
@@ -132,7 +143,7 @@ export async function runUp(values: UpOptions): Promise<number> {
     readOnly = choice.readOnly;
   } catch (err) {
     const why = err instanceof DiskRefused ? err.message : `${image}: ${(err as Error).message}`;
-    process.stderr.write(`xenmesh up: cannot serve the guest's disk: ${why}\n`);
+    process.stderr.write(`xenmesh up: cannot serve the guest's disk: ${why} (--image FILE)\n`);
     await metrics?.close();
     return 1;
   }

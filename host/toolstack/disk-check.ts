@@ -3,10 +3,11 @@
  * libxl's disk_try_backend stats the target first: an image blkback would
  * refuse (blkback/image.ts says which, and why) is refused here, in one
  * line that names the path, before a domain is created for it or any of
- * its devices is written to xenstore.
+ * its devices is written to xenstore; so is an image another backend
+ * holds locked (the lock blkback would take could not be taken).
  */
 import { parseTarget } from '../../blkback/config.js';
-import { inspectImage, requireImage, type ImageOpener } from '../../blkback/image.js';
+import { checkImageLock, inspectImage, requireImage, type ImageOpener } from '../../blkback/image.js';
 import { XsError } from '../../shared/errors.js';
 import type { DeviceSpec } from './devices.js';
 
@@ -33,9 +34,12 @@ export async function chooseDiskAccess(path: string, access: DiskAccess, open?: 
   try {
     if (access !== 'auto') {
       await requireImage(path, access === 'ro', open);
+      await checkImageLock(path, access === 'ro', open);
       return { readOnly: access === 'ro' };
     }
     const image = await inspectImage(path, { write: true, open });
+    // An image another backend holds is refused rather than served read-only: that backend may be writing it.
+    await checkImageLock(path, image.notWritable !== undefined, open);
     if (image.notWritable === undefined) return { readOnly: false };
     return { readOnly: true, notice: `${path} is not writable (${image.notWritable}); serving it read-only` };
   } catch (err) {
@@ -54,7 +58,11 @@ export async function checkDiskImages(specs: readonly DeviceSpec[], open?: Image
     if (spec.kind !== 'vbd' || params === undefined) continue;
     try {
       const target = parseTarget(params);
-      if (target.kind === 'path') await requireImage(target.path, spec.backend?.['mode']?.startsWith('r') ?? false, open);
+      if (target.kind === 'path') {
+        const readOnly = spec.backend?.['mode']?.startsWith('r') ?? false;
+        await requireImage(target.path, readOnly, open);
+        await checkImageLock(target.path, readOnly, open);
+      }
     } catch (err) {
       throw new DiskRefused(`disk ${spec.backend?.['dev'] ?? spec.devid}: ${messageOf(err)}`);
     }

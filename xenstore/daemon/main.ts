@@ -1,6 +1,7 @@
-import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import { applyLogFormatOption, createLogger } from '../../shared/log.js';
 import { serviceNotifier } from '../../shared/sd-notify.js';
+import { checkAppendableFile, PathError, prepareSocketDirectory, refuseServedSocketPath, writeFileOrRefuse } from '../../shared/startup-paths.js';
 import { OptionError, XENSTORED_USAGE, parseXenstoredOptions } from './options.js';
 import { XenStoreSocketServer } from './socket-server.js';
 import { XenStoreDaemon } from './xenstored.js';
@@ -18,18 +19,29 @@ function processAlive(pid: number): boolean {
 }
 
 /**
- * Claims the pid file. Like xenstored, a second daemon started with the pid
- * file of a running one leaves quietly; a file left by a dead daemon is taken over.
+ * Whether the pid file names a running daemon. Like xenstored, a second
+ * daemon started with the pid file of a running one leaves quietly; a
+ * file left by a dead daemon is taken over.
  */
-function claimPidFile(file: string): boolean {
+function pidFileHeld(file: string): boolean {
   try {
     const pid = Number(readFileSync(file, 'utf8').trim());
-    if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && processAlive(pid)) return false;
+    return Number.isInteger(pid) && pid > 0 && pid !== process.pid && processAlive(pid);
   } catch {
     // No pid file yet.
+    return false;
   }
-  writeFileSync(file, `${process.pid}\n`, { mode: 0o600 });
-  return true;
+}
+
+/**
+ * Refuses a socket another daemon or host serves (before the pid file
+ * or anything else is touched), and any path given that cannot be used.
+ */
+async function checkDaemonPaths(socket: string, traceFile: string | undefined): Promise<void> {
+  await refuseServedSocketPath(socket, '--socket');
+  prepareSocketDirectory(socket, '--socket');
+  // Opened here, where a failure can be told, rather than in the daemon, which would trace nothing.
+  if (traceFile !== undefined) checkAppendableFile(traceFile, 'trace file', '-T/--trace');
 }
 
 /** `xenmesh xenstored`: the daemon in the foreground on its Unix socket. */
@@ -51,9 +63,17 @@ export async function runXenstored(argv: readonly string[]): Promise<number> {
     process.stderr.write(`xenmesh xenstored: ${logFormatProblem}\n`);
     return 1;
   }
-  if (options.pidFile && !claimPidFile(options.pidFile)) {
-    log.info(`a daemon with pid file ${options.pidFile} is already running`);
-    return 0;
+  try {
+    if (options.pidFile && pidFileHeld(options.pidFile)) {
+      log.info(`a daemon with pid file ${options.pidFile} is already running`);
+      return 0;
+    }
+    await checkDaemonPaths(options.socket, options.traceFile);
+    if (options.pidFile) writeFileOrRefuse(options.pidFile, `${process.pid}\n`, 'pid file', '-F/--pid-file');
+  } catch (err) {
+    if (!(err instanceof PathError)) throw err;
+    process.stderr.write(`xenmesh xenstored: ${err.message}\n`);
+    return 1;
   }
 
   const daemon = new XenStoreDaemon({
@@ -63,10 +83,10 @@ export async function runXenstored(argv: readonly string[]): Promise<number> {
     traceFile: options.traceFile,
   });
   const server = new XenStoreSocketServer(daemon, options.socket);
-  // The signals are caught from here on: a stop asked for while the socket
-  // and the journal are being set up (systemd stopping a unit that is
-  // still starting) is carried out once they are, instead of killing the
-  // daemon half way.
+  // Taken from before the socket can be found: a signal that came between
+  // then and the daemon's being ready (systemd stopping a unit that is still
+  // starting) would otherwise kill it outright (no handler is the default
+  // action), leaving its socket behind; it is carried out once it is ready.
   let stopAsked: NodeJS.Signals | undefined;
   let onStop: ((signal: NodeJS.Signals) => void) | undefined;
   const signalled = (signal: NodeJS.Signals) => {

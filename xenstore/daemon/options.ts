@@ -1,7 +1,7 @@
 import { XENSTORE_REL_PATH_MAX } from '../../shared/xs-wire.js';
 import { SHORTEST_USABLE_PATH_MAX } from '../store/path.js';
 import { defaultQuotas, isQuotaItem, isSoftQuotaItem, quotaValueProblem, type QuotaItem, type QuotaSet } from '../store/quota.js';
-import { DEFAULT_SOCKET_PATH } from './socket-server.js';
+import { defaultSocketHelp, defaultSocketPath } from '../../shared/default-paths.js';
 import { DEFAULT_QUEUED_OUTPUT_LIMIT } from './output-limit.js';
 import { DEFAULT_WATCH_EVENT_TIMEOUT_MS } from './xenstored.js';
 
@@ -33,7 +33,9 @@ export class OptionError extends Error {}
 
 export const XENSTORED_USAGE = `Usage: xenmesh xenstored [options]
 
-  --socket <path>          Unix socket to serve (default ${DEFAULT_SOCKET_PATH})
+  --socket <path>          Unix socket to serve; one that a running daemon or
+                           host serves is refused. By default
+                           ${defaultSocketHelp('                           ')}
   -T, --trace <file>       trace every request and reply to <file> (also --trace-file)
   -F, --pid-file <file>    write the daemon's pid to <file>
   -E, --entry-nb <nb>      limit the number of nodes per domain (default 1000)
@@ -52,8 +54,7 @@ export const XENSTORED_USAGE = `Usage: xenmesh xenstored [options]
                            clients together (default ${DEFAULT_QUEUED_OUTPUT_LIMIT}, 128 MiB; 0: none);
                            over it, the client holding the most is cut off
   --journal-dir <dir>      record every commit in <dir>, and recover the store
-                           from it after a crash (default <socket>.journal,
-                           /var/run/xenstored/socket.journal)
+                           from it after a crash (default <socket>.journal)
   --no-journal             keep no journal: a crash loses the store
   --log-format json|text  log lines as JSON objects (pino's: time, level,
                            domain, component, msg) or as text (the default);
@@ -121,7 +122,7 @@ function assignment(text: string, what: string): [string, number] {
 
 export function parseXenstoredOptions(argv: readonly string[]): XenstoredOptions {
   const options: XenstoredOptions = {
-    socket: DEFAULT_SOCKET_PATH,
+    socket: '',
     traceFile: undefined,
     pidFile: undefined,
     quotas: defaultQuotas(),
@@ -131,6 +132,7 @@ export function parseXenstoredOptions(argv: readonly string[]): XenstoredOptions
     logFormat: undefined,
     help: false,
   };
+  let socket: string | undefined;
   let journal: 'default' | 'none' | 'given' = 'default';
   for (let i = 0; i < argv.length; i++) {
     let arg = argv[i]!;
@@ -157,7 +159,7 @@ export function parseXenstoredOptions(argv: readonly string[]): XenstoredOptions
     }
     switch (name) {
       case 'socket':
-        options.socket = value;
+        socket = value;
         break;
       case 'trace':
         options.traceFile = value;
@@ -199,6 +201,8 @@ export function parseXenstoredOptions(argv: readonly string[]): XenstoredOptions
       }
     }
   }
+  // Only when none is given: the default depends on who runs it and what is writable.
+  options.socket = socket ?? defaultSocketPath();
   if (journal === 'default') options.journalDir = journalDirFor(options.socket);
   if (journal === 'none') options.journalDir = undefined;
   return options;

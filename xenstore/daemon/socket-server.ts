@@ -1,6 +1,6 @@
-import { rmSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { listenPrivately } from '../../shared/private-listen.js';
+import { removeOwnSocket, type SocketIdentity } from '../../shared/socket-probe.js';
 import type { XenStoreDaemon } from './xenstored.js';
 import type { ServerTransport, TransportHandlers } from './transport.js';
 
@@ -59,6 +59,8 @@ class SocketTransport implements ServerTransport {
 /** Serves the daemon on a Unix socket, as xenstored does for the tools in dom0. */
 export class XenStoreSocketServer {
   private server: Server | undefined;
+  /** The socket file this server created: the only one it removes. */
+  private identity: SocketIdentity | undefined;
   private accepted = 0;
 
   constructor(
@@ -75,7 +77,7 @@ export class XenStoreSocketServer {
     const server = createServer({ pauseOnConnect: false }, (socket) => {
       this.daemon.connect(new SocketTransport(socket, ++this.accepted));
     });
-    await listenPrivately(server, this.path);
+    this.identity = await listenPrivately(server, this.path);
     this.server = server;
   }
 
@@ -84,6 +86,8 @@ export class XenStoreSocketServer {
     this.server = undefined;
     if (!server) return;
     await new Promise<void>((resolve) => server.close(() => resolve()));
-    rmSync(this.path, { force: true });
+    // A successor's socket at the same path is not ours to remove.
+    removeOwnSocket(this.path, this.identity);
+    this.identity = undefined;
   }
 }
