@@ -9,7 +9,12 @@
   },
   "target_defaults": {
     "include_dirs": ["<!@(node -p \"require('node-addon-api').include\")"],
-    "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],
+    # A ring thread or an I/O worker may be terminated (a driver domain
+    # destroyed, a worker that will not stop) while one of its addon calls
+    # is making an error: without this, node-addon-api aborts the whole
+    # process ("FATAL ERROR: Error::Error napi_define_properties") rather
+    # than drop an error nobody can receive (node-addon-api's setup.md).
+    "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS"],
     "cflags!": ["-fno-exceptions"],
     "cflags_cc!": ["-fno-exceptions"],
     "cflags_cc": ["-std=c++17"]
