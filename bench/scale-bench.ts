@@ -24,6 +24,7 @@ import { Host } from '../host/machine/host.js';
 import { setLogSink } from '../shared/log.js';
 import type { XenStoreClient } from '../xenstore/client/client.js';
 import { CHECK_NODE, type ScaleCheck } from './scale-check.js';
+import { RunProgress } from '../shared/progress.js';
 
 const GUEST_KERNEL = new URL('./scale-kernel-worker.js', import.meta.url);
 const DRIVER_DOMAINS = 4;
@@ -194,12 +195,13 @@ async function main(): Promise<void> {
   const sizes = (process.env['BENCH_GUESTS'] ?? '100,1000').split(',').map(Number);
   const rounds = Number(process.env['BENCH_ROUNDS'] ?? 1);
   const runs: ScaleRun[] = [];
+  // Each run as it ends, with how many are left and the time they should take, on stderr.
+  const progress = new RunProgress(rounds * sizes.length);
   for (let r = 0; r < rounds; r++) {
     for (const guests of sizes) {
       const result = await runInChild(guests);
       runs.push(result);
-      // Each run as it ends, on stderr too when stdout is JSON for the end.
-      (json ? process.stderr : process.stdout).write(`round ${r + 1}: ${describe(result)}\n`);
+      progress.finished(`round ${r + 1}: ${describe(result)}`);
     }
   }
   const summary = sizes.map((guests) => {

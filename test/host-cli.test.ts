@@ -96,7 +96,7 @@ for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     t.match(stdout, /^2 +guest +running +kernel:guest ready +0 +connected$/m, 'the guest');
     t.match(
       stdout,
-      /^echo 0 +\/local\/domain\/2\/device\/echo\/0 +Connected +\/local\/domain\/1\/backend\/echo\/2\/0 +Connected +connected$/m,
+      /^echo 0 +guest \(2\) +Connected +driver \(1\) +Connected +connected$/m,
       'the echo device, with the state of both ends',
     );
     t.notMatch(stdout, /^\/local\/domain\/\d+$/m, 'but not their xenstore trees, which are there on request');
@@ -129,7 +129,7 @@ for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     for (const line of ['virtual-device = "51712"', 'device-type = "disk"', 'trusted = "1"', 'protocol = "x86_64-abi"', 'backend-id = "1"', 'event-channel']) {
       t.match(frontend, line, `the frontend has ${line}`);
     }
-    t.match(stdout, /^vbd 51712 +\/local\/domain\/2\/device\/vbd\/51712 +Connected +\/local\/domain\/1\/backend\/vbd\/2\/51712 +Connected +connected$/m, 'the disk in the device table');
+    t.match(stdout, /^vbd xvda +guest \(2\) +Connected +driver \(1\) +Connected +connected$/m, 'the disk in the device table');
 
     up.kill(signal);
     t.equal(await exit, 0, `exit status 0 on ${signal}`);
@@ -212,7 +212,7 @@ t.test('an image the host cannot write: served read-only and said so, or refused
   t.match(backend, 'mode = "r"', 'the backend has mode = r, as libxl writes for a read-only disk');
   t.match(backend, 'info = "4"', 'and info VDISK_READONLY');
   t.match(backend, 'feature-discard = "0"', 'and offers no discard');
-  t.match(up.stdout, /^vbd 51712 +\S+ +Connected +\S+ +Connected +connected$/m, 'the disk is Connected');
+  t.match(up.stdout, /^vbd xvda +\S+ \(\d+\) +Connected +\S+ \(\d+\) +Connected +connected$/m, 'the disk is Connected');
   up.kill('SIGTERM');
   t.equal(await up.exit, 0, 'and the host stops cleanly');
 });

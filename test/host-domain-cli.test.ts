@@ -384,11 +384,11 @@ t.test('the prompt of xenmesh up', async (t) => {
     await waitFor(seen, what, SETTLE_TIMEOUT_MS);
   };
   const after = host.stdout().length;
-  await typed('status', 'the status', () => /^vbd 51712 .*$/m.test(host.stdout().slice(after)));
+  await typed('status', 'the status', () => /^vbd xvda .*$/m.test(host.stdout().slice(after)));
   const status = host.stdout().slice(after);
   t.match(status, /^domid +name +state +worker/m, 'status prints the domains');
   t.match(status, /^2 +guest +running +kernel:guest ready/m, 'with the guest');
-  t.match(status, /^vbd 51712 +\/local\/domain\/2\/device\/vbd\/51712 +Connected +\/local\/domain\/1\/backend\/vbd\/2\/51712 +Connected +connected$/m, 'and the devices');
+  t.match(status, /^vbd xvda +guest \(2\) +Connected +driver \(1\) +Connected +connected$/m, 'and the devices');
 
   await typed('help', 'the help', () => host.stdout().includes('Commands'));
   for (const command of ['shutdown <domain>', 'halt <domain>', 'reboot <domain>', 'suspend <domain>', 'resume <domain> [backend-domain]', 'destroy <domain>', 'sysrq <domain> <key>', 'status', 'help', 'quit']) {

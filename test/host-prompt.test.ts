@@ -22,7 +22,7 @@ const SETTLE_TIMEOUT_MS = 20_000;
 const PROMPT = 'xenmesh> ';
 const ESC = '\x1b';
 /** The last row of the status that `xenmesh up` prints at start-up: the echo device. */
-const ECHO_ROW = /^echo 0 +\S+ +Connected +\S+ +Connected +connected\r?$/m;
+const ECHO_ROW = /^echo 0 +\S+ \(\d+\) +Connected +\S+ \(\d+\) +Connected +connected\r?$/m;
 /** What the guest's control driver logs for SysRq s: a log line sent while the prompt waits. */
 const SYSRQ_LOG = "control: SysRq 's'";
 

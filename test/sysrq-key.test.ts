@@ -8,7 +8,7 @@ import t from 'tap';
 import { DomainActionError } from '../control/actions.js';
 import { SYSRQ_KEY_FIRST, SYSRQ_KEY_LAST, sysrqKeyError } from '../control/protocol.js';
 import { writeSysrq } from '../control/toolstack.js';
-import { parseRequest, RequestError } from '../host/cli/toolstack-protocol.js';
+import { OWN_VERSION, parseRequest, RequestError } from '../host/cli/toolstack-protocol.js';
 import type { XenStoreClient } from '../xenstore/client/client.js';
 
 /** Keys that are not keys, with how each is shown in the error. */
@@ -41,11 +41,11 @@ t.test('a key is one printable ASCII character', async (t) => {
 
 t.test('the toolstack socket refuses a request with such a key', async (t) => {
   for (const [key, shown] of REFUSED) {
-    const line = JSON.stringify({ action: 'sysrq', domain: 'guest', options: { key } });
+    const line = JSON.stringify({ version: OWN_VERSION, action: 'sysrq', domain: 'guest', options: { key } });
     t.throws(() => parseRequest(line), new RequestError(`option 'key': a SysRq key is one printable character, such as s or b; ${shown} is not`), shown);
   }
-  t.throws(() => parseRequest('{"action": "sysrq", "domain": "guest"}'), new RequestError("sysrq needs option 'key': one printable character, such as s or b"), 'and one without a key');
-  t.same(parseRequest('{"action": "sysrq", "domain": "guest", "options": {"key": "s"}}').options, { key: 's' }, 'a key is accepted');
+  t.throws(() => parseRequest(JSON.stringify({ version: OWN_VERSION, action: 'sysrq', domain: 'guest' })), new RequestError("sysrq needs option 'key': one printable character, such as s or b"), 'and one without a key');
+  t.same(parseRequest(JSON.stringify({ version: OWN_VERSION, action: 'sysrq', domain: 'guest', options: { key: 's' } })).options, { key: 's' }, 'a key is accepted');
 });
 
 t.test('the toolstack writes no such key into the domain', async (t) => {

@@ -114,8 +114,14 @@ const MIB = 1024 * 1024;
  * domains it joins, and the state of each end.
  */
 export async function formatDevices(xs: XenStoreClient): Promise<string> {
-  const rows = [['device', 'frontend', 'state', 'backend', 'state', 'hotplug']];
+  const rows: string[][] = [];
   const list = (path: string) => xs.directory(path).catch(() => [] as string[]);
+  const names = new Map<string, string>();
+  // A domain as the other commands name it; its xenstore paths are there for `tree`.
+  const domainLabel = async (domid: string) => {
+    if (!names.has(domid)) names.set(domid, (await xs.tryRead(`/local/domain/${domid}/name`)) ?? '?');
+    return `${names.get(domid)} (${domid})`;
+  };
   for (const backendDomid of await list('/local/domain')) {
     const root = `/local/domain/${backendDomid}/backend`;
     for (const kind of await list(root)) {
@@ -123,11 +129,12 @@ export async function formatDevices(xs: XenStoreClient): Promise<string> {
         for (const devid of await list(`${root}/${kind}/${frontendDomid}`)) {
           const backend = `${root}/${kind}/${frontendDomid}/${devid}`;
           const frontend = (await xs.tryRead(`${backend}/frontend`)) ?? '?';
+          const id = kind === 'vbd' && /^\d+$/.test(devid) ? vdevName(Number(devid)) : devid;
           rows.push([
-            `${kind} ${devid}`,
-            frontend,
+            `${kind} ${id}`,
+            await domainLabel(frontendDomid),
             stateName(await readStateAt(xs, `${frontend}/state`)),
-            backend,
+            await domainLabel(backendDomid),
             stateName(await readStateAt(xs, `${backend}/state`)),
             (await xs.tryRead(`${backend}/hotplug-status`)) ?? '-',
           ]);
@@ -135,9 +142,8 @@ export async function formatDevices(xs: XenStoreClient): Promise<string> {
       }
     }
   }
-  if (rows.length === 1) return 'no devices';
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
-  return rows.map((r) => r.map((cell, i) => cell.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n');
+  if (rows.length === 0) return 'no devices';
+  return renderTable(['device', 'frontend', 'state', 'backend', 'state', 'hotplug'], rows);
 }
 
 /** What block-list reads of one disk from xenstore. */
