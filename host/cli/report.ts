@@ -55,12 +55,18 @@ export async function formatStatus(host: Host): Promise<string> {
   const held: string[] = [];
   for (const info of host.platform.listDomains()) {
     const worker = info.domid === 0 ? xenstored : workers.find((w) => w.domid === info.domid && w.name.startsWith('kernel:'));
-    const xs = info.domid === 0 ? `serving ${connections['sockets'] ?? '?'} socket clients` : String(connections[`d${info.domid}`] ?? 'not introduced');
+    const xs = info.domid === 0 ? describeSocketClients(connections['sockets']) : String(connections[`d${info.domid}`] ?? 'not introduced');
     rows.push([String(info.domid), info.name, stateWord(info), worker ? `${worker.name} ${worker.state}` : '-', String(worker?.restarts ?? 0), xs]);
     const devices = host.devicesOf(info.domid);
     if (devices.held) held.push(`${info.name} (${info.domid}) is suspended, holding ${describeDevices(devices.devices)} until it resumes`);
   }
   return [renderTable(['domid', 'name', 'state', 'worker', 'restarts', 'xenstore'], rows), ...held].join('\n');
+}
+
+/** dom0's xenstore column: how many clients xenstored's Unix socket serves. */
+function describeSocketClients(count: unknown): string {
+  if (typeof count !== 'number') return 'serving socket clients';
+  return `serving ${count} socket client${count === 1 ? '' : 's'}`;
 }
 
 /** A domain's state in a word: a domain shut down to suspend is suspended, not gone. */

@@ -89,6 +89,8 @@ const OPTIONS: Readonly<Record<keyof DomainActionOptions, OptionRule>> = {
 };
 
 /** Actions that name no domain, or may name none. */
+/** Actions that only read the host's state: the log need not keep their answers. */
+export const QUERY_ACTIONS: ReadonlySet<ToolstackAction> = new Set(['list', 'block-list']);
 const DOMAIN_OPTIONAL: ReadonlySet<ToolstackAction> = new Set(['list', 'block-list']);
 const NO_DOMAIN: ReadonlySet<ToolstackAction> = new Set(['list']);
 

@@ -11,7 +11,7 @@ import { createLogger } from '../../shared/log.js';
 import { listenPrivately } from '../../shared/private-listen.js';
 import { removeOwnSocket, type SocketIdentity } from '../../shared/socket-probe.js';
 import { quoteText } from '../../shared/quote.js';
-import { LineBuffer, RequestError, formatLine, parseRequest, type DomainReply } from './toolstack-protocol.js';
+import { LineBuffer, QUERY_ACTIONS, RequestError, formatLine, parseRequest, type DomainReply } from './toolstack-protocol.js';
 
 const log = createLogger('toolstack');
 
@@ -112,10 +112,12 @@ export class ToolstackServer {
     const { action, options } = request;
     // The domain is as the client wrote it: quoted, so that a newline in it cannot forge a line of the log.
     const domain = request.domain === undefined ? '(every domain)' : quoteText(request.domain, "'");
-    log.info(`${action} ${domain} asked on the toolstack socket`);
+    // A query changes nothing: its question and its (table-sized) answer are for debugging only.
+    const logStep = QUERY_ACTIONS.has(action) ? log.debug.bind(log) : log.info.bind(log);
+    logStep(`${action} ${domain} asked on the toolstack socket`);
     try {
       const message = await this.control(action, request.domain, options);
-      log.info(`${action} ${domain}: ${message}`);
+      logStep(`${action} ${domain}: ${message}`);
       return { ok: true, message };
     } catch (err) {
       const error = err instanceof Error ? err.message : String(err);
