@@ -36,6 +36,20 @@
       ]
     },
     {
+      # xenstored's view of a real Xen host (domain states through
+      # libxenctrl, dom0's local ring): only the domain running xenstored
+      # loads it, so a driver domain's backend does not need libxenctrl.
+      "target_name": "xenmesh_xenctrl",
+      "conditions": [
+        ["have_xen==1", {
+          "sources": ["native/xen/xenctrl.cc"],
+          "libraries": ["-lxenctrl"]
+        }, {
+          "type": "none"
+        }]
+      ]
+    },
+    {
       "target_name": "xenmesh_uring",
       "conditions": [
         ["have_liburing==1", {

@@ -19,6 +19,8 @@ import { PlatformError } from '../shared/platform.js';
 import { XsType, decodeHeader, XS_HEADER_SIZE } from '../shared/xs-wire.js';
 import { xenAddon, type NativeDeviceFile } from '../shared/xen/addon.js';
 import { XenPlatform } from '../shared/xen/platform.js';
+import { xenctrlAddon } from '../shared/xen/xenctrl.js';
+import { attachXenHost, XenHostError, XSD_PORT_PATH } from '../xenstore/daemon/xen-host.js';
 import { XenStoreClient } from '../xenstore/client/client.js';
 import { DeviceClientTransport } from '../xenstore/client/device-transport.js';
 import { PeerDomains } from '../xenbus/peer-domains.js';
@@ -107,6 +109,19 @@ t.test('without Xen device files, the platform says which call failed and why', 
   t.throws(() => platform.createDomain({ name: 'x', pages: 1 }), /ENOSYS.*toolstack/, 'creating a domain is the toolstack\'s');
   t.throws(() => platform.domain(3), /runs in domain 0/, 'a process reaches its own domain only');
   t.throws(() => domain.memory.allocPages(1), /ENOSYS/, 'and has no page numbers of its own');
+});
+
+t.test("without /dev/xen/privcmd, xenstored's domain states say which call failed", { skip: xenSkip }, async (t) => {
+  const platform = XenPlatform.open(0);
+  t.throws(() => platform.domainInfo(0), /xc_interface_open\(\/dev\/xen\/privcmd\)/, 'reading a domain names libxenctrl and the device');
+  t.throws(() => platform.listDomains(), /xc_interface_open/, 'and so does listing them');
+  t.throws(() => xenctrlAddon().mapSharedPage(join(tempDir(t), 'xsd_kva')), /open\(.*xsd_kva\): .*ENOENT/, "a missing dom0 page is named with errno");
+});
+
+t.test('xenstored on Xen: attaching where there is no Xen dom0 says what is missing, in one line', { skip: existsSync(XSD_PORT_PATH) && 'this machine is a Xen dom0' }, async (t) => {
+  t.equal(attachXenHost('none'), undefined, '--hypervisor none attaches to nothing');
+  t.equal(attachXenHost('auto'), undefined, 'auto: no Xen host here, so the socket alone');
+  t.throws(() => attachXenHost('xen'), new XenHostError(`--hypervisor xen: ${XSD_PORT_PATH} is not there: this is not a Xen dom0 with xenfs mounted on /proc/xen, or its kernel runs no local xenstore`));
 });
 
 t.test('a missing Xen library is named with its Debian package', { skip: xenSkip }, async (t) => {

@@ -97,7 +97,7 @@ t.test('quota flags set what xenstore-control reports', async (t) => {
 });
 
 t.test('bad flags are refused with a message', async (t) => {
-  for (const args of [['-E', 'lots'], ['-Q', 'bogus=1'], ['-Q', 'nodes'], ['--frobnicate'], ['-w', 'other=3'], ['-E'], ['--queued-output-max', '1M']]) {
+  for (const args of [['-E', 'lots'], ['-Q', 'bogus=1'], ['-Q', 'nodes'], ['--frobnicate'], ['-w', 'other=3'], ['-E'], ['--queued-output-max', '1M'], ['--hypervisor', 'kvm'], ['--hypervisor']]) {
     const result = await run(process.execPath, [XENMESH, 'xenstored', ...args]);
     t.equal(result.code, 1, `${args.join(' ')} exits 1`);
     t.match(result.stderr, /xenmesh xenstored: .+\nUsage:/, 'with the problem and the usage');
@@ -113,6 +113,17 @@ t.test('bad flags are refused with a message', async (t) => {
   const top = await run(process.execPath, [XENMESH, 'nonsense']);
   t.equal(top.code, 1);
   t.match(top.stderr, /unknown command 'nonsense'/);
+});
+
+t.test('--hypervisor xen where there is no Xen dom0 stops before serving, in one line', { skip: existsSync('/proc/xen/xsd_port') && 'this machine is a Xen dom0' }, async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'xenmesh-cli-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const socket = join(dir, 'socket');
+  const result = await run(process.execPath, [XENMESH, 'xenstored', '--socket', socket, '--hypervisor', 'xen', '-F', join(dir, 'pid')], {}, 10_000);
+  t.equal(result.code, 1);
+  t.equal(result.stderr, 'xenmesh xenstored: --hypervisor xen: /proc/xen/xsd_port is not there: this is not a Xen dom0 with xenfs mounted on /proc/xen, or its kernel runs no local xenstore\n');
+  t.notOk(existsSync(socket), 'nothing was served');
+  t.notOk(existsSync(join(dir, 'pid')), 'and no pid file is left');
 });
 
 t.test('a socket path it cannot use is reported', async (t) => {

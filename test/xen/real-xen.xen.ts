@@ -2,7 +2,7 @@
  * Real Xen: Xen 4.17 under QEMU (TCG) with a Debian dom0, and Linux PV guests whose disks are served by
  * xenmesh's userspace backend (XENMESH_XEN_BACKEND=xenmesh, the default) or by the kernel's xen-blkback
  * (XENMESH_XEN_BACKEND=kernel, to check the harness itself against the reference backend). This file is the host's side: it fetches and builds what the VM is made of
- * (test/xen/vm/, each step skipped when up to date), boots the VM once, follows its serial log, and turns
+ * (test/xen/vm/, each step skipped when up to date), boots the VM (once, or twice: see BOOTS), follows its serial log, and turns
  * the markers dom0's scenarios print there into assertions:
  *   XENTEST BEGIN <scenario> | INFO <text> | DATA <key>=<value> | PASS <scenario> | FAIL <scenario>: <reason>
  *   XENTEST DONE
@@ -10,6 +10,8 @@
  * test/xen/README.md describes them. Not part of `npm test` (its name does not end in .test.js).
  *
  * env: XENMESH_XEN_BACKEND    kernel | xenmesh
+ *      XENMESH_XEN_XENSTORED  xenmesh (default) | c: the xenstored dom0 runs. Unset with the scenario xsbench
+ *                             alone (npm run bench:xen-xenstore): boots with each in turn (XENMESH_XSBENCH_PAIRS)
  *      XENMESH_XEN_SCENARIOS  all (default) or a comma-separated list
  *      XENMESH_XEN_TIMEOUT    seconds for the whole run, builds included (default 1500)
  *      XENMESH_XEN_DIR, KV, MEM, DOM0_MEM, CPU, XENMESH_LOG, XENMESH_BACKEND_ARGS, XENMESH_STRACE,
@@ -17,9 +19,9 @@
  * Run it with a tap timeout above XENMESH_XEN_TIMEOUT (the project's default of 300 s is far too short):
  *   npm run build --silent && tap --disable-coverage -t 2400 dist/test/xen/real-xen.xen.js
  */
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -28,10 +30,11 @@ const VM_DIR = fileURLToPath(new URL('../../../test/xen/vm/', import.meta.url));
 const WORK_DIR = process.env.XENMESH_XEN_DIR ?? '/tmp/xenmesh-xen';
 const SERIAL_LOG = join(WORK_DIR, 'serial.log');
 const RESULTS = join(WORK_DIR, 'results.json');
-const ALL_SCENARIOS = ['negotiated', 'basic', 'hotplug', 'lifecycle', 'saverestore'];
+const ALL_SCENARIOS = ['xenstore', 'negotiated', 'basic', 'hotplug', 'lifecycle', 'saverestore'];
 const SCENARIO_LIST = process.env.XENMESH_XEN_SCENARIOS ?? 'all';
 const SCENARIOS = SCENARIO_LIST === 'all' ? ALL_SCENARIOS : SCENARIO_LIST.split(',').filter(Boolean);
 const BACKEND = process.env.XENMESH_XEN_BACKEND ?? 'xenmesh';
+const XENSTORED = process.env.XENMESH_XEN_XENSTORED ?? 'xenmesh';
 
 /** Time limits, in seconds. */
 const TOTAL_SECONDS = Number(process.env.XENMESH_XEN_TIMEOUT ?? 1500);
@@ -234,8 +237,91 @@ function alive(pid: number) {
   }
 }
 
-t.test(`real Xen 4.17, ${BACKEND} backend: ${SCENARIOS.join(', ')}`, async (t) => {
-  progress(`work dir ${WORK_DIR}; backend ${BACKEND}; scenarios ${SCENARIOS.join(',')}; time limit ${TOTAL_SECONDS}s`);
+/** One boot of the VM: which xenstored dom0 runs, and the scenarios it runs. */
+interface Boot {
+  readonly xenstored: string;
+  readonly scenarios: readonly string[];
+}
+
+/** Pairs of boots (one with each xenstored, the order alternating) for the xenstore benchmark. */
+const XSBENCH_PAIRS = Number(process.env.XENMESH_XSBENCH_PAIRS ?? 2);
+const BENCHMARK = SCENARIO_LIST === 'xsbench' && process.env.XENMESH_XEN_XENSTORED === undefined;
+
+/**
+ * The boots of a run: one with the chosen xenstored for the scenarios; for the xenstore benchmark alone
+ * (`npm run bench:xen-xenstore`), boots with Xen's C xenstored and with xenmesh's in turn, the order
+ * rotated from pair to pair.
+ */
+const BOOTS: readonly Boot[] = BENCHMARK
+  ? Array.from({ length: XSBENCH_PAIRS }, (_, i) => (i % 2 === 0 ? ['c', 'xenmesh'] : ['xenmesh', 'c']))
+      .flat()
+      .map((xenstored) => ({ xenstored, scenarios: ['xsbench'] }))
+  : [{ xenstored: XENSTORED, scenarios: SCENARIOS }];
+
+/** Boots the VM once, follows it to its end and asserts on its scenarios; the run, or undefined if it never started. */
+async function boot(t: Test, index: number, spec: Boot): Promise<Run | undefined> {
+  const label = `boot ${index + 1} (xenstored ${spec.xenstored})`;
+  await script('stop-vm.sh', START_SECONDS); // a QEMU left over by an interrupted run
+  vmStarted = true;
+  const code = await script('run-vm.sh', START_SECONDS, { XENTEST: spec.scenarios.join(','), BACKEND, XENSTORED: spec.xenstored });
+  if (code !== 0) {
+    t.fail(`${label}: run-vm.sh exited with ${code}`);
+    return undefined;
+  }
+  const qemuPid = Number(readFileSync(join(WORK_DIR, 'qemu.pid'), 'utf8'));
+  let run: Run;
+  try {
+    run = await phase(`vm ${label}`, () => follow(qemuPid));
+  } finally {
+    stopVm();
+  }
+  // Kept per boot: the next boot starts a new serial log.
+  if (existsSync(SERIAL_LOG)) copyFileSync(SERIAL_LOG, join(WORK_DIR, `serial-${index + 1}-${spec.xenstored}.log`));
+  if (run.bootSeconds !== undefined) timings.push([`${label}: QEMU start to dom0 daemons up`, run.bootSeconds]);
+
+  t.ok(run.dom0Up, `${label}: dom0 booted and started xenstored and xenconsoled`);
+  for (const name of spec.scenarios) {
+    const s = run.scenarios.get(name);
+    if (s?.result === 'pass') {
+      t.pass(`${label}: ${name} (${s.seconds?.toFixed(0)}s)`);
+    } else {
+      t.fail(`${label}: ${name}: ${s?.reason ?? (s ? 'began but never ended' : 'never began')}`, {
+        info: s?.info.slice(-40),
+        data: s?.data,
+      });
+    }
+  }
+  for (const s of run.scenarios.values()) {
+    if (!spec.scenarios.includes(s.name)) t.fail(`${label}: dom0 ran a scenario it was not asked for: ${s.name}`);
+  }
+  t.ok(run.done, `${label}: dom0 reported XENTEST DONE`, run.abort ? { abort: run.abort, serialLog: SERIAL_LOG } : {});
+  t.equal(run.data['xenstored'], spec.xenstored, `${label}: dom0 ran the xenstored it was asked for`);
+  t.notOk(run.data['xenstored.gone'], `${label}: xenstored served to the end`, { info: run.info.slice(-40) });
+  return run;
+}
+
+/** The xsbench figures of the boots with one xenstored: each step's median over every round (ms). */
+function xsbenchFigures(runs: ReadonlyArray<Run | undefined>): Record<string, number[]> | undefined {
+  const values = new Map<string, number[]>();
+  for (const run of runs) {
+    const data = run?.scenarios.get('xsbench')?.data;
+    if (!data) return undefined;
+    for (const [key, value] of Object.entries(data)) {
+      const step = /^xsbench\.(\w+)\.r\d+$/.exec(key)?.[1] ?? (key === 'xsbench.test-xenstore-ms' ? 'test-xenstore' : undefined);
+      if (step) values.set(step, [...(values.get(step) ?? []), Number(value)]);
+    }
+  }
+  return values.size > 0 ? Object.fromEntries(values) : undefined;
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
+
+t.test(`real Xen 4.17, ${BACKEND} backend: ${BOOTS.map((b) => `xenstored ${b.xenstored}: ${b.scenarios.join(', ')}`).join('; ')}`, async (t) => {
+  progress(`work dir ${WORK_DIR}; backend ${BACKEND}; boots ${BOOTS.map((b) => `${b.xenstored}:${b.scenarios.join(',')}`).join(' ')}; time limit ${TOTAL_SECONDS}s`);
   for (const [name, seconds] of [
     ['fetch.sh', FETCH_SECONDS],
     ['build-domu.sh', BUILD_SECONDS],
@@ -248,46 +334,37 @@ t.test(`real Xen 4.17, ${BACKEND} backend: ${SCENARIOS.join(', ')}`, async (t) =
     }
   }
 
-  await script('stop-vm.sh', START_SECONDS); // a QEMU left over by an interrupted run
-  vmStarted = true;
-  const code = await script('run-vm.sh', START_SECONDS, { XENTEST: SCENARIOS.join(','), BACKEND });
-  if (code !== 0) {
-    t.fail(`run-vm.sh exited with ${code}`);
-    return;
-  }
-  const qemuPid = Number(readFileSync(join(WORK_DIR, 'qemu.pid'), 'utf8'));
-  let run: Run;
-  try {
-    run = await phase('vm', () => follow(qemuPid));
-  } finally {
-    stopVm();
-  }
-  if (run.bootSeconds !== undefined) timings.push(['boot (QEMU start to dom0 daemons up)', run.bootSeconds]);
+  const runs: Array<Run | undefined> = [];
+  for (const [index, spec] of BOOTS.entries()) runs.push(await boot(t, index, spec));
 
-  t.ok(run.dom0Up, 'dom0 booted and started xenstored and xenconsoled');
-  for (const name of SCENARIOS) {
-    const s = run.scenarios.get(name);
-    if (s?.result === 'pass') {
-      t.pass(`${name} (${s.seconds?.toFixed(0)}s)`);
-    } else {
-      t.fail(`${name}: ${s?.reason ?? (s ? 'began but never ended' : 'never began')}`, {
-        info: s?.info.slice(-40),
-        data: s?.data,
-      });
+  // The same batch against both daemons, on boots of the same VM taken in turn.
+  let xsbench: Record<string, { c: string; xenmesh: string; ratio: number }> | undefined;
+  if (BENCHMARK) {
+    const c = xsbenchFigures(runs.filter((_, i) => BOOTS[i]!.xenstored === 'c'));
+    const ours = xsbenchFigures(runs.filter((_, i) => BOOTS[i]!.xenstored === 'xenmesh'));
+    if (c && ours) {
+      xsbench = {};
+      const shown = (v: number[]) => `${median(v)} (${Math.min(...v)}-${Math.max(...v)})`;
+      for (const step of Object.keys(c)) {
+        if (ours[step]) xsbench[step] = { c: shown(c[step]!), xenmesh: shown(ours[step]!), ratio: median(ours[step]!) / median(c[step]!) };
+      }
+      const line = `xsbench, ms: median (range) with C xenstored | with xenmesh's | ratio: ${Object.entries(xsbench).map(([k, v]) => `${k} ${v.c} | ${v.xenmesh} | ${v.ratio.toFixed(2)}`).join('; ')}`;
+      progress(line);
+      t.comment(line);
     }
   }
-  for (const s of run.scenarios.values()) {
-    if (!SCENARIOS.includes(s.name)) t.fail(`dom0 ran a scenario it was not asked for: ${s.name}`);
-  }
-  t.ok(run.done, 'dom0 reported XENTEST DONE', run.abort ? { abort: run.abort, serialLog: SERIAL_LOG } : {});
 
   timings.push(['total', elapsed()]);
   const summary = `timings: ${timings.map(([n, s]) => `${n} ${s.toFixed(1)}s`).join('; ')}`;
   progress(summary);
   t.comment(summary);
-  t.comment(`serial log: ${SERIAL_LOG}; results: ${RESULTS}`);
+  t.comment(`serial logs: ${WORK_DIR}/serial-<boot>-<xenstored>.log; results: ${RESULTS}`);
   writeFileSync(
     RESULTS,
-    JSON.stringify({ backend: BACKEND, run: { ...run, scenarios: [...run.scenarios.values()] }, timings }, null, 2),
+    JSON.stringify(
+      { backend: BACKEND, boots: BOOTS.map((spec, i) => ({ ...spec, run: runs[i] && { ...runs[i], scenarios: [...runs[i]!.scenarios.values()] } })), xsbench, timings },
+      null,
+      2,
+    ),
   );
 });

@@ -6,6 +6,7 @@ import { OptionError, XENSTORED_USAGE, parseXenstoredOptions } from './options.j
 import { XenStoreSocketServer } from './socket-server.js';
 import { XenStoreDaemon } from './xenstored.js';
 import { Journal } from './journal.js';
+import { attachXenHost, MASTER_DOMID, XenHostError, XSD_KVA_PATH, type XenHost } from './xen-host.js';
 
 const log = createLogger('xenstored');
 
@@ -76,7 +77,18 @@ export async function runXenstored(argv: readonly string[]): Promise<number> {
     return 1;
   }
 
+  let xen: XenHost | undefined;
+  try {
+    xen = attachXenHost(options.hypervisor);
+  } catch (err) {
+    if (!(err instanceof XenHostError)) throw err;
+    process.stderr.write(`xenmesh xenstored: ${err.message}\n`);
+    if (options.pidFile) rmSync(options.pidFile, { force: true });
+    return 1;
+  }
+
   const daemon = new XenStoreDaemon({
+    backend: xen?.backend,
     quotas: options.quotas,
     watchEventTimeoutMs: options.watchEventTimeoutMs,
     queuedOutputLimit: options.queuedOutputLimit,
@@ -129,9 +141,25 @@ export async function runXenstored(argv: readonly string[]): Promise<number> {
       return 1;
     }
   }
-  log.info(`serving xenstore on ${options.socket}`);
+  if (xen) {
+    // As xenstored's dom0_init(): dom0's kernel has waited for a xenstored
+    // since it booted; introduced afresh even after a recovery, whose ring
+    // state it cannot take back.
+    try {
+      daemon.introduce(MASTER_DOMID, 0n, xen.masterPort);
+    } catch (err) {
+      log.error(`cannot serve domain ${MASTER_DOMID}'s own ring (${XSD_KVA_PATH}, port ${xen.masterPort}): ${(err as Error).message}`);
+      forgetSignals();
+      daemon.shutdown();
+      await server.close();
+      if (options.pidFile) rmSync(options.pidFile, { force: true });
+      return 1;
+    }
+  }
+  const serving = xen ? `serving xenstore on ${options.socket} and to the Xen host's domains (dom0's ring on port ${xen.masterPort})` : `serving xenstore on ${options.socket}`;
+  log.info(serving);
   const notifier = serviceNotifier();
-  notifier.ready(`serving xenstore on ${options.socket}`);
+  notifier.ready(serving);
 
   return new Promise<number>((resolve) => {
     let stopping = false;

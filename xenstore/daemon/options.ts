@@ -5,6 +5,14 @@ import { defaultSocketHelp, defaultSocketPath } from '../../shared/default-paths
 import { DEFAULT_QUEUED_OUTPUT_LIMIT } from './output-limit.js';
 import { DEFAULT_WATCH_EVENT_TIMEOUT_MS } from './xenstored.js';
 
+/**
+ * `--hypervisor`: serve the domains of the Xen host this runs in (`xen`),
+ * only the Unix socket (`none`), or the host's where dom0's kernel offers
+ * its xenstore ring (`auto`).
+ */
+export type HypervisorMode = 'auto' | 'xen' | 'none';
+const HYPERVISOR_MODES: readonly string[] = ['auto', 'xen', 'none'] satisfies HypervisorMode[];
+
 /** The command line of `xenmesh xenstored`, with the flags of Xen's C xenstored. */
 export interface XenstoredOptions {
   socket: string;
@@ -17,6 +25,7 @@ export interface XenstoredOptions {
   journalDir: string | undefined;
   /** --log-format, checked by the logger (shared/log.ts). */
   logFormat: string | undefined;
+  hypervisor: HypervisorMode;
   help: boolean;
 }
 
@@ -56,6 +65,11 @@ export const XENSTORED_USAGE = `Usage: xenmesh xenstored [options]
   --journal-dir <dir>      record every commit in <dir>, and recover the store
                            from it after a crash (default <socket>.journal)
   --no-journal             keep no journal: a crash loses the store
+  --hypervisor auto|xen|none  serve the domains of the Xen host this runs in
+                           (xen: dom0's ring from /proc/xen/xsd_kva and
+                           xsd_port, other domains' rings as the toolstack
+                           introduces them), or only the socket (none);
+                           auto (the default) is xen where /proc/xen/xsd_port is
   --log-format json|text  log lines as JSON objects (pino's: time, level,
                            domain, component, msg) or as text (the default);
                            XENMESH_LOG=debug|info|warn|error sets the threshold
@@ -94,6 +108,7 @@ const VALUE_FLAGS: Record<string, string> = {
   '--queued-output-max': 'queued-output-max',
   '--journal-dir': 'journal-dir',
   '--log-format': 'log-format',
+  '--hypervisor': 'hypervisor',
 };
 
 /** xenstored's get_optval_uint(): a whole decimal number no larger than INT_MAX. */
@@ -130,6 +145,7 @@ export function parseXenstoredOptions(argv: readonly string[]): XenstoredOptions
     queuedOutputLimit: DEFAULT_QUEUED_OUTPUT_LIMIT,
     journalDir: undefined,
     logFormat: undefined,
+    hypervisor: 'auto',
     help: false,
   };
   let socket: string | undefined;
@@ -191,6 +207,10 @@ export function parseXenstoredOptions(argv: readonly string[]): XenstoredOptions
         break;
       case 'log-format':
         options.logFormat = value;
+        break;
+      case 'hypervisor':
+        if (!HYPERVISOR_MODES.includes(value)) throw new OptionError(`--hypervisor must be auto, xen or none, not ${JSON.stringify(value)}`);
+        options.hypervisor = value as HypervisorMode;
         break;
       case 'queued-output-max':
         options.queuedOutputLimit = unsignedValue(value);

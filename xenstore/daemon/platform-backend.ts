@@ -25,6 +25,11 @@ export class PlatformDomainBackend implements DomainBackend {
     private readonly platform: Platform,
     /** The domain xenstored runs in (and serves first). */
     readonly storeDomid = 0,
+    /**
+     * Its own domain's xenstore page, where that is not one of its pages by
+     * number: on Xen, the page dom0's kernel shares at /proc/xen/xsd_kva.
+     */
+    private readonly ownPage?: () => Uint8Array,
   ) {
     this.self = platform.domain(storeDomid);
     this.events = new EventDispatcher(this.self.openEventChannels());
@@ -47,7 +52,7 @@ export class PlatformDomainBackend implements DomainBackend {
     try {
       // Its own page xenstored simply has; another domain's it maps through
       // the grant entry the toolstack reserved for it.
-      if (domid === this.storeDomid) page = this.self.memory.page(Number(gfn));
+      if (domid === this.storeDomid) page = this.ownPage ? this.ownPage() : this.self.memory.page(Number(gfn));
       else {
         mapping = this.self.grants.map(domid, [GNTTAB_RESERVED_XENSTORE], true);
         page = mapping.pages[0]!;
@@ -78,7 +83,12 @@ export class PlatformDomainBackend implements DomainBackend {
       features,
     );
     this.events.on(localPort, () => transport.kick());
-    queueMicrotask(() => transport.kick());
+    queueMicrotask(() => {
+      transport.kick();
+      // As xenstored's dom0_init(): dom0's kernel, whose ring was set up
+      // before any daemon ran, learns from this event that xenstored is up.
+      if (domid === this.storeDomid && this.ownPage) this.notify(localPort);
+    });
     return transport;
   }
 

@@ -1,6 +1,6 @@
 #!/bin/bash
 # Build the guest (domU) initramfs: busybox, xen-blkfront and the ext4 module stack of the fetched kernel,
-# mkfs.ext4/e2fsck from this host's e2fsprogs, our pattern program, and the guest's /init (test/xen/guest/),
+# mkfs.ext4/e2fsck and xenstore-utils from this host, our pattern program, and the guest's /init (test/xen/guest/),
 # which picks its job from the kernel command line. The guest kernel is the same as dom0's.
 # Output: $OUT/domU-initrd.cpio (skipped when built from the same inputs; FORCE=1 rebuilds).
 set -euo pipefail
@@ -24,6 +24,18 @@ copy_bin /usr/sbin/mke2fs /usr/sbin/e2fsck
 ln -s mke2fs "$R/usr/sbin/mkfs.ext4"
 cp /etc/mke2fs.conf "$R/etc/"
 ln -s /proc/mounts "$R/etc/mtab"
+
+# xenstore-utils, which reach xenstored through /dev/xen/xenbus in a guest (the xenstore job)
+copy_bin /usr/bin/xenstore-read /usr/bin/xenstore-write /usr/bin/xenstore-ls /usr/bin/xenstore-watch
+
+# xsabuse.ko, which misbehaves on the guest's xenstore ring (the xsabuse scenario), built against the
+# fetched kernel's headers (linux-headers-$KV-amd64, installed by scripts/install-test-peers)
+KBUILD=/lib/modules/$KV/build
+[ -f "$KBUILD/Makefile" ] || { echo "build-domu: no kernel headers in $KBUILD: apt-get install linux-headers-$KV"; exit 1; }
+rm -rf "$XENMESH_XEN_DIR/xsabuse-build"; cp -r "$GUEST/xsabuse" "$XENMESH_XEN_DIR/xsabuse-build"
+make -s -C "$KBUILD" M="$XENMESH_XEN_DIR/xsabuse-build" modules > "$XENMESH_XEN_DIR/xsabuse-build/make.log" 2>&1 ||
+  { cat "$XENMESH_XEN_DIR/xsabuse-build/make.log"; echo "build-domu: xsabuse.ko did not build"; exit 1; }
+cp "$XENMESH_XEN_DIR/xsabuse-build/xsabuse.ko" "$R/lib/modules/"
 
 # our block pattern writer/checker, static so that it needs nothing from the image
 cc -static -O2 -Wall -Wextra -o "$R/usr/bin/pattern" "$GUEST/pattern.c"

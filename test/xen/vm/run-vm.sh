@@ -7,6 +7,7 @@
 #      DOM0_MEM  MiB for dom0 (default 1024: its tmpfs holds the guests' images and a save file)
 #      XENTEST   scenarios to run (default all; "" boots to a shell)
 #      BACKEND   xenmesh (the userspace backend, default; xen-blkback stays unloaded) or kernel (xen-blkback)
+#      XENSTORED xenmesh (xenmesh's xenstored, default) or c (Xen's C xenstored): the daemon dom0 runs
 #      XENMESH_LOG  the userspace backend's log level (passed on as xenmesh_log=<level>)
 #      XENMESH_BACKEND_ARGS  its options, comma-separated (e.g. --grant-access=copy)
 #      XENMESH_STRACE=1      run it under strace (the end of the trace goes to the console at the end)
@@ -24,6 +25,7 @@ MEM=${MEM:-2048}
 DOM0_MEM=${DOM0_MEM:-1024}
 XENTEST=${XENTEST-all}
 BACKEND=${BACKEND:-xenmesh}
+XENSTORED=${XENSTORED:-xenmesh}
 CPU=${CPU:-Nehalem}
 XEN=$OUT/xen-4.17
 KERNEL=$OUT/vmlinux-$KV
@@ -38,14 +40,14 @@ fi
 # noreboot: a crashed hypervisor stays on screen; loglvl: Xen's own messages help when dom0 fails to boot
 XENARGS=${XENARGS:-"console=com1 com1=115200,8n1 dom0_mem=${DOM0_MEM}M,max:${DOM0_MEM}M dom0_max_vcpus=2 loglvl=all guest_loglvl=warning noreboot console_timestamps=boot smap=0"}
 # loglevel=4: kernel chatter stays off the console, where it would interleave with the markers
-DOM0ARGS=${DOM0ARGS:-"console=hvc0 earlyprintk=xen loglevel=4 xentest=$XENTEST backend=$BACKEND"}
+DOM0ARGS=${DOM0ARGS:-"console=hvc0 earlyprintk=xen loglevel=4 xentest=$XENTEST backend=$BACKEND xenstored=$XENSTORED"}
 [ "$BACKEND" = xenmesh ] && DOM0ARGS="$DOM0ARGS blkback=0"
 [ -n "${XENMESH_LOG:-}" ] && DOM0ARGS="$DOM0ARGS xenmesh_log=$XENMESH_LOG"
 [ -n "${XENMESH_BACKEND_ARGS:-}" ] && DOM0ARGS="$DOM0ARGS xenmesh_args=$XENMESH_BACKEND_ARGS"
 [ "${XENMESH_STRACE:-0}" = 1 ] && DOM0ARGS="$DOM0ARGS xenmesh_strace=1"
 
 rm -f "$D/serial.log" "$D/serial.sock" "$D/mon.sock"
-echo "run-vm: kernel $KV, backend $BACKEND, scenarios '${XENTEST}', ${MEM} MiB (dom0 ${DOM0_MEM} MiB)"
+echo "run-vm: kernel $KV, xenstored $XENSTORED, backend $BACKEND, scenarios '${XENTEST}', ${MEM} MiB (dom0 ${DOM0_MEM} MiB)"
 date +%s.%N > "$D/qemu-start.ts"
 # the multiboot modules: dom0's kernel with its command line, then its initramfs. QEMU separates modules
 # with commas, so commas in the command line (xentest=basic,hotplug) are doubled.

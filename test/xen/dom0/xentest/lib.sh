@@ -133,7 +133,8 @@ new_image() {
 
 # guest_cfg NAME JOB IMAGE: write /etc/xen/NAME.cfg, a guest that runs JOB (guest/init) on IMAGE as xvda.
 # GUEST_VCPUS (default 1) and GUEST_BLKFRONT (xen-blkfront's module parameters, colon-separated, e.g.
-# max_ring_page_order=2:max_queues=4) shape what the guest's blkfront negotiates; GUEST_MEMORY_MB its size.
+# max_ring_page_order=2:max_queues=4) shape what the guest's blkfront negotiates; GUEST_MEMORY_MB its size;
+# GUEST_EXTRA is added to its command line (xsabuse=length).
 guest_cfg() {
   local name=$1 job=$2 image=$3
   cat > /etc/xen/$name.cfg <<EOF
@@ -141,7 +142,7 @@ name = "$name"
 type = "pv"
 kernel = "/root/domU/vmlinux"
 ramdisk = "/root/domU/initrd"
-extra = "console=hvc0 loglevel=4 xtest=$job xfs=$FS_MB xpat=$PATTERN_FIRST,$PATTERN_COUNT${GUEST_BLKFRONT:+ xblk=$GUEST_BLKFRONT}"
+extra = "console=hvc0 loglevel=4 xtest=$job xfs=$FS_MB xpat=$PATTERN_FIRST,$PATTERN_COUNT${GUEST_BLKFRONT:+ xblk=$GUEST_BLKFRONT}${GUEST_EXTRA:+ $GUEST_EXTRA}"
 memory = $GUEST_MEMORY_MB
 vcpus = ${GUEST_VCPUS:-1}
 disk = [ "$(disk_spec xvda "$image")" ]

@@ -19,9 +19,11 @@ export PATH=/usr/lib/xen-4.17/bin:/usr/local/bin:/usr/sbin:/usr/bin
 . $XT/lib.sh
 for f in $XT/scenarios/*.sh; do . "$f"; done
 
-ALL="negotiated basic hotplug lifecycle saverestore"
+ALL="xenstore negotiated basic hotplug lifecycle saverestore"
 # time limits per scenario, in seconds: each is a few guest boots plus their jobs under TCG
-declare -A SCENARIO_SECONDS=([negotiated]=420 [basic]=600 [hotplug]=600 [lifecycle]=1000 [saverestore]=800 [grants]=1200)
+declare -A SCENARIO_SECONDS=([xenstore]=900 [xsbench]=900 [negotiated]=420 [basic]=600 [hotplug]=600 [lifecycle]=1000 [saverestore]=800 [grants]=1200)
+XENSTORED_LOG=/var/log/xenmesh-xenstored.log   # dom0/init starts xenmesh's xenstored with its log here
+XENSTORED_LOG_LINES=40
 BACKEND_READY_SECONDS=120      # node starting the backend's workers under TCG
 BACKEND_LOG=/var/log/xenmesh-backend.log
 BACKEND_LOG_LINES=100          # how much of its log goes to the console at the end
@@ -150,4 +152,14 @@ for s in $LIST; do
   fi
 done
 [ "$BACKEND" = xenmesh ] && stop_xenmesh_backend
+# which xenstored served the run, and whether it is still serving
+XENSTORED=c
+grep -qw xenstored=c /proc/cmdline || XENSTORED=xenmesh
+data xenstored $XENSTORED
+if [ -f /run/xen/xenstored.pid ] && kill -0 "$(cat /run/xen/xenstored.pid)" 2>/dev/null; then
+  info "xenstored ($XENSTORED) is still running"
+else
+  info "xenstored ($XENSTORED) is gone"; data xenstored.gone 1
+fi
+[ $XENSTORED = xenmesh ] && show $XENSTORED_LOG $XENSTORED_LOG_LINES xenstored
 marker DONE
