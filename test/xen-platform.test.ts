@@ -11,6 +11,7 @@ import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { Worker } from 'node:worker_threads';
 import t, { type Test } from 'tap';
@@ -20,6 +21,7 @@ import { XsType, decodeHeader, XS_HEADER_SIZE } from '../shared/xs-wire.js';
 import { xenAddon, type NativeDeviceFile } from '../shared/xen/addon.js';
 import { XenPlatform } from '../shared/xen/platform.js';
 import { xenctrlAddon } from '../shared/xen/xenctrl.js';
+import { WORKER_NAMES, workerModule } from '../host/machine/worker-modules.js';
 import { attachXenHost, XenHostError, XSD_PORT_PATH } from '../xenstore/daemon/xen-host.js';
 import { XenStoreClient } from '../xenstore/client/client.js';
 import { DeviceClientTransport } from '../xenstore/client/device-transport.js';
@@ -135,6 +137,10 @@ t.test('a missing Xen library is named with its Debian package', { skip: xenSkip
     { env: { ...process.env, LD_LIBRARY_PATH: dir } },
   );
   t.match(stdout, /needs libxengnttab\.so\.1, which is not installed \(Debian package libxengnttab1\)/);
+});
+
+t.test("every worker the machine and xenmesh backend start has its module where they look for it", async (t) => {
+  for (const name of WORKER_NAMES) t.ok(existsSync(fileURLToPath(workerModule(name))), `${name}: ${fileURLToPath(workerModule(name))}`);
 });
 
 t.test('xenmesh backend without Xen says what is missing, in one line', async (t) => {

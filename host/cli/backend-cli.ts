@@ -18,6 +18,7 @@ import { DEFAULT_RING_THREADS } from '../../blkback/ring-threads.js';
 import { serviceNotifier } from '../../shared/sd-notify.js';
 import { createMetricsRegistry, METRICS_OPTION_USAGE, MetricsAddressError, parseMetricsAddress, serveMetrics, type MetricsServer } from './metrics.js';
 import { BACKEND_ROLE_NAME, backendBlockStats, type BackendRoleConfig } from '../machine/backend-role.js';
+import { workerModule } from '../machine/worker-modules.js';
 import { runs, subcommand } from './command-line.js';
 
 /** How the I/O workers reach a frontend's pages unless told otherwise. */
@@ -61,9 +62,6 @@ script from scripts/${HOTPLUG_SCRIPT} installed where the script= names it.
                     to ${DEFAULT_RING_THREADS} here)
 ${LOG_OPTIONS_USAGE}
 ${METRICS_OPTION_USAGE}`;
-
-
-const workerModule = (name: string) => new URL(`./workers/${name}.js`, import.meta.url);
 
 /** The options `xenmesh backend` takes, as commander parsed them. */
 export interface BackendOptions {

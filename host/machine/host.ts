@@ -27,6 +27,7 @@ import type { KernelDrivers, KernelRoleConfig } from './kernel.js';
 import type { PlatformShared } from '../../shared/attach.js';
 import { Toolstack, type DomainConfig } from '../toolstack/toolstack.js';
 import { XENSTORED_RESTART, type XenstoredRoleConfig } from './xenstored-role.js';
+import { workerModule } from './worker-modules.js';
 
 const log = createLogger('host');
 
@@ -82,7 +83,6 @@ export interface HostOptions {
  */
 const GUEST_KERNEL_LIMITS: ResourceLimits = { maxYoungGenerationSizeMb: 1 };
 
-const workerModule = (name: string) => new URL(`./workers/${name}.js`, import.meta.url);
 /** A domain's kernel worker is named after the domain, which keeps its name across reboots. */
 const kernelName = (domainName: string) => `kernel:${domainName}`;
 
