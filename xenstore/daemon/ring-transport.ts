@@ -1,6 +1,16 @@
+import { createLogger } from '../../shared/log.js';
 import { XsRingError, XsServerFeature } from '../../shared/xs-wire.js';
 import { PendingOutput, RingConnection, type XenStoreRing } from '../ring.js';
 import type { ServerTransport, TransportError, TransportHandlers } from './transport.js';
+
+const log = createLogger('xenstored');
+
+/** What each fault means, for the log. */
+const FAULTS: Record<TransportError, string> = {
+  comm: 'a communication error',
+  ringidx: 'ring indexes out of range (a producer more than a ring ahead of its consumer)',
+  proto: 'a protocol error',
+};
 
 const ERROR_CODES: Record<TransportError, number> = {
   comm: XsRingError.COMM,
@@ -110,6 +120,7 @@ export class RingServerTransport implements ServerTransport {
 
   /** The domain broke the ring's rules: its connection is ignored, and told why. */
   private fail(error: TransportError): void {
+    log.warn(`${this.label}: ${FAULTS[error]}: ignored until the domain reconnects`);
     if (this.handlers) this.handlers.onFault(error);
     else this.close(error);
   }
