@@ -32,6 +32,11 @@ for (const name of NAMES) {
     const text = readFileSync(join(UNITS, name), 'utf8');
     t.match(text, /^Type=notify$/m, 'systemd waits for READY=1');
     t.match(text, /^ExecStart=\/usr\/bin\/node \/opt\/xenmesh\/dist\/bin\/xenmesh\.js (xenstored|backend) /m, 'it runs xenmesh in the foreground');
+    // On Xen both reach the hypervisor through its devices: a unit that hid /dev would start and serve nothing.
+    t.notMatch(text, /^PrivateDevices=yes$/m, 'the Xen devices are not hidden');
+    for (const device of name === 'xenmesh-xenstored.service' ? ['evtchn', 'gntdev', 'privcmd'] : ['evtchn', 'gntdev', 'gntalloc']) {
+      t.match(text, new RegExp(`^DeviceAllow=/dev/xen/${device} rw$`, 'm'), `/dev/xen/${device} is allowed`);
+    }
     if (!hasAnalyze) {
       t.comment('systemd-analyze is not installed: the units are not verified');
       return;

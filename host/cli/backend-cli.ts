@@ -4,7 +4,8 @@
  */
 import type { Command } from 'commander';
 import { applyLogFormatOption, LOG_OPTIONS_USAGE, setLogDomain } from '../../shared/log.js';
-import { Supervisor, DEFAULT_RESTART } from '../../shared/mesh/supervisor.js';
+import { Supervisor, DEFAULT_RESTART, STOP_TIMEOUT_MS } from '../../shared/mesh/supervisor.js';
+import { SHUTDOWN_WAIT_MS } from '../../xenbus/bus.js';
 import type { PlatformShared } from '../../shared/attach.js';
 import { XenPlatform } from '../../shared/xen/platform.js';
 import { XenStoreClient } from '../../xenstore/client/client.js';
@@ -29,7 +30,7 @@ export const HOTPLUG_SCRIPT = 'block-xenmesh';
 
 export const BACKEND_USAGE = `Usage: xenmesh backend [--xenstore PATH] [--domid N] [--grant-access map|copy|auto]
                        [--io-engine uring|pool|auto] [--ring-threads N]
-                       [--log-format json|text] [--metrics ADDR]
+                       [--on-stop close|keep] [--log-format json|text] [--metrics ADDR]
 
 Serves the virtual block devices a Xen toolstack (xl, libxl) configures for
 the domain this runs in: every backend/vbd/<frontend-domid>/<devid> under the
@@ -60,6 +61,16 @@ script from scripts/${HOTPLUG_SCRIPT} installed where the script= names it.
                     allows it and logs why not where it does not
   --ring-threads N  threads serving the rings (default: one per core, up
                     to ${DEFAULT_RING_THREADS} here)
+  --on-stop close|keep
+                    what the devices' states say once SIGTERM or SIGINT has
+                    stopped it (what is in flight is answered, every image
+                    flushed and closed either way): close publishes Closing,
+                    waits a moment for each frontend to follow, then Closed,
+                    so that guests see their disks go rather than hang, as a
+                    driver domain's kernel does when its domain shuts down;
+                    keep leaves them to the toolstack or a successor, as
+                    dom0's backend is restarted under running guests.
+                    Default: close in a driver domain, keep in dom0
 ${LOG_OPTIONS_USAGE}
 ${METRICS_OPTION_USAGE}`;
 
@@ -70,6 +81,7 @@ export interface BackendOptions {
   grantAccess?: string;
   ioEngine?: string;
   ringThreads?: string;
+  onStop?: string;
   logFormat?: string;
   metrics?: string;
 }
@@ -82,6 +94,7 @@ export function backendCommand(): Command {
     .option('--grant-access <map|copy|auto>')
     .option('--io-engine <uring|pool|auto>')
     .option('--ring-threads <n>')
+    .option('--on-stop <close|keep>')
     .option('--log-format <json|text>')
     .option('--metrics <addr>');
   return runs(command, (values: BackendOptions) => runBackend(values));
@@ -105,6 +118,9 @@ export async function runBackend(values: BackendOptions): Promise<number> {
   }
   const ringThreadsArg = values.ringThreads;
   if (ringThreadsArg !== undefined && !/^[1-9]\d{0,2}$/.test(ringThreadsArg)) return fail(`--ring-threads must be a positive number of threads, not '${ringThreadsArg}'`);
+
+  const onStop = values.onStop;
+  if (onStop !== undefined && onStop !== 'close' && onStop !== 'keep') return fail(`--on-stop is close or keep, not '${onStop}'`);
 
   let metricsAddress;
   try {
@@ -144,7 +160,7 @@ export async function runBackend(values: BackendOptions): Promise<number> {
     ...(ioEngine !== undefined ? { ioEngine: ioEngine as IoEngineChoice } : {}),
     ...(ringThreadsArg !== undefined ? { ringThreads: Number(ringThreadsArg) } : {}),
   };
-  const config: BackendRoleConfig = { domid, xenstore: values.xenstore, blkback };
+  const config: BackendRoleConfig = { domid, xenstore: values.xenstore, blkback, closeOnStop: (onStop ?? (domid === 0 ? 'keep' : 'close')) === 'close' };
   try {
     await supervisor.start({
       name: BACKEND_ROLE_NAME,
@@ -153,6 +169,8 @@ export async function runBackend(values: BackendOptions): Promise<number> {
       config,
       shared: { link: platform.link } satisfies PlatformShared,
       restart: DEFAULT_RESTART,
+      // Closing its devices, it gives each frontend SHUTDOWN_WAIT_MS to follow, on top of flushing and closing.
+      ...(config.closeOnStop ? { stopTimeoutMs: STOP_TIMEOUT_MS + SHUTDOWN_WAIT_MS } : {}),
     });
   } catch (err) {
     await supervisor.stopAll('failed to start');
@@ -169,7 +187,7 @@ export async function runBackend(values: BackendOptions): Promise<number> {
     const stop = (signal: string) => {
       if (stopping) return;
       stopping = true;
-      process.stdout.write(`xenmesh backend: ${signal}: answering what is in flight and closing the images\n`);
+      process.stdout.write(`xenmesh backend: ${signal}: answering what is in flight and closing the images${config.closeOnStop ? ', then the devices' : ''}\n`);
       notifier.stopping(`${signal}: answering what is in flight and closing the images`);
       void supervisor
         .stopAll(signal)

@@ -18,6 +18,12 @@ export interface BackendRoleConfig {
   readonly xenstore: string | undefined;
   /** What the block backend offers and how it does its I/O. */
   readonly blkback: BlkbackOptions;
+  /**
+   * Stopped, publish Closing then Closed for every device (a driver
+   * domain going down: its guests must see their disks go) rather than
+   * leave the states to the toolstack.
+   */
+  readonly closeOnStop?: boolean;
 }
 
 /** The running backend role. */
@@ -90,8 +96,11 @@ export async function startBackendRole(ctx: RoleContext<BackendRoleConfig>): Pro
     async stop() {
       clearInterval(timer);
       // Devices answer what is in flight, flush and close their stores;
-      // their xenstore states are left for the toolstack (or a successor).
-      await bus.stop();
+      // their xenstore states are then closed (as Linux's
+      // xenbus_dev_shutdown does when the domain goes) or left for the
+      // toolstack (or a successor).
+      if (ctx.config.closeOnStop) await bus.shutdown();
+      else await bus.stop();
       deferred.stop();
       xs.close();
       events.channels.close();

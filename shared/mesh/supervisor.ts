@@ -34,6 +34,8 @@ export interface RoleSpec {
   restart: RestartPolicy;
   /** Limits of the worker's heap (Node's defaults if absent). */
   resourceLimits?: ResourceLimits;
+  /** How long it may take to stop cleanly before it is terminated (STOP_TIMEOUT_MS if absent). */
+  stopTimeoutMs?: number;
 }
 
 export type WorkerState = 'starting' | 'ready' | 'stopping' | 'stopped' | 'crashed' | 'failed';
@@ -337,10 +339,11 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
     entry.state = 'stopping';
     const stopped = new Promise<void>((resolve) => (entry.stopped = resolve));
     worker.postMessage(encodeEnvelope({ kind: 'stop', reason }));
+    const timeoutMs = entry.spec.stopTimeoutMs ?? STOP_TIMEOUT_MS;
     const timer = setTimeout(() => {
-      log.warn(`${entry.spec.name} did not stop within ${STOP_TIMEOUT_MS} ms: terminating it`);
+      log.warn(`${entry.spec.name} did not stop within ${timeoutMs} ms: terminating it`);
       void worker.terminate();
-    }, STOP_TIMEOUT_MS);
+    }, timeoutMs);
     await stopped;
     clearTimeout(timer);
     await worker.terminate();

@@ -103,6 +103,7 @@ build_node() {
   mkdir -p "$app/build/Release" "$app/node_modules"
   cp "$REPO_DIR/package.json" "$app/"
   cp -a "$REPO_DIR/dist" "$app/"
+  mkdir -p "$app/scripts" && cp "$REPO_DIR/scripts/xenstored-background" "$app/scripts/"   # dom0/init starts xenstored with it
   cp "$REPO_DIR"/build/Release/*.node "$app/build/Release/" 2>/dev/null \
     || echo "build-dom0: WARNING no native addon in $REPO_DIR/build/Release (npm run build:native)"
   for p in "$app"/build/Release/*.node; do   # the Xen addon links Xen's libraries (in the base already)
@@ -122,7 +123,7 @@ build_node() {
 
 BASE_INPUTS=("$XEN_TEST_DIR/dom0" "$XEN_TEST_DIR/guest/pattern.c" "$XEN_VM_DIR/build-dom0.sh" "$XEN_VM_DIR/lib.sh"
              "$BLOCK_SCRIPT" "$DOMU_INITRD" "$VMLINUX" "$X/.extracted-busybox-static")
-NODE_INPUTS=(/usr/bin/node "$REPO_DIR/package.json" "$REPO_DIR/dist" "$REPO_DIR/build/Release"
+NODE_INPUTS=(/usr/bin/node "$REPO_DIR/package.json" "$REPO_DIR/dist" "$REPO_DIR/build/Release" "$REPO_DIR/scripts/xenstored-background"
              "$REPO_DIR/node_modules" "$XEN_VM_DIR/build-dom0.sh")
 if up_to_date "$BASE" "${BASE_INPUTS[@]}"; then
   echo "build-dom0: $BASE is up to date"

@@ -39,6 +39,10 @@ fail() {
   echo "FAIL: $*"
   exit 1
 }
+# scenario_ended: the last line of every scenario. A scenario that returns without reaching it (a quote left
+# open, an early return) fails rather than passing on what it never checked.
+scenario_ended() { touch "$XT_RUN/ended"; }
+
 # show FILE [N] [LABEL]: the last N lines of a log as INFO lines, to explain a failure on the console
 show() {
   [ -f "$1" ] || return 0
@@ -134,7 +138,7 @@ new_image() {
 # guest_cfg NAME JOB IMAGE: write /etc/xen/NAME.cfg, a guest that runs JOB (guest/init) on IMAGE as xvda.
 # GUEST_VCPUS (default 1) and GUEST_BLKFRONT (xen-blkfront's module parameters, colon-separated, e.g.
 # max_ring_page_order=2:max_queues=4) shape what the guest's blkfront negotiates; GUEST_MEMORY_MB its size;
-# GUEST_EXTRA is added to its command line (xsabuse=length).
+# GUEST_EXTRA is added to its command line (xsabuse=length); GUEST_DISK replaces its disk line.
 guest_cfg() {
   local name=$1 job=$2 image=$3
   cat > /etc/xen/$name.cfg <<EOF
@@ -145,7 +149,7 @@ ramdisk = "/root/domU/initrd"
 extra = "console=hvc0 loglevel=4 xtest=$job xfs=$FS_MB xpat=$PATTERN_FIRST,$PATTERN_COUNT${GUEST_BLKFRONT:+ xblk=$GUEST_BLKFRONT}${GUEST_EXTRA:+ $GUEST_EXTRA}"
 memory = $GUEST_MEMORY_MB
 vcpus = ${GUEST_VCPUS:-1}
-disk = [ "$(disk_spec xvda "$image")" ]
+disk = [ "${GUEST_DISK:-$(disk_spec xvda "$image")}" ]
 on_poweroff = "destroy"
 on_reboot = "restart"
 on_crash = "preserve"
@@ -158,7 +162,7 @@ create_guest() {
   # where this scenario's part of the guest's console starts, for show_guest_conclusions
   grep -q "^$name " "$XT_RUN/guests" 2>/dev/null || echo "$name $(console_offset "$name")" >> "$XT_RUN/guests"
   guest_cfg "$name" "$job" "$image"
-  info "xl create $name (job $job, disk $(disk_spec xvda "$image"))"
+  info "xl create $name (job $job, disk ${GUEST_DISK:-$(disk_spec xvda "$image")})"
   xl_run $XL_CREATE_SECONDS -v create /etc/xen/$name.cfg || fail "xl create $name failed"
   data "$name.create-seconds" "$(elapsed_since $t0)"
 }

@@ -19,10 +19,10 @@ export PATH=/usr/lib/xen-4.17/bin:/usr/local/bin:/usr/sbin:/usr/bin
 . $XT/lib.sh
 for f in $XT/scenarios/*.sh; do . "$f"; done
 
-ALL="xenstore negotiated basic hotplug lifecycle saverestore"
+ALL="xenstore driverdomain negotiated basic hotplug lifecycle saverestore"
 # time limits per scenario, in seconds: each is a few guest boots plus their jobs under TCG
-declare -A SCENARIO_SECONDS=([xenstore]=900 [xsbench]=900 [negotiated]=420 [basic]=600 [hotplug]=600 [lifecycle]=1000 [saverestore]=800 [grants]=1200)
-XENSTORED_LOG=/var/log/xenmesh-xenstored.log   # dom0/init starts xenmesh's xenstored with its log here
+declare -A SCENARIO_SECONDS=([xenstore]=900 [driverdomain]=900 [xsbench]=900 [negotiated]=420 [basic]=600 [hotplug]=600 [lifecycle]=1000 [saverestore]=800 [grants]=1200)
+XENSTORED_LOG=/var/log/xen/xenmesh-xenstored.log   # where scripts/xenstored-background logs
 XENSTORED_LOG_LINES=40
 BACKEND_READY_SECONDS=120      # node starting the backend's workers under TCG
 BACKEND_LOG=/var/log/xenmesh-backend.log
@@ -107,6 +107,7 @@ run_scenario() {
   marker "BEGIN $name"
   if ! declare -F "scenario_$name" >/dev/null; then marker "FAIL $name: no such scenario"; return; fi
   : > $XT_RUN/reason
+  rm -f $XT_RUN/ended
   XT_LOG=$XT_LOGS/$name.log
   ( exec >>"$XT_LOG" 2>&1; "scenario_$name" ) &
   pid=$!
@@ -122,6 +123,7 @@ run_scenario() {
   wait $pid; rc=$?
   reason=$(cat $XT_RUN/reason)
   [ $rc = 0 ] || [ -n "$reason" ] || reason="exited with status $rc (see $XT_LOG)"
+  [ -n "$reason" ] || [ -f $XT_RUN/ended ] || reason="returned before its last step (scenario_ended)"
   [ -z "$reason" ] || : > $XT_RUN/keep   # a failed scenario hands nothing on
   destroy_all
   show_guest_conclusions

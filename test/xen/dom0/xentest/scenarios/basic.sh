@@ -36,4 +36,5 @@ scenario_basic() {
     fail "the image does not hold the pattern the guest wrote (generation $gen)"
   check_fs_image $BASIC_IMAGE $BASIC_GUEST "$offset"
   rm -f $BASIC_IMAGE
+  scenario_ended
 }

@@ -68,6 +68,7 @@ scenario_grants() {
         "write $(median_of "$results" "$mode" "$pages" 3) read $(median_of "$results" "$mode" "$pages" 4)"
     done
   done
+  scenario_ended
 }
 
 # median_of FILE MODE PAGES COLUMN: "median (min-max)" of a column of the rounds of one mode and size

@@ -58,4 +58,5 @@ scenario_hotplug() {
   check_fs_image $a $name "$offset"
   dom0_pattern verify $b "$gen" 0 1024 || fail "xvdb's image does not hold what the guest wrote"
   rm -f $a $b
+  scenario_ended
 }

@@ -69,4 +69,5 @@ scenario_lifecycle() {
   dom0_pattern verify $img "$gen" $PATTERN_FIRST $PATTERN_COUNT || fail "the image does not hold the guest's pattern"
   check_fs_image $img $name "$offset"
   rm -f $img
+  scenario_ended
 }

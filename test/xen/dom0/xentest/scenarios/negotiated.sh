@@ -9,4 +9,5 @@ scenario_negotiated() {
   domid=$(domid_of $BASIC_GUEST) || fail "no guest"
   report_negotiation "$domid" $VBD_XVDA ""
   keep_guest $BASIC_GUEST
+  scenario_ended
 }

@@ -37,4 +37,5 @@ scenario_saverestore() {
   check_final_record $img "$line"
   check_fs_image $img $name "$offset"
   rm -f $img
+  scenario_ended
 }
