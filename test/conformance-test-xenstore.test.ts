@@ -6,7 +6,7 @@ import t from 'tap';
 import { run, startDaemon } from './helpers/daemon.js';
 
 const TEST_XENSTORE = '/usr/lib/xen-4.17/bin/test-xenstore';
-const RANDOM_SECONDS = 30;
+const RANDOM_SECONDS = 15;
 
 t.test('test-xenstore: every test passes', async (t) => {
   const env = await startDaemon();
