@@ -47,6 +47,13 @@ export const ShutdownReason = {
 } as const;
 export type ShutdownReasonName = keyof typeof ShutdownReason;
 
+const SHUTDOWN_REASON_NAMES = new Map<number, ShutdownReasonName>(Object.entries(ShutdownReason).map(([name, code]) => [code, name as ShutdownReasonName]));
+
+/** The name of a sched.h SHUTDOWN_* code; undefined for a code Xen does not define. */
+export function shutdownReasonName(code: number): ShutdownReasonName | undefined {
+  return SHUTDOWN_REASON_NAMES.get(code);
+}
+
 export type DomainState = 'running' | 'paused' | 'shutdown' | 'dying' | 'dead';
 
 export interface DomainInfo {

@@ -1,6 +1,7 @@
 import {
   PlatformError,
   ShutdownReason,
+  shutdownReasonName,
   VIRQ_DOM_EXC,
   type DomainInfo,
   type DomainInterface,
@@ -37,8 +38,6 @@ const STATE_NAMES: Record<number, DomainState> = {
   [SlotState.SHUTDOWN]: 'shutdown',
   [SlotState.DYING]: 'dying',
 };
-
-const REASON_NAMES = Object.fromEntries(Object.entries(ShutdownReason).map(([name, value]) => [value, name])) as Record<number, ShutdownReasonName>;
 
 /** The privileged domain, told of domain state changes through VIRQ_DOM_EXC. */
 const CONTROL_DOMID = 0;
@@ -162,7 +161,7 @@ export class EmbeddedPlatform implements Platform {
       name: this.machine.slotName(slot),
       pages: this.machine.slotWord(slot, DomainSlot.PAGES),
       state: STATE_NAMES[this.machine.slotWord(slot, DomainSlot.STATE)] ?? 'dead',
-      shutdownReason: reason >= 0 ? REASON_NAMES[reason] : undefined,
+      shutdownReason: reason >= 0 ? shutdownReasonName(reason) : undefined,
     };
   }
 

@@ -14,7 +14,7 @@ import {
   type PlatformLink,
   type SharedPages,
   type ShutdownReasonName,
-  ShutdownReason,
+  shutdownReasonName,
 } from '../platform.js';
 import { xenctrlAddon, type NativeDomainControl, type NativeDomainInfo } from './xenctrl.js';
 import { xenAddon, type NativeCopyEnd, type NativeError, type NativeEventChannels, type NativeGrantShare, type NativeGrantTable } from './addon.js';
@@ -144,9 +144,6 @@ export class XenPlatform implements Platform {
   }
 }
 
-/** sched.h SHUTDOWN_* by number. */
-const SHUTDOWN_REASONS = new Map<number, ShutdownReasonName>(Object.entries(ShutdownReason).map(([name, code]) => [code, name as ShutdownReasonName]));
-
 function domainInfoOf(info: NativeDomainInfo): DomainInfo {
   const state = info.dying ? 'dying' : info.shutdown ? 'shutdown' : info.paused ? 'paused' : 'running';
   return {
@@ -157,7 +154,7 @@ function domainInfoOf(info: NativeDomainInfo): DomainInfo {
     name: '',
     pages: info.pages,
     state,
-    shutdownReason: info.shutdown ? (SHUTDOWN_REASONS.get(info.shutdownReason) ?? 'crash') : undefined,
+    shutdownReason: info.shutdown ? (shutdownReasonName(info.shutdownReason) ?? 'crash') : undefined,
   };
 }
 
