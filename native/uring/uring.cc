@@ -14,6 +14,8 @@
 #include <napi.h>
 #include <uv.h>
 
+#include "../call_error.h"
+
 #include <liburing.h>
 
 #include <sys/eventfd.h>
@@ -29,6 +31,8 @@
 #include <vector>
 
 namespace {
+
+using xenmesh::CallError;
 
 // IOV_MAX (limits.h; the kernel's UIO_MAXIOV): the most iovecs one readv or
 // writev takes; the kernel fails more with EINVAL.
@@ -59,18 +63,6 @@ constexpr Opcode kNeededOpcodes[] = {
     {IORING_OP_FSYNC, "IORING_OP_FSYNC"},
     {IORING_OP_FALLOCATE, "IORING_OP_FALLOCATE"},
 };
-
-// An Error naming the call, what it was called for, and errno, with `code`
-// set to the errno name as Node's own errors carry it.
-Napi::Error UringError(Napi::Env env, const std::string& call, const std::string& what, int err) {
-  const char* name = strerrorname_np(err);
-  std::string message = call + "(" + what + "): " + std::strerror(err) + " (" + (name ? name : "EIO") + ")";
-  Napi::Error error = Napi::Error::New(env, message);
-  error.Set("code", Napi::String::New(env, name ? name : "EIO"));
-  error.Set("errno", Napi::Number::New(env, err));
-  error.Set("syscall", Napi::String::New(env, call));
-  return error;
-}
 
 double IntegerArg(const Napi::CallbackInfo& info, size_t i, const char* name, double max) {
   if (info.Length() <= i || !info[i].IsNumber()) throw Napi::TypeError::New(info.Env(), std::string(name) + " must be a number");
@@ -149,13 +141,13 @@ class Ring : public Napi::ObjectWrap<Ring> {
     if (info.Length() < 2 || !info[1].IsFunction()) throw Napi::TypeError::New(env, "onCompletions must be a function");
 
     const int rc = io_uring_queue_init(entries, &ring_, 0);
-    if (rc < 0) throw UringError(env, "io_uring_queue_init", std::to_string(entries) + " entries", -rc);
+    if (rc < 0) throw CallError(env, "io_uring_queue_init", std::to_string(entries) + " entries", -rc);
     try {
       CheckOpcodes(env);
       eventfd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-      if (eventfd_ < 0) throw UringError(env, "eventfd", "completions", errno);
+      if (eventfd_ < 0) throw CallError(env, "eventfd", "completions", errno);
       const int reg = io_uring_register_eventfd(&ring_, eventfd_);
-      if (reg < 0) throw UringError(env, "io_uring_register_eventfd", "fd " + std::to_string(eventfd_), -reg);
+      if (reg < 0) throw CallError(env, "io_uring_register_eventfd", "fd " + std::to_string(eventfd_), -reg);
       StartWatch(env);
     } catch (...) {
       if (eventfd_ >= 0) ::close(eventfd_);
@@ -412,7 +404,7 @@ class Ring : public Napi::ObjectWrap<Ring> {
       }
       if (rc == 0 || rc == -EAGAIN || rc == -EBUSY) break;
       if (rc == -EINTR) continue;
-      throw UringError(env, "io_uring_submit", std::to_string(io_uring_sq_ready(&ring)) + " SQEs", -rc);
+      throw CallError(env, "io_uring_submit", std::to_string(io_uring_sq_ready(&ring)) + " SQEs", -rc);
     }
     return Napi::Number::New(env, taken);
   }

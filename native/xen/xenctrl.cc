@@ -9,6 +9,9 @@
 // driver domain never loads it.
 #include <napi.h>
 
+#include "../call_error.h"
+#include "quiet_logger.h"
+
 // Xen 4.17's headers have no extern "C" guards of their own.
 extern "C" {
 #include <xenctrl.h>
@@ -20,30 +23,18 @@ extern "C" {
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstdarg>
 #include <cstring>
 #include <string>
 #include <vector>
 
 namespace {
 
+using xenmesh::CallError;
+using xenmesh::quietLogger;
+
 constexpr size_t kPageSize = 4096;  // XEN_PAGE_SIZE
 // Domains asked for in one hypercall when listing them all; DOMID_FIRST_RESERVED bounds the total.
 constexpr unsigned kListBatch = 64;
-
-void QuietMessage(xentoollog_logger*, xentoollog_level, int, const char*, const char*, va_list) {}
-void QuietDestroy(xentoollog_logger*) {}
-xentoollog_logger quietLogger = {QuietMessage, nullptr, QuietDestroy};
-
-Napi::Error SysError(Napi::Env env, const std::string& call, const std::string& what, int err) {
-  const char* name = strerrorname_np(err);
-  std::string message = call + "(" + what + "): " + std::strerror(err) + " (" + (name ? name : "EIO") + ")";
-  Napi::Error error = Napi::Error::New(env, message);
-  error.Set("code", Napi::String::New(env, name ? name : "EIO"));
-  error.Set("errno", Napi::Number::New(env, err));
-  error.Set("syscall", Napi::String::New(env, call));
-  return error;
-}
 
 uint32_t DomidArg(const Napi::CallbackInfo& info) {
   if (info.Length() < 1 || !info[0].IsNumber()) throw Napi::TypeError::New(info.Env(), "domid must be a number");
@@ -88,7 +79,7 @@ class DomainControl : public Napi::ObjectWrap<DomainControl> {
 
   explicit DomainControl(const Napi::CallbackInfo& info) : Napi::ObjectWrap<DomainControl>(info) {
     xch_ = xc_interface_open(&quietLogger, &quietLogger, 0);
-    if (!xch_) throw SysError(info.Env(), "xc_interface_open", "/dev/xen/privcmd", errno);
+    if (!xch_) throw CallError(info.Env(), "xc_interface_open", "/dev/xen/privcmd", errno);
   }
 
   ~DomainControl() override { Shut(); }
@@ -106,7 +97,7 @@ class DomainControl : public Napi::ObjectWrap<DomainControl> {
     // xc_domain_getinfo answers with the next domain from domid on: it is
     // this one only if the domids match (xenctrl.h).
     const int n = xc_domain_getinfo(Handle(info.Env()), domid, 1, &d);
-    if (n < 0) throw SysError(info.Env(), "xc_domain_getinfo", "domain " + std::to_string(domid), errno);
+    if (n < 0) throw CallError(info.Env(), "xc_domain_getinfo", "domain " + std::to_string(domid), errno);
     if (n == 0 || d.domid != domid) return info.Env().Undefined();
     return DomainObject(info.Env(), d);
   }
@@ -119,7 +110,7 @@ class DomainControl : public Napi::ObjectWrap<DomainControl> {
     uint32_t count = 0;
     while (next < DOMID_FIRST_RESERVED) {
       const int n = xc_domain_getinfo(Handle(env), next, kListBatch, batch.data());
-      if (n < 0) throw SysError(env, "xc_domain_getinfo", "from domain " + std::to_string(next), errno);
+      if (n < 0) throw CallError(env, "xc_domain_getinfo", "from domain " + std::to_string(next), errno);
       for (int i = 0; i < n; i++) out.Set(count++, DomainObject(env, batch[i]));
       if (n < static_cast<int>(kListBatch)) break;
       next = batch[n - 1].domid + 1;
@@ -148,11 +139,11 @@ Napi::Value MapSharedPage(const Napi::CallbackInfo& info) {
   if (info.Length() < 1 || !info[0].IsString()) throw Napi::TypeError::New(env, "path must be a string");
   const std::string path = info[0].As<Napi::String>().Utf8Value();
   const int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
-  if (fd < 0) throw SysError(env, "open", path, errno);
+  if (fd < 0) throw CallError(env, "open", path, errno);
   void* page = ::mmap(nullptr, kPageSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   const int mapErrno = errno;
   ::close(fd);
-  if (page == MAP_FAILED) throw SysError(env, "mmap", path, mapErrno);
+  if (page == MAP_FAILED) throw CallError(env, "mmap", path, mapErrno);
   return Napi::ArrayBuffer::New(env, page, kPageSize, [](Napi::Env, void* data) { ::munmap(data, kPageSize); });
 }
 

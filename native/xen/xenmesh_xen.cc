@@ -13,6 +13,9 @@
 #include <napi.h>
 #include <uv.h>
 
+#include "../call_error.h"
+#include "quiet_logger.h"
+
 // Xen 4.17's headers have no extern "C" guards of their own.
 extern "C" {
 #include <xenevtchn.h>
@@ -25,7 +28,6 @@ extern "C" {
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstdarg>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -35,25 +37,10 @@ extern "C" {
 
 namespace {
 
+using xenmesh::CallError;
+using xenmesh::quietLogger;
+
 constexpr size_t kPageSize = 4096;  // XEN_PAGE_SIZE
-
-// The libraries log every failure to stderr unless handed a logger; the
-// errors we throw already say what failed, so theirs are dropped.
-void QuietMessage(xentoollog_logger*, xentoollog_level, int, const char*, const char*, va_list) {}
-void QuietDestroy(xentoollog_logger*) {}
-xentoollog_logger quietLogger = {QuietMessage, nullptr, QuietDestroy};
-
-// An Error naming the library call, what it was called for, and errno, with
-// `code` set to the errno name as Node's own errors carry it.
-Napi::Error XenError(Napi::Env env, const std::string& call, const std::string& what, int err) {
-  const char* name = strerrorname_np(err);
-  std::string message = call + "(" + what + "): " + std::strerror(err) + " (" + (name ? name : "EIO") + ")";
-  Napi::Error error = Napi::Error::New(env, message);
-  error.Set("code", Napi::String::New(env, name ? name : "EIO"));
-  error.Set("errno", Napi::Number::New(env, err));
-  error.Set("syscall", Napi::String::New(env, call));
-  return error;
-}
 
 uint32_t U32Arg(const Napi::CallbackInfo& info, size_t i, const char* name) {
   if (info.Length() <= i || !info[i].IsNumber()) throw Napi::TypeError::New(info.Env(), std::string(name) + " must be a number");
@@ -170,7 +157,7 @@ void ReleaseExposed(Napi::Env env, Napi::ArrayBuffer buffer, const char* call) {
   buffer.Detach();
   found->Release();
   registry->regions.erase(found);
-  if (found->lastError() != 0) throw XenError(env, call, std::to_string(found->pages()) + " pages", found->lastError());
+  if (found->lastError() != 0) throw CallError(env, call, std::to_string(found->pages()) + " pages", found->lastError());
 }
 
 // ---- grant tables: mapping and copying (xengnttab) ----------------------------
@@ -212,7 +199,7 @@ class GrantTable : public Napi::ObjectWrap<GrantTable> {
 
   explicit GrantTable(const Napi::CallbackInfo& info) : Napi::ObjectWrap<GrantTable>(info) {
     xengnttab_handle* xgt = xengnttab_open(&quietLogger, 0);
-    if (!xgt) throw XenError(info.Env(), "xengnttab_open", "/dev/xen/gntdev", errno);
+    if (!xgt) throw CallError(info.Env(), "xengnttab_open", "/dev/xen/gntdev", errno);
     handle_ = std::make_shared<GnttabHandle>(xgt);
   }
 
@@ -226,7 +213,7 @@ class GrantTable : public Napi::ObjectWrap<GrantTable> {
   Napi::Value SetMaxGrants(const Napi::CallbackInfo& info) {
     const uint32_t count = U32Arg(info, 0, "count");
     if (xengnttab_set_max_grants(Open(info.Env()).xgt, count) != 0) {
-      throw XenError(info.Env(), "xengnttab_set_max_grants", std::to_string(count), errno);
+      throw CallError(info.Env(), "xengnttab_set_max_grants", std::to_string(count), errno);
     }
     return info.Env().Undefined();
   }
@@ -244,7 +231,7 @@ class GrantTable : public Napi::ObjectWrap<GrantTable> {
     void* address = xengnttab_map_domain_grant_refs(Open(env).xgt, refs.size(), domid, refs.data(),
                                                     writable ? PROT_READ | PROT_WRITE : PROT_READ);
     if (!address) {
-      throw XenError(env, "xengnttab_map_domain_grant_refs",
+      throw CallError(env, "xengnttab_map_domain_grant_refs",
                      "domain " + std::to_string(domid) + ", refs " + JoinRefs(refs) + (writable ? ", writable" : ", read-only"), errno);
     }
     return Expose(env, std::make_shared<GrantMappingRegion>(handle_, address, refs.size()));
@@ -300,7 +287,7 @@ class GrantTable : public Napi::ObjectWrap<GrantTable> {
       CopyEnd(env, o.Get("dest").As<Napi::Object>(), seg.len, false, seg);
     }
     if (!segs.empty() && xengnttab_grant_copy(Open(env).xgt, segs.size(), segs.data()) != 0) {
-      throw XenError(env, "xengnttab_grant_copy", std::to_string(segs.size()) + " segments", errno);
+      throw CallError(env, "xengnttab_grant_copy", std::to_string(segs.size()) + " segments", errno);
     }
     Napi::Array statuses = Napi::Array::New(env, segs.size());
     for (uint32_t i = 0; i < segs.size(); i++) statuses.Set(i, Napi::Number::New(env, segs[i].status));
@@ -354,7 +341,7 @@ class GrantShare : public Napi::ObjectWrap<GrantShare> {
 
   explicit GrantShare(const Napi::CallbackInfo& info) : Napi::ObjectWrap<GrantShare>(info) {
     xengntshr_handle* xgs = xengntshr_open(&quietLogger, 0);
-    if (!xgs) throw XenError(info.Env(), "xengntshr_open", "/dev/xen/gntalloc", errno);
+    if (!xgs) throw CallError(info.Env(), "xengntshr_open", "/dev/xen/gntalloc", errno);
     handle_ = std::make_shared<GntshrHandle>(xgs);
   }
 
@@ -370,7 +357,7 @@ class GrantShare : public Napi::ObjectWrap<GrantShare> {
     std::vector<uint32_t> refs(count);
     void* address = xengntshr_share_pages(handle_->xgs, domid, static_cast<int>(count), refs.data(), writable ? 1 : 0);
     if (!address) {
-      throw XenError(env, "xengntshr_share_pages",
+      throw CallError(env, "xengntshr_share_pages",
                      "domain " + std::to_string(domid) + ", " + std::to_string(count) + " pages" + (writable ? ", writable" : ", read-only"), errno);
     }
     Napi::Object out = Napi::Object::New(env);
@@ -508,13 +495,13 @@ class EventChannels : public Napi::ObjectWrap<EventChannels> {
     Napi::Env env = info.Env();
     if (info.Length() < 1 || !info[0].IsFunction()) throw Napi::TypeError::New(env, "EventChannels takes a callback");
     xce_ = xenevtchn_open(&quietLogger, 0);
-    if (!xce_) throw XenError(env, "xenevtchn_open", "/dev/xen/evtchn", errno);
+    if (!xce_) throw CallError(env, "xenevtchn_open", "/dev/xen/evtchn", errno);
     const int fd = xenevtchn_fd(xce_);
     // Several reports are read per wake-up; the last read must not block.
     if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) != 0) {
       const int err = errno;
       xenevtchn_close(xce_);
-      throw XenError(env, "fcntl", "O_NONBLOCK on /dev/xen/evtchn", err);
+      throw CallError(env, "fcntl", "O_NONBLOCK on /dev/xen/evtchn", err);
     }
     xenevtchn_handle* xce = xce_;
     StartPoller(env, fd, info[0].As<Napi::Function>(), "xenmesh:evtchn", [xce](Poller& p) {
@@ -542,7 +529,7 @@ class EventChannels : public Napi::ObjectWrap<EventChannels> {
   }
 
   Napi::Value Bound(Napi::Env env, xenevtchn_port_or_error_t port, const char* call, const std::string& what) {
-    if (port < 0) throw XenError(env, call, what, errno);
+    if (port < 0) throw CallError(env, call, what, errno);
     bound_.insert(static_cast<uint32_t>(port));
     SetReferenced(poller_, true);
     return Napi::Number::New(env, port);
@@ -570,19 +557,19 @@ class EventChannels : public Napi::ObjectWrap<EventChannels> {
 
   Napi::Value Notify(const Napi::CallbackInfo& info) {
     const uint32_t port = U32Arg(info, 0, "port");
-    if (xenevtchn_notify(Open(info.Env()), port) != 0) throw XenError(info.Env(), "xenevtchn_notify", "port " + std::to_string(port), errno);
+    if (xenevtchn_notify(Open(info.Env()), port) != 0) throw CallError(info.Env(), "xenevtchn_notify", "port " + std::to_string(port), errno);
     return info.Env().Undefined();
   }
 
   Napi::Value Unmask(const Napi::CallbackInfo& info) {
     const uint32_t port = U32Arg(info, 0, "port");
-    if (xenevtchn_unmask(Open(info.Env()), port) != 0) throw XenError(info.Env(), "xenevtchn_unmask", "port " + std::to_string(port), errno);
+    if (xenevtchn_unmask(Open(info.Env()), port) != 0) throw CallError(info.Env(), "xenevtchn_unmask", "port " + std::to_string(port), errno);
     return info.Env().Undefined();
   }
 
   Napi::Value Unbind(const Napi::CallbackInfo& info) {
     const uint32_t port = U32Arg(info, 0, "port");
-    if (xenevtchn_unbind(Open(info.Env()), port) != 0) throw XenError(info.Env(), "xenevtchn_unbind", "port " + std::to_string(port), errno);
+    if (xenevtchn_unbind(Open(info.Env()), port) != 0) throw CallError(info.Env(), "xenevtchn_unbind", "port " + std::to_string(port), errno);
     bound_.erase(port);
     // A handle with nothing bound does not keep its worker alive.
     if (bound_.empty()) SetReferenced(poller_, false);
@@ -626,7 +613,7 @@ class DeviceFile : public Napi::ObjectWrap<DeviceFile> {
     }
     path_ = info[0].As<Napi::String>().Utf8Value();
     fd_ = open(path_.c_str(), O_RDWR | O_NONBLOCK | O_CLOEXEC);
-    if (fd_ < 0) throw XenError(env, "open", path_, errno);
+    if (fd_ < 0) throw CallError(env, "open", path_, errno);
     try {
       StartPoller(env, fd_, info[1].As<Napi::Function>(), "xenmesh:device", [](Poller& p) {
         p.callback.MakeCallback(p.env.Global(), {}, *p.context);
@@ -656,7 +643,7 @@ class DeviceFile : public Napi::ObjectWrap<DeviceFile> {
       if (got >= 0) return Napi::Number::New(env, static_cast<double>(got));
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) return Napi::Number::New(env, -1);
-      throw XenError(env, "read", path_, errno);
+      throw CallError(env, "read", path_, errno);
     }
   }
 
@@ -669,7 +656,7 @@ class DeviceFile : public Napi::ObjectWrap<DeviceFile> {
       const ssize_t put = ::write(Fd(env), from.Data(), from.ByteLength());
       if (put >= 0) return Napi::Number::New(env, static_cast<double>(put));
       if (errno == EINTR) continue;
-      throw XenError(env, "write", path_, errno);
+      throw CallError(env, "write", path_, errno);
     }
   }
 
