@@ -8,49 +8,20 @@
  * answer what the guest wrote and close the image.
  */
 import t, { type Test } from 'tap';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { devicePaths, diskDevice } from '../host/toolstack/devices.js';
-import { Host } from '../host/machine/host.js';
-import type { BackendRoleConfig } from '../host/machine/backend-role.js';
-import { workerModule } from '../host/machine/worker-modules.js';
-import { DEFAULT_RESTART, STOP_TIMEOUT_MS, Supervisor } from '../shared/mesh/supervisor.js';
-import type { PlatformShared } from '../shared/attach.js';
-import { setLogSink } from '../shared/log.js';
+import { STOP_TIMEOUT_MS } from '../shared/mesh/supervisor.js';
 import { SHUTDOWN_WAIT_MS } from '../xenbus/bus.js';
 import { waitForState } from '../xenbus/read.js';
 import { XenbusState } from '../xenbus/state.js';
-import { DISK_KERNEL, runDiskJob } from './helpers/disk-jobs.js';
+import { hostWithBackendRole } from './helpers/backend-role.js';
+import { runDiskJob } from './helpers/disk-jobs.js';
 
 const STATE_WAIT_MS = 20_000;
 const BLOCKS = 20;
 
 /** A host, a domain served by the backend role in a worker, and a guest whose disk it serves, Connected. */
 async function servedGuest(t: Test, closeOnStop: boolean) {
-  setLogSink(() => {});
-  t.teardown(() => setLogSink((level, component, message) => process.stderr.write(`${level} [${component}] ${message}\n`)));
-  const dir = mkdtempSync(join(tmpdir(), 'xenmesh-backend-stop-'));
-  const socket = join(dir, 'socket');
-  const host = new Host({ socket, frames: 32768, kernelModule: DISK_KERNEL });
-  const supervisor = new Supervisor();
-  t.teardown(async () => {
-    await supervisor.stopAll();
-    await host.shutdown();
-    rmSync(dir, { recursive: true, force: true });
-  });
-  await host.boot();
-  const backend = await host.toolstack.createDomain({ name: 'driver', pages: 2048 });
-  const config: BackendRoleConfig = { domid: backend.domid, xenstore: socket, blkback: {}, closeOnStop };
-  await supervisor.start({
-    name: 'backend',
-    domid: backend.domid,
-    module: workerModule('backend-worker'),
-    config,
-    shared: { link: host.platform.link } satisfies PlatformShared,
-    restart: DEFAULT_RESTART,
-    stopTimeoutMs: STOP_TIMEOUT_MS + SHUTDOWN_WAIT_MS,
-  });
+  const { host, supervisor, backend } = await hostWithBackendRole(t, { closeOnStop, stopTimeoutMs: STOP_TIMEOUT_MS + SHUTDOWN_WAIT_MS });
   const guest = await host.startDomain({ name: 'guest', pages: 4096 }, { frontDrivers: ['vbd'] });
   const spec = diskDevice({ frontendDomid: guest.domid, backendDomid: backend.domid, vdev: 'xvda', target: 'memory:16777216' });
   await host.plugDevice(spec);

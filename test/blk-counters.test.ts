@@ -25,14 +25,13 @@ import { Worker } from 'node:worker_threads';
 import type { IoEngine } from '../blkback/ring-messages.js';
 import { devicePaths, diskDevice } from '../host/toolstack/devices.js';
 import { Host } from '../host/machine/host.js';
-import { backendBlockStats, type BackendRoleConfig } from '../host/machine/backend-role.js';
-import { DEFAULT_RESTART, Supervisor } from '../shared/mesh/supervisor.js';
-import type { PlatformShared } from '../shared/attach.js';
+import { backendBlockStats } from '../host/machine/backend-role.js';
 import { BlkifOp, BlkifStatus, SECTOR_SIZE, type BlkifRequest } from '../shared/blkif.js';
 import { setLogSink } from '../shared/log.js';
 import { LATENCY_BUCKETS_US, type VbdCounters } from '../shared/vbd-stats.js';
 import { waitForState } from '../xenbus/read.js';
 import { XenbusState } from '../xenbus/state.js';
+import { hostWithBackendRole } from './helpers/backend-role.js';
 import { randomBytes, startBlkTestbed, type BlkTestbed } from './helpers/blk.js';
 import { DISK_BLOCK_BYTES, DISK_KERNEL, makeImage, runDiskJob } from './helpers/disk-jobs.js';
 
@@ -289,29 +288,7 @@ t.test('on the embedded host: the driver domain kernels answer for their disks, 
 });
 
 t.test('the backend role (xenmesh backend) answers for the disks it serves', async (t) => {
-  setLogSink(() => {});
-  t.teardown(() => setLogSink((level, component, message) => process.stderr.write(`${level} [${component}] ${message}\n`)));
-  const dir = mkdtempSync(join(tmpdir(), 'xenmesh-blk-counters-'));
-  const socket = join(dir, 'socket');
-  const host = new Host({ socket, frames: 32768, kernelModule: DISK_KERNEL });
-  const supervisor = new Supervisor();
-  t.teardown(async () => {
-    await supervisor.stopAll();
-    await host.shutdown();
-    rmSync(dir, { recursive: true, force: true });
-  });
-  await host.boot();
-  // A domain with no kernel of ours: the backend role serves its backends, as the process does in a driver domain on Xen.
-  const backend = await host.toolstack.createDomain({ name: 'backend', pages: 2048 });
-  const config: BackendRoleConfig = { domid: backend.domid, xenstore: socket, blkback: {} };
-  await supervisor.start({
-    name: 'backend',
-    domid: backend.domid,
-    module: new URL('../host/machine/workers/backend-worker.js', import.meta.url),
-    config,
-    shared: { link: host.platform.link } satisfies PlatformShared,
-    restart: DEFAULT_RESTART,
-  });
+  const { host, supervisor, backend } = await hostWithBackendRole(t);
   t.same(await backendBlockStats(supervisor), [], 'nothing served yet');
   const guest = await host.startDomain({ name: 'guest', pages: 4096 }, { frontDrivers: ['vbd'] });
   const spec = diskDevice({ frontendDomid: guest.domid, backendDomid: backend.domid, vdev: 'xvda', target: 'memory:16777216' });
