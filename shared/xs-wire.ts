@@ -184,9 +184,13 @@ export class XsFrameDecoder {
     private readonly onOversize: (header: XsHeader) => void,
   ) {}
 
-  /** Bytes received but not yet part of a complete message. */
+  /**
+   * Bytes received but not yet part of a complete message, counting a
+   * header already decoded while its payload is still to come: a peer that
+   * stops after the header has left a message unfinished too.
+   */
   get bufferedBytes(): number {
-    return this.pendingBytes;
+    return this.pendingBytes + (this.header === null ? 0 : XS_HEADER_SIZE);
   }
 
   push(chunk: Buffer): void {
@@ -218,6 +222,7 @@ export class XsFrameDecoder {
   /** Stops decoding; later pushes are ignored. */
   stop(): void {
     this.broken = true;
+    this.header = null;
     this.pending = [];
     this.pendingBytes = 0;
   }

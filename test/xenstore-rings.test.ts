@@ -10,7 +10,7 @@
  * working.
  */
 import t, { type Test } from 'tap';
-import { XsRingError, XsServerFeature, XsType, encodeMessage, nulStrings } from '../shared/xs-wire.js';
+import { XsRingError, XsServerFeature, XsType, XS_HEADER_SIZE, encodeMessage, nulStrings } from '../shared/xs-wire.js';
 import { ConnectionResetError } from '../xenstore/client/client.js';
 import { XENSTORE_RING_SIZE, XenStoreRing } from '../xenstore/ring.js';
 import { errno, startDaemon, waitFor, type RunningDaemon } from './helpers/daemon.js';
@@ -133,20 +133,26 @@ t.test('a header announcing more than 4096 bytes', async (t) => {
   await bystanderWorks(t, env, 6, 'an oversized header');
 });
 
-t.test('a message that never completes', async (t) => {
-  const env = await startDaemon({ incompleteMessageTimeoutMs: 300 });
-  t.teardown(() => env.close());
-  const guest = await env.domain(5);
-  await guest.getDomainPath(5);
-  const transport = env.ringOf(5);
-  transport.stopReading();
-  const message = encodeMessage(XsType.WRITE, 1, 0, nulStrings('/local/domain/5/x', 'y'.repeat(100)));
-  transport.ring.requests.produce(message.subarray(0, 40));
-  transport.signal();
-  await waitFor(() => transport.ring.error !== 0, 'the error indicator', 5000);
-  t.equal(transport.ring.error, XsRingError.PROTO, 'is dropped after the timeout');
-  await bystanderWorks(t, env, 6, 'a stalled message');
-});
+for (const [cut, what] of [
+  [40, 'in its payload'],
+  [XS_HEADER_SIZE, 'right after its header'],
+  [7, 'inside its header'],
+] as const) {
+  t.test(`a message that never completes, cut ${what}`, async (t) => {
+    const env = await startDaemon({ incompleteMessageTimeoutMs: 300 });
+    t.teardown(() => env.close());
+    const guest = await env.domain(5);
+    await guest.getDomainPath(5);
+    const transport = env.ringOf(5);
+    transport.stopReading();
+    const message = encodeMessage(XsType.WRITE, 1, 0, nulStrings('/local/domain/5/x', 'y'.repeat(100)));
+    transport.ring.requests.produce(message.subarray(0, cut));
+    transport.signal();
+    await waitFor(() => transport.ring.error !== 0, 'the error indicator', 5000);
+    t.equal(transport.ring.error, XsRingError.PROTO, 'is dropped after the timeout');
+    await bystanderWorks(t, env, 6, 'a stalled message');
+  });
+}
 
 t.test('a ring error: requests in flight fail, the client repairs the connection', async (t) => {
   const env = await startDaemon();

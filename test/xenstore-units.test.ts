@@ -4,7 +4,7 @@
  */
 import t from 'tap';
 import { isXsError } from '../shared/errors.js';
-import { XsFrameDecoder, XsType, decodeHeader, encodeMessage, nulStrings, splitNulStrings, type XsMessage } from '../shared/xs-wire.js';
+import { XS_HEADER_SIZE, XsFrameDecoder, XsType, decodeHeader, encodeMessage, nulStrings, splitNulStrings, type XsMessage } from '../shared/xs-wire.js';
 import { cAtoi } from '../xenstore/daemon/args.js';
 import { parseDomid } from '../shared/domid.js';
 import { canonicalize, isPathWithin, parentOf, parseAbsolute } from '../xenstore/store/path.js';
@@ -33,6 +33,13 @@ t.test('framing', async (t) => {
   for (const byte of two) decoder.push(Buffer.from([byte]));
   t.equal(got.length, 2, 'messages split across any number of chunks are reassembled');
   t.same(got.map((m) => m.reqId), [7, 8]);
+  t.equal(decoder.bufferedBytes, 0, 'nothing is left over between messages');
+  decoder.push(frame.subarray(0, XS_HEADER_SIZE));
+  t.equal(decoder.bufferedBytes, XS_HEADER_SIZE, 'a header whose payload is still to come is an unfinished message');
+  decoder.push(frame.subarray(XS_HEADER_SIZE));
+  t.equal(decoder.bufferedBytes, 0, 'and its payload completes it');
+  t.equal(got.length, 3);
+  got.pop();
   decoder.push(encodeMessage(XsType.READ, 9, 0, Buffer.alloc(4097)));
   decoder.push(encodeMessage(XsType.READ, 10, 0, nulStrings('/y')));
   t.same(oversize, [4097], 'an oversized header is reported once');
