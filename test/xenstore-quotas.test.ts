@@ -251,4 +251,7 @@ t.test('the command line refuses a path-max that would lock domains out', async 
   t.equal(parseXenstoredOptions(['-M', '19']).quotas.hard['path-max'], 19, 'the floor itself is fine');
   t.equal(parseXenstoredOptions(['-M', '0']).quotas.hard['path-max'], 0, '0 disables the limit');
   t.equal(parseXenstoredOptions(['-M', '4000']).quotas.hard['path-max'], XENSTORE_REL_PATH_MAX, 'still capped as xenstored caps it');
+  t.equal(parseXenstoredOptions(['-w', 'unread-output=15']).unreadOutputTimeoutMs, 15_000, '-w unread-output sets how long a ring may go unread');
+  t.equal(parseXenstoredOptions(['--timeout', 'watch-event=5']).watchEventTimeoutMs, 5_000, 'and watch-event still sets the event timeout');
+  t.equal(refusal(['-w', 'unread=3']), 'unknown timeout "unread"', 'an unknown timeout is refused by name');
 });

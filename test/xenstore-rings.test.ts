@@ -5,14 +5,16 @@
  *
  * Hostile rings tried here: a producer index more than a ring ahead of the
  * consumer, a header announcing more than 4096 bytes, a message that is
- * never finished, and a domain that writes and never reads; each gets the
- * ring's error indicator (or is held to its quota) while other domains keep
- * working.
+ * never finished, a running domain that never reads its replies and
+ * events (a slow reader, a paused domain and dom0 keep theirs); each gets
+ * the ring's error indicator while other domains keep working.
  */
+import { setTimeout as sleep } from 'node:timers/promises';
 import t, { type Test } from 'tap';
 import { XsRingError, XsServerFeature, XsType, XS_HEADER_SIZE, encodeMessage, nulStrings } from '../shared/xs-wire.js';
 import { ConnectionResetError } from '../xenstore/client/client.js';
 import { XENSTORE_RING_SIZE, XenStoreRing } from '../xenstore/ring.js';
+import type { RingClientTransport } from '../xenstore/client/ring-transport.js';
 import { errno, startDaemon, waitFor, type RunningDaemon } from './helpers/daemon.js';
 
 async function bystanderWorks(t: Test, env: RunningDaemon, domid: number, what: string): Promise<void> {
@@ -153,6 +155,77 @@ for (const [cut, what] of [
     await bystanderWorks(t, env, 6, 'a stalled message');
   });
 }
+
+/**
+ * Domain 5 watches its data directory and stops reading its ring; dom0 then
+ * writes there until the events fill the ring and more wait behind them.
+ */
+async function fillUnreadRing(env: RunningDaemon): Promise<RingClientTransport> {
+  await env.makeDataDirectory(5);
+  const guest = await env.domain(5);
+  await (await guest.watch('data')).next();
+  const transport = env.ringOf(5);
+  transport.stopReading();
+  const dom0 = await env.client();
+  for (let i = 0; i < 120; i++) await dom0.write(`/local/domain/5/data/n${i}`, 'x'.repeat(20));
+  dom0.close();
+  await waitFor(() => env.connectionOf(5).transport.unreadOutputSince?.() !== undefined, 'output waiting for room');
+  return transport;
+}
+
+t.test('a ring its running domain never drains', async (t) => {
+  const env = await startDaemon({ unreadOutputTimeoutMs: 300 });
+  t.teardown(() => env.close());
+  const transport = await fillUnreadRing(env);
+  t.equal(transport.ring.responses.filled(), XENSTORE_RING_SIZE, 'its ring is full of events it does not read');
+  await waitFor(() => transport.ring.error !== 0, 'the error indicator', 5000);
+  t.equal(transport.ring.error, XsRingError.COMM, 'it is cut off once output has waited unread for the timeout');
+  t.ok(env.connectionOf(5).ignored, 'its connection is ignored until it reconnects');
+  await bystanderWorks(t, env, 6, 'an undrained ring');
+});
+
+t.test('a domain that reads slowly keeps its connection', async (t) => {
+  const env = await startDaemon({ unreadOutputTimeoutMs: 300 });
+  t.teardown(() => env.close());
+  const transport = await fillUnreadRing(env);
+  // A few bytes at a time, more often than the timeout: slow, but reading.
+  for (let i = 0; i < 12; i++) {
+    transport.ring.responses.consume(8);
+    transport.signal();
+    await sleep(150);
+  }
+  t.equal(transport.ring.error, 0, 'a slow reader is not cut off');
+});
+
+t.test('time a domain spends paused does not count against it', async (t) => {
+  // Pauses are seen by the daemon's once-a-second sweep: the timeout must be
+  // longer than a sweep for the margin after the unpause to mean anything.
+  const timeoutMs = 2000;
+  const env = await startDaemon({ unreadOutputTimeoutMs: timeoutMs });
+  t.teardown(() => env.close());
+  const transport = await fillUnreadRing(env);
+  env.platform.pauseDomain(5);
+  await sleep(timeoutMs + 1500);
+  t.equal(transport.ring.error, 0, 'a paused domain is not cut off, however long its output waits');
+  env.platform.unpauseDomain(5);
+  await sleep(500);
+  t.equal(transport.ring.error, 0, 'nor just after it is unpaused');
+  await waitFor(() => transport.ring.error !== 0, 'the error indicator', timeoutMs + 3000);
+  t.equal(transport.ring.error, XsRingError.COMM, 'running and still not reading, it loses its connection');
+});
+
+t.test('the privileged domain\'s ring is never cut off for not reading', async (t) => {
+  const env = await startDaemon({ unreadOutputTimeoutMs: 300 });
+  t.teardown(() => env.close());
+  const dom0Ring = await env.dom0Ring();
+  await (await dom0Ring.watch('/busy')).next();
+  const transport = env.ringOf(0);
+  transport.stopReading();
+  const dom0 = await env.client();
+  for (let i = 0; i < 40; i++) await dom0.write(`/busy/n${i}`, 'x'.repeat(20));
+  await sleep(2500);
+  t.equal(transport.ring.error, 0, 'dom0 is trusted to come back to its ring');
+});
 
 t.test('a ring error: requests in flight fail, the client repairs the connection', async (t) => {
   const env = await startDaemon();

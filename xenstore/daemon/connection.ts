@@ -68,6 +68,11 @@ export class Connection {
   private decoder: XsFrameDecoder;
   /** Since when a message has been partly received, if one is. */
   private partialSince: number | undefined;
+  /**
+   * When the daemon last saw the domain paused, suspended or dying while
+   * its timeouts ran: time before it does not count against the domain.
+   */
+  heldAt: number | undefined;
 
   constructor(
     readonly id: number,

@@ -91,6 +91,7 @@ export async function runXenstored(argv: readonly string[]): Promise<number> {
     backend: xen?.backend,
     quotas: options.quotas,
     watchEventTimeoutMs: options.watchEventTimeoutMs,
+    unreadOutputTimeoutMs: options.unreadOutputTimeoutMs,
     queuedOutputLimit: options.queuedOutputLimit,
     traceFile: options.traceFile,
   });

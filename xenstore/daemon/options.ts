@@ -3,7 +3,7 @@ import { SHORTEST_USABLE_PATH_MAX } from '../store/path.js';
 import { defaultQuotas, isQuotaItem, isSoftQuotaItem, quotaValueProblem, type QuotaItem, type QuotaSet } from '../store/quota.js';
 import { defaultSocketHelp, defaultSocketPath } from '../../shared/default-paths.js';
 import { DEFAULT_QUEUED_OUTPUT_LIMIT } from './output-limit.js';
-import { DEFAULT_WATCH_EVENT_TIMEOUT_MS } from './xenstored.js';
+import { DEFAULT_UNREAD_OUTPUT_TIMEOUT_MS, DEFAULT_WATCH_EVENT_TIMEOUT_MS } from './xenstored.js';
 
 /**
  * `--hypervisor`: serve the domains of the Xen host this runs in (`xen`),
@@ -20,6 +20,7 @@ export interface XenstoredOptions {
   pidFile: string | undefined;
   quotas: QuotaSet;
   watchEventTimeoutMs: number;
+  unreadOutputTimeoutMs: number;
   queuedOutputLimit: number;
   /** Where the journal lives (default: journalDirFor(socket)); undefined with --no-journal. */
   journalDir: string | undefined;
@@ -58,7 +59,9 @@ export const XENSTORED_USAGE = `Usage: xenmesh xenstored [options]
                            path-max, node-size
   -q, --quota-soft <what>=<nb>  set a soft quota (memory), which only warns
   -w, --timeout <what>=<seconds>  watch-event: how long a watch event may wait
-                           for an unprivileged domain (default 20)
+                           for an unprivileged domain (default 20);
+                           unread-output: how long a running domain may leave
+                           its ring unread before it is cut off (default ${DEFAULT_UNREAD_OUTPUT_TIMEOUT_MS / 1000}; 0: never)
   --queued-output-max <bytes>  bound the memory held by output waiting for all
                            clients together (default ${DEFAULT_QUEUED_OUTPUT_LIMIT}, 128 MiB; 0: none);
                            over it, the client holding the most is cut off
@@ -142,6 +145,7 @@ export function parseXenstoredOptions(argv: readonly string[]): XenstoredOptions
     pidFile: undefined,
     quotas: defaultQuotas(),
     watchEventTimeoutMs: DEFAULT_WATCH_EVENT_TIMEOUT_MS,
+    unreadOutputTimeoutMs: DEFAULT_UNREAD_OUTPUT_TIMEOUT_MS,
     queuedOutputLimit: DEFAULT_QUEUED_OUTPUT_LIMIT,
     journalDir: undefined,
     logFormat: undefined,
@@ -197,8 +201,9 @@ export function parseXenstoredOptions(argv: readonly string[]): XenstoredOptions
       }
       case 'timeout': {
         const [what, seconds] = assignment(value, 'timeouts');
-        if (what !== 'watch-event') throw new OptionError(`unknown timeout "${what}"`);
-        options.watchEventTimeoutMs = seconds * 1000;
+        if (what === 'watch-event') options.watchEventTimeoutMs = seconds * 1000;
+        else if (what === 'unread-output') options.unreadOutputTimeoutMs = seconds * 1000;
+        else throw new OptionError(`unknown timeout "${what}"`);
         break;
       }
       case 'journal-dir':

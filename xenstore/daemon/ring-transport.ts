@@ -32,6 +32,10 @@ export class RingServerTransport implements ServerTransport {
   /** Set after an error: nothing more is read or written until the domain reconnects. */
   private ignored = false;
   private released = false;
+  /** Since when output has waited for room with the domain's consumer index standing still. */
+  private unreadSince: number | undefined;
+  /** The domain's response consumer index when unreadSince was last set. */
+  private consumerSeen = 0;
 
   constructor(
     readonly ring: XenStoreRing,
@@ -85,6 +89,7 @@ export class RingServerTransport implements ServerTransport {
     if (error && this.ring.serverFeatures & XsServerFeature.ERROR) this.ring.error = ERROR_CODES[error];
     this.ignored = true;
     this.output.clear();
+    this.unreadSince = undefined;
     if (!this.released) this.notify();
   }
 
@@ -94,6 +99,11 @@ export class RingServerTransport implements ServerTransport {
     this.ignored = true;
     this.handlers = undefined;
     this.onRelease();
+  }
+
+  unreadOutputSince(): number | undefined {
+    if (!this.ignored && !this.released) this.pushOutput();
+    return this.unreadSince;
   }
 
   private pullInput(): void {
@@ -115,7 +125,21 @@ export class RingServerTransport implements ServerTransport {
       this.fail('ringidx');
       return;
     }
+    this.noteReading();
     if (this.output.empty) this.handlers?.onWritable();
+  }
+
+  /** Starts the unread-output clock when output is left waiting, and restarts it whenever the domain reads. */
+  private noteReading(): void {
+    if (this.output.empty) {
+      this.unreadSince = undefined;
+      return;
+    }
+    const consumer = this.ring.responses.cons;
+    if (this.unreadSince === undefined || consumer !== this.consumerSeen) {
+      this.unreadSince = Date.now();
+      this.consumerSeen = consumer;
+    }
   }
 
   /** The domain broke the ring's rules: its connection is ignored, and told why. */
@@ -134,6 +158,7 @@ export class RingServerTransport implements ServerTransport {
     this.ring.reset();
     this.ring.error = XsRingError.NONE;
     this.output.clear();
+    this.unreadSince = undefined;
     this.ignored = false;
     this.readingPaused = false;
     this.handlers?.onReset?.();

@@ -34,6 +34,14 @@ export interface ServerTransport {
 
   /** Frees what the link holds (a ring's mapping and port): its domain is released or gone. */
   release?(): void;
+
+  /**
+   * A ring's output that the domain has not read: since when it has been
+   * waiting for room without the domain consuming a byte, or undefined
+   * while it has none waiting (or keeps reading). Looks at the ring first,
+   * so a domain that read without signalling is not held to account.
+   */
+  unreadOutputSince?(): number | undefined;
 }
 
 export interface TransportHandlers {

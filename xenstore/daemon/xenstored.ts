@@ -72,12 +72,23 @@ const EVENT_SWEEP_INTERVAL_MS = 1000;
  */
 export const DEFAULT_INCOMPLETE_MESSAGE_TIMEOUT_MS = 10_000;
 
+/**
+ * A running domain that leaves its replies and events unread on its ring
+ * this long (it consumes not a byte while output waits for room) loses its
+ * connection (XENSTORE_ERROR_COMM); a paused or suspended one does not. Three
+ * times xenstored's watch-event timeout: events alone expire before this,
+ * so only a domain that stopped reading altogether is cut off.
+ */
+export const DEFAULT_UNREAD_OUTPUT_TIMEOUT_MS = 3 * DEFAULT_WATCH_EVENT_TIMEOUT_MS;
+
 export interface DaemonOptions {
   quotas?: QuotaSet;
   /** Time a watch event may wait for an unprivileged domain before it is dropped; 0 keeps them. */
   watchEventTimeoutMs?: number;
   /** Time a domain may leave a message half sent before it is dropped. */
   incompleteMessageTimeoutMs?: number;
+  /** Time a running domain may leave its ring's output unread before it is dropped; 0 never drops it. */
+  unreadOutputTimeoutMs?: number;
   /**
    * Bound on the output queued for all clients together, by queuedCost
    * (default DEFAULT_QUEUED_OUTPUT_LIMIT); 0 for none. Over it, the client
@@ -105,6 +116,7 @@ export class XenStoreDaemon {
   readonly backend: DomainBackend;
   watchEventTimeoutMs: number;
   incompleteMessageTimeoutMs: number;
+  unreadOutputTimeoutMs: number;
   readonly outputLimit: QueuedOutputLimit<Connection>;
   private nextConnectionId = 1;
   private readonly waking = new Set<DomainRecord>();
@@ -124,6 +136,7 @@ export class XenStoreDaemon {
     this.tracer = new Tracer(options.traceFile);
     this.watchEventTimeoutMs = options.watchEventTimeoutMs ?? DEFAULT_WATCH_EVENT_TIMEOUT_MS;
     this.incompleteMessageTimeoutMs = options.incompleteMessageTimeoutMs ?? DEFAULT_INCOMPLETE_MESSAGE_TIMEOUT_MS;
+    this.unreadOutputTimeoutMs = options.unreadOutputTimeoutMs ?? DEFAULT_UNREAD_OUTPUT_TIMEOUT_MS;
     this.outputLimit = new QueuedOutputLimit(options.queuedOutputLimit ?? DEFAULT_QUEUED_OUTPUT_LIMIT);
     this.sweepTimer = setInterval(() => this.sweep(), EVENT_SWEEP_INTERVAL_MS);
     this.sweepTimer.unref();
@@ -537,7 +550,7 @@ export class XenStoreDaemon {
     }
   }
 
-  /** Once a second: watch events waiting too long, messages left half sent. */
+  /** Once a second: watch events waiting too long, messages left half sent, rings left unread. */
   private sweep(): void {
     const now = Date.now();
     const queueClock = performance.now();
@@ -546,16 +559,30 @@ export class XenStoreDaemon {
         const dropped = conn.expireEvents(queueClock, this.watchEventTimeoutMs);
         if (dropped > 0) this.tracer.event('obj', `${dropped} watch events for domain ${conn.domid} timed out`);
       }
-      const since = conn.partialMessageSince;
-      if (
-        conn.transport.kind === 'ring' &&
-        since !== undefined &&
-        now - since > this.incompleteMessageTimeoutMs &&
-        (this.backend.state?.(conn.domid)?.state ?? 'running') === 'running'
-      ) {
-        log.warn(`domain ${conn.domid} left a message unfinished for ${now - since} ms: its connection is dropped`);
-        conn.close('proto');
-      }
+      if (conn.transport.kind === 'ring' && !conn.ignored && !conn.closed) this.sweepRing(conn, now);
+    }
+  }
+
+  /**
+   * Drops a ring connection whose domain left a message unfinished, or its
+   * output unread, too long. Only time the domain spent running counts:
+   * while it is paused, suspended or dying the clocks start again.
+   */
+  private sweepRing(conn: Connection, now: number): void {
+    const partialSince = conn.partialMessageSince;
+    const unreadSince = this.unreadOutputTimeoutMs > 0 && !conn.domain.privileged ? conn.transport.unreadOutputSince?.() : undefined;
+    if (partialSince === undefined && unreadSince === undefined) return;
+    if ((this.backend.state?.(conn.domid)?.state ?? 'running') !== 'running') {
+      conn.heldAt = now;
+      return;
+    }
+    const held = conn.heldAt ?? 0;
+    if (partialSince !== undefined && now - Math.max(partialSince, held) > this.incompleteMessageTimeoutMs) {
+      log.warn(`domain ${conn.domid} left a message unfinished for ${now - partialSince} ms: its connection is dropped`);
+      conn.close('proto');
+    } else if (unreadSince !== undefined && now - Math.max(unreadSince, held) > this.unreadOutputTimeoutMs) {
+      log.warn(`domain ${conn.domid} read nothing of its ring for ${now - unreadSince} ms while output waited: its connection is dropped`);
+      conn.close('comm');
     }
   }
 
