@@ -8,8 +8,13 @@ const log = createLogger('supervisor');
 
 /** How long a worker may take to stop cleanly before it is terminated. */
 export const STOP_TIMEOUT_MS = 5000;
-/** How long a worker may take to say it is ready. */
-export const START_TIMEOUT_MS = 30_000;
+/**
+ * How long a worker may take to say it is ready: it loads its modules
+ * first, which takes well under a second on a real machine but can take
+ * over 30 s on a loaded emulated one (a driver domain starting beside
+ * another under QEMU's TCG did).
+ */
+export const START_TIMEOUT_MS = 120_000;
 
 /**
  * What to do when a worker dies unasked: nothing, or start it again, at

@@ -3,7 +3,8 @@
 # boot line names and reports through markers on the serial console (see test/xen/dom0/xentest/run.sh).
 # The serial console goes to $XENMESH_XEN_DIR/serial.log (everything, from the first byte) and to the Unix
 # socket serial.sock (for a person to attach: socat - UNIX-CONNECT:serial.sock); QEMU's pid is in qemu.pid.
-# env: MEM       MiB of the machine (default 2048; dom0 gets DOM0_MEM of it, the guests share the rest)
+# env: MEM       MiB of the machine (default 3072; dom0 gets DOM0_MEM of it, the guests share the rest: two
+#                driver domains of 512 MiB and their guests at once in the driverdomain scenario)
 #      DOM0_MEM  MiB for dom0 (default 1024: its tmpfs holds the guests' images and a save file)
 #      XENTEST   scenarios to run (default all; "" boots to a shell)
 #      BACKEND   xenmesh (the userspace backend, default; xen-blkback stays unloaded) or kernel (xen-blkback)
@@ -21,7 +22,7 @@
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
 D=$XENMESH_XEN_DIR
-MEM=${MEM:-2048}
+MEM=${MEM:-3072}
 DOM0_MEM=${DOM0_MEM:-1024}
 XENTEST=${XENTEST-all}
 BACKEND=${BACKEND:-xenmesh}

@@ -138,9 +138,11 @@ new_image() {
 # guest_cfg NAME JOB IMAGE: write /etc/xen/NAME.cfg, a guest that runs JOB (guest/init) on IMAGE as xvda.
 # GUEST_VCPUS (default 1) and GUEST_BLKFRONT (xen-blkfront's module parameters, colon-separated, e.g.
 # max_ring_page_order=2:max_queues=4) shape what the guest's blkfront negotiates; GUEST_MEMORY_MB its size;
-# GUEST_EXTRA is added to its command line (xsabuse=length); GUEST_DISK replaces its disk line.
+# GUEST_EXTRA is added to its command line (xsabuse=length); GUEST_DISK replaces its disk line (none: no disk).
 guest_cfg() {
-  local name=$1 job=$2 image=$3
+  local name=$1 job=$2 image=$3 disk
+  disk="\"${GUEST_DISK:-$(disk_spec xvda "$image")}\""
+  [ "${GUEST_DISK:-}" = none ] && disk=
   cat > /etc/xen/$name.cfg <<EOF
 name = "$name"
 type = "pv"
@@ -149,7 +151,7 @@ ramdisk = "/root/domU/initrd"
 extra = "console=hvc0 loglevel=4 xtest=$job xfs=$FS_MB xpat=$PATTERN_FIRST,$PATTERN_COUNT${GUEST_BLKFRONT:+ xblk=$GUEST_BLKFRONT}${GUEST_EXTRA:+ $GUEST_EXTRA}"
 memory = $GUEST_MEMORY_MB
 vcpus = ${GUEST_VCPUS:-1}
-disk = [ "${GUEST_DISK:-$(disk_spec xvda "$image")}" ]
+disk = [ $disk ]
 on_poweroff = "destroy"
 on_reboot = "restart"
 on_crash = "preserve"

@@ -16,6 +16,9 @@ mkdir -p $XT_RUN $XT_LOGS /var/lib/xen/images /var/lib/xen/save
 exec 3>&1                      # markers: the console
 exec >>$XT_LOGS/run.log 2>&1   # everything else: the log
 export PATH=/usr/lib/xen-4.17/bin:/usr/local/bin:/usr/sbin:/usr/bin
+# which xenstored dom0 runs (dom0/init starts it from the same boot line)
+XENSTORED=c
+grep -qw xenstored=c /proc/cmdline || XENSTORED=xenmesh
 . $XT/lib.sh
 for f in $XT/scenarios/*.sh; do . "$f"; done
 
@@ -155,8 +158,6 @@ for s in $LIST; do
 done
 [ "$BACKEND" = xenmesh ] && stop_xenmesh_backend
 # which xenstored served the run, and whether it is still serving
-XENSTORED=c
-grep -qw xenstored=c /proc/cmdline || XENSTORED=xenmesh
 data xenstored $XENSTORED
 if [ -f /run/xen/xenstored.pid ] && kill -0 "$(cat /run/xen/xenstored.pid)" 2>/dev/null; then
   info "xenstored ($XENSTORED) is still running"

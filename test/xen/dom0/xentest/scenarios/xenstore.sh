@@ -1,20 +1,26 @@
 # xenstore: the xenstored dom0 runs (xenstored=xenmesh|c on the boot line) serves the real host.
 # - Xen's own test-xenstore passes against it in dom0.
-# - Three guests at once: one uses xenstore from its userspace through its own ring (/dev/xen/xenbus: the
-#   xenstore job of guest/init), its node and watch meeting dom0's; two misbehave on their rings (xsabuse.ko:
-#   req_prod past what the ring holds; a header longer than XENSTORE_PAYLOAD_MAX) and lose their
-#   connections while the first and dom0 carry on. Then the first is paused (a ring nobody drains) while
-#   dom0 fires watch events at it; unpaused, it still answers (xl shutdown works: its queue was bounded, its
-#   connection kept, as xl pause is no fault).
+# - Four guests at once: one uses xenstore from its userspace through its own ring (/dev/xen/xenbus: the
+#   xenstore job of guest/init), its node and watch meeting dom0's; the others misbehave on their rings
+#   (xsabuse.ko: req_prod past what the ring holds; a header longer than XENSTORE_PAYLOAD_MAX; the ring left
+#   unread while dom0 fills it with watch events) and lose their connections while the first and dom0 carry
+#   on. Then the first is paused (a ring nobody drains) while dom0 fires watch events at it; unpaused, it
+#   still answers (xl shutdown works: its queue was bounded, its connection kept, as xl pause is no fault).
+#   Xen's C xenstored keeps a running guest that does not read (it bounds its queue): the stalled guest is
+#   left out when dom0 runs it.
 # - xl shutdown and xl destroy release the domains, each firing @releaseDomain.
 #
 # xsbench (not in all): the same fixed batch of xenstore-utils calls and a test-xenstore run, timed, against
 # whichever xenstored dom0 runs; `npm run bench:xen-xenstore` boots with each in turn and reports the ratio.
 XS_GUEST=xsguest               # the xenstore job; then paused, flooded with watch events, unpaused, xl shutdown
 XS_ABUSE_GUESTS="xsindexes:indexes xslength:length"   # name:mode of the guests running xsabuse.ko
-XS_GUEST_MB=32                 # their disks: only their presence matters
-XS_GUEST_MEMORY_MB=128         # three at once
-XS_FLOOD_EVENTS=300            # watch events fired at the paused guest (its frontend bus watches "device")
+[ "$XENSTORED" = xenmesh ] && XS_ABUSE_GUESTS+=" xsstall:stall"
+XS_GUEST_MB=32                 # xsguest's disk: only its presence on the guest's xenbus matters (the
+                               # others have none: xl create waits for a disk's hotplug)
+XS_GUEST_MEMORY_MB=128         # four at once
+XS_FLOOD_EVENTS=300            # watch events fired at the paused guest and the stalled one (their frontend
+                               # buses watch "device"): 12 KiB and more, where the ring holds 1 KiB
+XS_PAUSE_SECONDS=25            # the paused guest stays paused longer than dom0/init's XS_UNREAD_OUTPUT_SECONDS
 XS_DOM0_CALLS=10               # dom0's timed batch, before and while guests misbehave (DATA only)
 TEST_XENSTORE=/usr/lib/xen-4.17/bin/test-xenstore
 TEST_XENSTORE_SECONDS=600      # every test once, under TCG
@@ -50,12 +56,6 @@ wait_release_event() {
   done
 }
 
-xs_guest_names() {
-  local g
-  echo $XS_GUEST
-  for g in $XS_ABUSE_GUESTS; do echo ${g%%:*}; done
-}
-
 # dom0_batch LABEL: XS_DOM0_CALLS writes and reads from dom0, timed (DATA xenstore.dom0-batch-LABEL-ms)
 dom0_batch() {
   local i t0=$EPOCHREALTIME
@@ -65,6 +65,23 @@ dom0_batch() {
   done
   xenstore-rm /local/domain/0/xsbatch
   data "xenstore.dom0-batch-$1-ms" "$(ms_since "$t0")"
+}
+
+# flood_events DOMID: XS_FLOOD_EVENTS writes under the domain's "device" directory, each a watch event for it.
+# One process (process starts cost a quarter of a second under TCG) and one transaction (xenstore-write's),
+# which fires one event per node it changed: each write names a node of its own.
+flood_events() {
+  xenstore-write $(for i in $(seq $XS_FLOOD_EVENTS); do echo "/local/domain/$1/device/xsflood$i $i"; done)
+}
+
+# flood_stalled_guest NAME OFFSET DOMID: once the guest has stopped reading its ring, fills it with watch events
+flood_stalled_guest() {
+  local line
+  line=$(wait_console $1 "$2" 'DOMU: xsabuse stalled|DOMU: xsabuse result=' $((GUEST_DISK_SECONDS + GUEST_JOB_SECONDS))) ||
+    fail "guest $1 did not stall its ring"
+  case $line in *result=*) return ;; esac   # it failed before: wait_guest_result says how
+  flood_events $3 || fail "dom0's writes to the stalled guest's directory failed"
+  info "$XS_FLOOD_EVENTS watch events fired at domain $3, which reads nothing of its ring"
 }
 
 scenario_xenstore() {
@@ -77,7 +94,7 @@ scenario_xenstore() {
   # every @releaseDomain from here on (a watch fires once when set: the first line)
   xenstore-watch @releaseDomain > $XT_RUN/release.watch 2>&1 &
   watcher=$!
-  for name in $(xs_guest_names); do new_image $IMAGES/$name.img $XS_GUEST_MB; done
+  new_image $IMAGES/$XS_GUEST.img $XS_GUEST_MB
   local GUEST_MEMORY_MB=$XS_GUEST_MEMORY_MB
   offset=$(console_offset $XS_GUEST)
   create_guest $XS_GUEST xenstore $IMAGES/$XS_GUEST.img
@@ -85,13 +102,15 @@ scenario_xenstore() {
   for g in $XS_ABUSE_GUESTS; do
     name=${g%%:*} mode=${g#*:}
     abuse_offset[$name]=$(console_offset $name)
-    GUEST_EXTRA="xsabuse=$mode" create_guest $name xsabuse $IMAGES/$name.img
+    GUEST_EXTRA="xsabuse=$mode" GUEST_DISK=none create_guest $name xsabuse none
     abuse_domid[$name]=$(domid_of $name) || fail "no domain $name"
   done
 
-  # the guests that misbehave: each showed its ring working, then wrote garbage, then got no answer
+  # the guests that misbehave: each showed its ring working, then wrote garbage and got no answer, or
+  # stopped reading and was cut off once dom0 had filled its ring
   for g in $XS_ABUSE_GUESTS; do
-    name=${g%%:*}
+    name=${g%%:*} mode=${g#*:}
+    [ "$mode" = stall ] && flood_stalled_guest $name "${abuse_offset[$name]}" "${abuse_domid[$name]}"
     wait_guest_result $name "${abuse_offset[$name]}" xsabuse $((GUEST_DISK_SECONDS + GUEST_JOB_SECONDS))
   done
   dom0_batch while-misbehaving
@@ -111,11 +130,12 @@ scenario_xenstore() {
   # a ring nobody drains: the guest paused, dom0 fires watch events at it (its frontend bus watches its
   # "device" directory) and carries on; unpaused, the guest still has its connection and obeys xl shutdown
   xl_run $XL_COMMAND_SECONDS pause $XS_GUEST || fail "xl pause $XS_GUEST failed"
-  # one process, one write (and one event) per pair: process starts cost a quarter of a second under TCG
-  xenstore-write $(for i in $(seq $XS_FLOOD_EVENTS); do echo "/local/domain/$domid/device/xsflood $i"; done) ||
-    fail "dom0's writes to the paused guest's directory failed"
+  local paused_at=$SECONDS
+  flood_events $domid || fail "dom0's writes to the paused guest's directory failed"
   info "$XS_FLOOD_EVENTS watch events fired at paused domain $domid"
   dom0_batch while-stalled
+  # paused for longer than xenstored lets a running guest leave its ring unread
+  [ $((SECONDS - paused_at)) -lt $XS_PAUSE_SECONDS ] && sleep $((XS_PAUSE_SECONDS - (SECONDS - paused_at)))
   xl_run $XL_COMMAND_SECONDS unpause $XS_GUEST || fail "xl unpause $XS_GUEST failed"
   events=$(release_events)
   shutdown_guest $XS_GUEST
@@ -137,7 +157,7 @@ scenario_xenstore() {
     grep -E "(domain |d)($(IFS='|'; echo "${abuse_domid[*]}"))[^0-9]" "$XENSTORED_LOG" | tail -n 6 |
       while IFS= read -r l; do info "xenstored| $l"; done
   fi
-  for name in $(xs_guest_names); do rm -f $IMAGES/$name.img; done
+  rm -f $IMAGES/$XS_GUEST.img
   scenario_ended
 }
 
