@@ -1,12 +1,20 @@
 #!/usr/bin/env node
 import { Command } from 'commander';
-import { backendCommand } from '../host/cli/backend-cli.js';
 import { commanderExitCode, configure } from '../host/cli/command-line.js';
-import { domainCommand } from '../host/cli/domain-cli.js';
 import { toolstackCommands } from '../host/cli/toolstack-cli.js';
-import { upCommand } from '../host/cli/up.js';
 import { XENMESH_VERSION } from '../host/cli/version.js';
-import { runXenstored } from '../xenstore/daemon/main.js';
+
+/**
+ * The commands whose modules are heavy, loaded only when named: each start
+ * of xenmesh (a driver domain's backend under emulation, every command an
+ * operator types) pays for every module it loads. The toolstack's commands
+ * are a thin client of the host's socket and are always there.
+ */
+const HEAVY_COMMANDS: Record<string, () => Promise<Command>> = {
+  up: async () => (await import('../host/cli/up.js')).upCommand(),
+  domain: async () => (await import('../host/cli/domain-cli.js')).domainCommand(),
+  backend: async () => (await import('../host/cli/backend-cli.js')).backendCommand(),
+};
 
 const USAGE = `Usage: xenmesh <command> [options]
 
@@ -35,9 +43,11 @@ Options:
 
 Each command takes --help.`;
 
-function program(): Command {
+/** The command line, with the heavy command asked for (if one is) among the toolstack's. */
+async function program(command: string): Promise<Command> {
   const xenmesh = configure(new Command('xenmesh'), 'xenmesh', USAGE).version(XENMESH_VERSION, '-V, --version');
-  for (const command of [upCommand(), ...toolstackCommands(), domainCommand(), backendCommand()]) xenmesh.addCommand(command);
+  const heavy = Object.hasOwn(HEAVY_COMMANDS, command) ? [await HEAVY_COMMANDS[command]!()] : [];
+  for (const each of [...toolstackCommands(), ...heavy]) xenmesh.addCommand(each);
   // Listed for --help; its arguments are xenstored's own (C xenstored's), parsed by it.
   xenmesh.command('xenstored');
   return xenmesh;
@@ -45,13 +55,13 @@ function program(): Command {
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
-  if (command === 'xenstored') return runXenstored(rest);
+  if (command === 'xenstored') return (await import('../xenstore/daemon/main.js')).runXenstored(rest);
   if (command === undefined) {
     process.stdout.write(`${USAGE}\n`);
     return 1;
   }
   try {
-    await program().parseAsync(argv, { from: 'user' });
+    await (await program(command)).parseAsync(argv, { from: 'user' });
     return Number(process.exitCode ?? 0);
   } catch (err) {
     const code = commanderExitCode(err);

@@ -17,7 +17,8 @@ import type { BlkbackOptions } from '../../blkback/driver.js';
 import type { IoEngineChoice } from '../../blkback/ring-messages.js';
 import { DEFAULT_RING_THREADS } from '../../blkback/ring-threads.js';
 import { serviceNotifier } from '../../shared/sd-notify.js';
-import { createMetricsRegistry, METRICS_OPTION_USAGE, MetricsAddressError, parseMetricsAddress, serveMetrics, type MetricsServer } from './metrics.js';
+import { METRICS_OPTION_USAGE, MetricsAddressError, parseMetricsAddress } from './metrics-address.js';
+import type { MetricsServer } from './metrics.js';
 import { BACKEND_ROLE_NAME, backendBlockStats, type BackendRoleConfig } from '../machine/backend-role.js';
 import { workerModule } from '../machine/worker-modules.js';
 import { runs, subcommand } from './command-line.js';
@@ -149,6 +150,7 @@ export async function runBackend(values: BackendOptions): Promise<number> {
   let metrics: MetricsServer | undefined;
   if (metricsAddress) {
     try {
+      const { createMetricsRegistry, serveMetrics } = await import('./metrics.js');
       metrics = await serveMetrics(metricsAddress, createMetricsRegistry({ workers: () => supervisor.status(), blockStats: () => backendBlockStats(supervisor).catch(() => []) }));
     } catch (err) {
       return fail((err as Error).message);

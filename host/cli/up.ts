@@ -12,7 +12,8 @@ import { waitForDevice } from '../toolstack/device-wait.js';
 import { chooseDiskAccess, DiskRefused, type DiskAccess } from '../toolstack/disk-check.js';
 import { Host } from '../machine/host.js';
 import { runs, subcommand } from './command-line.js';
-import { createMetricsRegistry, METRICS_OPTION_USAGE, MetricsAddressError, parseMetricsAddress, serveMetrics, type MetricsServer } from './metrics.js';
+import { METRICS_OPTION_USAGE, MetricsAddressError, parseMetricsAddress } from './metrics-address.js';
+import type { MetricsServer } from './metrics.js';
 import { checkHostPaths } from './paths.js';
 import { HostPrompt, PROMPT_HINT } from './prompt.js';
 import { formatDevices, formatStatus } from './report.js';
@@ -126,7 +127,8 @@ export async function runUp(values: UpOptions): Promise<number> {
   let metrics: MetricsServer | undefined;
   if (metricsAddress) {
     try {
-      metrics = await serveMetrics(metricsAddress, hostMetrics(host));
+      const { serveMetrics } = await import('./metrics.js');
+      metrics = await serveMetrics(metricsAddress, await hostMetrics(host));
     } catch (err) {
       process.stderr.write(`xenmesh up: ${(err as Error).message}\n`);
       return 1;
@@ -276,7 +278,8 @@ async function waitConnected(host: Host, spec: DeviceSpec): Promise<void> {
 }
 
 /** The host's figures for the metrics endpoint, read when scraped. */
-function hostMetrics(host: Host) {
+async function hostMetrics(host: Host) {
+  const { createMetricsRegistry } = await import('./metrics.js');
   return createMetricsRegistry({
     blockStats: () => host.blockStats(),
     // A xenstored restarting serves no figures for that scrape rather than failing it.

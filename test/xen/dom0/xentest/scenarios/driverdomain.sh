@@ -98,11 +98,13 @@ scenario_driverdomain() {
   local line states fe dd
   declare -A DD_DOMID DD_OFFSET GUEST_DOMID GUEST_OFFSET
   build_dd_initrd
-  # both driver domains and both guests start together: each domain has one vCPU, and the machine two
+  # both driver domains start together, each guest as soon as its driver domain serves: each domain has
+  # one vCPU, and the machine two
   for dd in $DD $DD_FAILING; do create_dd $dd; done
-  for dd in $DD $DD_FAILING; do wait_dd_ready $dd; done
   local PATTERN_COUNT=$DD_PATTERN_COUNT
+  wait_dd_ready $DD
   create_dd_guest $DD_GUEST ddbasic $DD
+  wait_dd_ready $DD_FAILING
   create_dd_guest $DD_FAIL_GUEST ddfollow $DD_FAILING
   wait_guest_disk $DD_GUEST "${GUEST_OFFSET[$DD_GUEST]}"
   wait_guest_disk $DD_FAIL_GUEST "${GUEST_OFFSET[$DD_FAIL_GUEST]}"

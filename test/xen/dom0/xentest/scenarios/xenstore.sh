@@ -20,7 +20,7 @@ XS_GUEST_MB=32                 # xsguest's disk: only its presence on the guest'
 XS_GUEST_MEMORY_MB=128         # four at once
 XS_FLOOD_EVENTS=300            # watch events fired at the paused guest and the stalled one (their frontend
                                # buses watch "device"): 12 KiB and more, where the ring holds 1 KiB
-XS_PAUSE_SECONDS=25            # the paused guest stays paused longer than dom0/init's XS_UNREAD_OUTPUT_SECONDS
+XS_PAUSE_SECONDS=15            # the paused guest stays paused longer than dom0/init's XS_UNREAD_OUTPUT_SECONDS (10)
 XS_DOM0_CALLS=10               # dom0's timed batch, before and while guests misbehave (DATA only)
 TEST_XENSTORE=/usr/lib/xen-4.17/bin/test-xenstore
 TEST_XENSTORE_SECONDS=600      # every test once, under TCG
