@@ -27,6 +27,7 @@ import { setLogLevel } from '../shared/log.js';
 import { RunProgress } from '../shared/progress.js';
 import { Host } from '../host/machine/host.js';
 import type { StartInfo } from '../host/toolstack/domain-builder.js';
+import { rotated, spread, withRange } from './rounds.js';
 
 const DURATION_MS = Number(process.env['BENCH_MS'] ?? 2000);
 const ROUNDS = Number(process.env['BENCH_ROUNDS'] ?? 3);
@@ -45,24 +46,6 @@ function run<T>(data: unknown): { worker: Worker; result: Promise<T> } {
   return { worker, result };
 }
 
-interface Spread {
-  readonly median: number;
-  readonly min: number;
-  readonly max: number;
-}
-
-function spread(values: number[]): Spread {
-  const sorted = [...values].sort((a, b) => a - b);
-  const middle = Math.floor(sorted.length / 2);
-  const median = sorted.length % 2 === 1 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
-  return { median, min: sorted[0]!, max: sorted[sorted.length - 1]! };
-}
-
-/** The measures in the order of round `round`: rotated by one each round. */
-function rotated<T>(items: readonly T[], round: number): T[] {
-  const shift = round % items.length;
-  return [...items.slice(shift), ...items.slice(0, shift)];
-}
 
 /**
  * Runs every measure once per round, the order rotated from round to
@@ -170,7 +153,6 @@ async function xenstoreReads(host: Host, inFlight: number, progress: RunProgress
 const fmt = (n: number) => Math.round(n).toLocaleString('en-US');
 
 /** A median with its range, e.g. `14,771 (13,902–15,310)`. */
-const withRange = (s: Spread, format: (n: number) => string) => `${format(s.median)} (${format(s.min)}–${format(s.max)})`;
 const ratio = (n: number) => n.toFixed(2);
 
 function row(measure: string, platform: number[], baseline: number[]): string {
