@@ -160,6 +160,18 @@ export class BlkbackRing {
     // The view is reused for the next request: what the response echoes is taken now.
     const { idLow, idHigh } = request;
     const operation = request.kind === 'indirect' ? request.indirectOp : request.operation;
+    // One response per request taken, whatever happens below: a second one
+    // would answer a request the frontend may already have reused its id
+    // for (Linux's blkfront stops the disk when one comes).
+    let answered = false;
+    const answer = (status: number, bytes: number) => {
+      if (answered) {
+        this.host.log.error(`${this.host.name}: request ${(BigInt(idHigh) << 32n) | BigInt(idLow >>> 0)} (operation ${operation}) completed a second time (status ${status}): not answered again`);
+        return;
+      }
+      answered = true;
+      this.respond(idLow, idHigh, operation, status, bytes, takenAt);
+    };
     let io: BlockIo | Refusal;
     try {
       io = this.translate(request);
@@ -168,12 +180,12 @@ export class BlkbackRing {
     }
     if ('status' in io) {
       this.host.log.debug(`${this.host.name}: request ${request.id} (operation ${request.operation}) answered at once: ${io.why}`);
-      this.respond(idLow, idHigh, operation, io.status, 0, takenAt);
+      answer(io.status, 0);
       return;
     }
     // The bytes it moves, counted once it has: a discard moves none.
     const bytes = io.kind === 'read' || io.kind === 'write' || io.kind === 'barrier' ? io.length : 0;
-    this.queue.submit(io, (status) => this.respond(idLow, idHigh, operation, status, bytes, takenAt));
+    this.queue.submit(io, (status) => answer(status, bytes));
   }
 
   /** What a request asks of the store, once every field is checked. */
