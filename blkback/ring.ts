@@ -166,7 +166,7 @@ export class BlkbackRing {
     let answered = false;
     const answer = (status: number, bytes: number) => {
       if (answered) {
-        this.host.log.error(`${this.host.name}: request ${(BigInt(idHigh) << 32n) | BigInt(idLow >>> 0)} (operation ${operation}) completed a second time (status ${status}): not answered again`);
+        this.host.log.error(`${this.host.name}: internal error: request ${(BigInt(idHigh) << 32n) | BigInt(idLow >>> 0)} (operation ${operation}) completed a second time (status ${status}): not answered again`);
         return;
       }
       answered = true;
