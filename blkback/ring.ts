@@ -164,7 +164,9 @@ export class BlkbackRing {
     // would answer a request the frontend may already have reused its id
     // for (Linux's blkfront stops the disk when one comes).
     let answered = false;
-    const answer = (status: number, bytes: number) => {
+    // The bytes it moves, counted once it has: a refusal or a discard moves none.
+    let bytes = 0;
+    const answer = (status: number) => {
       if (answered) {
         this.host.log.error(`${this.host.name}: internal error: request ${(BigInt(idHigh) << 32n) | BigInt(idLow >>> 0)} (operation ${operation}) completed a second time (status ${status}): not answered again`);
         return;
@@ -180,12 +182,11 @@ export class BlkbackRing {
     }
     if ('status' in io) {
       this.host.log.debug(`${this.host.name}: request ${request.id} (operation ${request.operation}) answered at once: ${io.why}`);
-      answer(io.status, 0);
+      answer(io.status);
       return;
     }
-    // The bytes it moves, counted once it has: a discard moves none.
-    const bytes = io.kind === 'read' || io.kind === 'write' || io.kind === 'barrier' ? io.length : 0;
-    this.queue.submit(io, (status) => answer(status, bytes));
+    if (io.kind === 'read' || io.kind === 'write' || io.kind === 'barrier') bytes = io.length;
+    this.queue.submit(io, answer);
   }
 
   /** What a request asks of the store, once every field is checked. */

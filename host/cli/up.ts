@@ -13,7 +13,7 @@ import { chooseDiskAccess, DiskRefused, type DiskAccess } from '../toolstack/dis
 import { Host } from '../machine/host.js';
 import { runs, subcommand } from './command-line.js';
 import { METRICS_OPTION_USAGE, MetricsAddressError, parseMetricsAddress } from './metrics-address.js';
-import type { MetricsServer } from './metrics.js';
+import type { MetricsServer, MetricsSources } from './metrics.js';
 import { checkHostPaths } from './paths.js';
 import { HostPrompt, PROMPT_HINT } from './prompt.js';
 import { formatDevices, formatStatus } from './report.js';
@@ -127,8 +127,8 @@ export async function runUp(values: UpOptions): Promise<number> {
   let metrics: MetricsServer | undefined;
   if (metricsAddress) {
     try {
-      const { serveMetrics } = await import('./metrics.js');
-      metrics = await serveMetrics(metricsAddress, await hostMetrics(host));
+      const { createMetricsRegistry, serveMetrics } = await import('./metrics.js');
+      metrics = await serveMetrics(metricsAddress, createMetricsRegistry(hostMetrics(host)));
     } catch (err) {
       process.stderr.write(`xenmesh up: ${(err as Error).message}\n`);
       return 1;
@@ -278,13 +278,12 @@ async function waitConnected(host: Host, spec: DeviceSpec): Promise<void> {
 }
 
 /** The host's figures for the metrics endpoint, read when scraped. */
-async function hostMetrics(host: Host) {
-  const { createMetricsRegistry } = await import('./metrics.js');
-  return createMetricsRegistry({
+function hostMetrics(host: Host): MetricsSources {
+  return {
     blockStats: () => host.blockStats(),
     // A xenstored restarting serves no figures for that scrape rather than failing it.
     xenstoreDomains: async () => decodeDomainFigures((await host.supervisor.health('xenstored').catch(() => undefined))?.detail ?? {}),
     workers: () => host.workers(),
     domainName: (domid) => host.platform.listDomains().find((d) => d.domid === domid)?.name,
-  });
+  };
 }
