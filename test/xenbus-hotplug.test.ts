@@ -152,7 +152,13 @@ t.test('hotplug and unplug by hand with xenstore-write and xenstore-chmod on the
   const { frontend, backend } = devicePaths(specs[1]!);
   await xs('xenstore-write', `${backend}/online`, '0', `${backend}/state`, '5');
   await bed.waitStates(specs[1]!, Closed, Closed);
-  t.equal(await xs('xenstore-exists', `${backend}/hotplug-status`).catch(() => 'absent'), 'absent', 'the backend removed hotplug-status');
+  // The backend removes hotplug-status after it publishes Closed (as
+  // FreeBSD's xenbusb_back_localend_changed does), and a toolstack waits for
+  // it to go, as libxl does for a backend in another domain.
+  const hotplugGone = async () => (await xs('xenstore-exists', `${backend}/hotplug-status`).catch(() => 'absent')) === 'absent';
+  const deadline = Date.now() + 5000;
+  while (!(await hotplugGone()) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+  t.ok(await hotplugGone(), 'the backend removed hotplug-status');
   await xs('xenstore-rm', frontend);
   await xs('xenstore-rm', backend);
   await waitFor(() => !front.devices.has('6') && !back.devices.has(`${guest.domid}/6`), 'the device to be detached');
