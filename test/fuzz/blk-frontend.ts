@@ -5,10 +5,10 @@
  * per request, with its id and the operation blkif.h says it names, and
  * the status the model expects.
  */
-import { BlkifOp, BlkifStatus, decodeRequest, encodeRequest, type BlkifAbi, type BlkifRequest, type BlkifResponse } from '../../shared/blkif.js';
+import { BlkifOp, BlkifStatus, decodeRequest, encodeRequest, type BlkifAbi, type BlkifRequest } from '../../shared/blkif.js';
 import { verdict, type DiskPolicy } from './blk-model.js';
 import type { HostilePages } from './blk-pages.js';
-import type { HostileRing } from './blk-ring.js';
+import type { HostileRing, TakenResponse } from './blk-ring.js';
 import type { PlannedRequest } from './blk-requests.js';
 import type { Trail } from './violation.js';
 
@@ -30,6 +30,9 @@ const STATUS_NAMES = new Map<number, string>([
   [BlkifStatus.EOPNOTSUPP, 'EOPNOTSUPP'],
 ]);
 
+/** Responses a report lists before the one it is about. */
+const RECENT_RESPONSES = 12;
+
 const statusName = (status: number | undefined) => (status === undefined ? 'any status' : (STATUS_NAMES.get(status) ?? `status ${status}`));
 
 export type Notification = 'needed' | 'always' | 'storm' | 'later';
@@ -42,6 +45,8 @@ export class HostileFrontend {
   /** Published without a notification yet: waiting for their responses must notify first. */
   private unnotified = false;
   readonly statuses = new Map<string, number>();
+  /** The last responses taken, with the index each was read at, for a report. */
+  private readonly recentResponses: string[] = [];
 
   constructor(
     private readonly ring: HostileRing,
@@ -83,9 +88,9 @@ export class HostileFrontend {
 
   /** Publishes `count` slots it never wrote; the backend must answer whatever they hold. */
   sendStale(count: number, notification: Notification, stormSize: number): void {
-    const slots = this.ring.publishStale(count);
-    for (const slot of slots) this.expect(decodeRequest(this.abi, slot), 'a stale slot');
-    this.trail.add(`published ${count} slots it never wrote, notify ${notification}`);
+    const slots = this.ring.publishStale(count).map((slot) => decodeRequest(this.abi, slot));
+    for (const request of slots) this.expect(request, 'a stale slot');
+    this.trail.add(`published ${count} slots it never wrote (${slots.map((r) => `id ${r.id} ${describe(r)}`).join('; ')}), notify ${notification}`);
     this.notify(notification, true, stormSize);
   }
 
@@ -99,7 +104,11 @@ export class HostileFrontend {
   collect(): void {
     const responses = this.ring.takeResponses();
     if (!responses) throw this.trail.violation('the backend moved its response producer more than a ring ahead');
-    for (const response of responses) this.match(response);
+    for (const taken of responses) {
+      this.match(taken);
+      this.recentResponses.push(`${taken.index}: id ${taken.response.id} op ${taken.response.operation} status ${taken.response.status}`);
+      if (this.recentResponses.length > RECENT_RESPONSES) this.recentResponses.shift();
+    }
   }
 
   /** Waits until every request has its response, then checks what the backend wrote in the pages. */
@@ -158,11 +167,14 @@ export class HostileFrontend {
    * (a hostile frontend reuses them): the response goes to the most
    * constrained one it fits.
    */
-  private match(response: BlkifResponse): void {
+  private match({ response, index, raw }: TakenResponse): void {
     const name = statusName(response.status);
-    if (!STATUS_NAMES.has(response.status)) throw this.trail.violation(`a response with ${name}, which blkif.h does not define (id ${response.id})`);
+    const where = () =>
+      `; read at index ${index} (slot ${index & (this.ring.size - 1)}: ${Buffer.from(raw.subarray(0, 24)).toString('hex')}...); ${this.ring.describeIndexes()}; ` +
+      `${this.sent} sent, ${this.answered} answered; awaiting ids ${this.awaited.map((a) => a.id).join(',') || 'none'}; responses before: ${this.recentResponses.join(' | ') || 'none'}`;
+    if (!STATUS_NAMES.has(response.status)) throw this.trail.violation(`a response with ${name}, which blkif.h does not define (id ${response.id})${where()}`);
     const sameId = this.awaited.filter((a) => a.id === response.id);
-    if (sameId.length === 0) throw this.trail.violation(`a response (id ${response.id}, operation ${response.operation}, ${name}) to no request awaiting one`);
+    if (sameId.length === 0) throw this.trail.violation(`a response (id ${response.id}, operation ${response.operation}, ${name}) to no request awaiting one${where()}`);
     const fits = sameId.filter((a) => a.operation === response.operation && (a.status === undefined || a.status === response.status));
     if (fits.length === 0) {
       const a = sameId[0]!;

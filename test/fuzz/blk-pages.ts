@@ -92,8 +92,9 @@ export class HostilePages implements PageKnowledge {
 
   /** References that name nothing the backend may use: granted elsewhere, ended, never granted. */
   badGrefs(): number[] {
-    // After many batches the allocator comes round to the top of the table: a ring page may hold one of those.
-    const never = NEVER_GRANTED.filter((gref) => !this.ringGrefs.includes(gref));
+    // After many batches the allocator comes round to the top of the table:
+    // a ring page or a page the backend may use may hold one of those.
+    const never = NEVER_GRANTED.filter((gref) => !this.ringGrefs.includes(gref) && !this.classes.has(gref));
     return [...this.foreign.map((p) => p.gref), ...this.ended.map((p) => p.gref), ...never];
   }
 

@@ -12,6 +12,13 @@ import { FrontRing, SharedRing } from '../../shared/ring.js';
 
 const u32 = (n: number) => n >>> 0;
 
+/** A response as read off the ring: decoded, the index it was read at, and the slot's bytes. */
+export interface TakenResponse {
+  readonly response: BlkifResponse;
+  readonly index: number;
+  readonly raw: Uint8Array;
+}
+
 export class HostileRing {
   readonly front: FrontRing;
   readonly grefs: number[];
@@ -92,18 +99,28 @@ export class HostileRing {
     this.front.sring.reqProd = u32(this.front.rspCons + distance);
   }
 
-  /** The responses waiting, or undefined if the backend's producer index is more than a ring ahead. */
-  takeResponses(): BlkifResponse[] | undefined {
-    const out: BlkifResponse[] = [];
+  /**
+   * The responses waiting, each with the ring index it was read at, or
+   * undefined if the backend's producer index is more than a ring ahead.
+   */
+  takeResponses(): TakenResponse[] | undefined {
+    const out: TakenResponse[] = [];
     for (;;) {
       const waiting = this.front.unconsumedResponses();
       if (waiting < 0) return undefined;
       if (waiting === 0) return out;
       for (let i = 0; i < waiting; i++) {
+        const index = this.front.rspCons;
         this.front.takeResponse(this.entry);
-        out.push(decodeResponse(this.abi, this.entry));
+        out.push({ response: decodeResponse(this.abi, this.entry), index, raw: Uint8Array.from(this.entry) });
       }
     }
+  }
+
+  /** Where the ring's indexes stand, shared and private, for a report. */
+  describeIndexes(): string {
+    const { sring, reqProdPvt, rspCons } = this.front;
+    return `req_prod ${sring.reqProd} (private ${reqProdPvt}), rsp_prod ${sring.rspProd}, rsp_cons ${rspCons}, ring of ${this.size}`;
   }
 
   /**
