@@ -141,7 +141,8 @@ async function runBlkifBatch(t: Testbed, seed: Seed, diskNumber: number, logs: L
   if (internal.length > 0) throw trail.violation(`internal errors were logged: ${internal.map(format).join(' | ')}`);
   const { frontend, overrun } = fuzzed;
   const statuses = [...frontend.statuses].map(([name, n]) => `${n} ${name}`).join(', ');
-  return `${frontend.sent} requests on a ${1 << shape.order}-page ${shape.abi} ring (${statuses})${overrun ? ', then the producer overran the ring' : ''}`;
+  const leftOut = frontend.leftOut > 0 ? `, ${frontend.leftOut} left out for reading into the ring` : '';
+  return `${frontend.sent} requests on a ${1 << shape.order}-page ${shape.abi} ring (${statuses})${leftOut}${overrun ? ', then the producer overran the ring' : ''}`;
 }
 
 /** Connects the hostile disk by hand and fuzzes its ring for a batch's steps. */

@@ -5,7 +5,18 @@
  * per request, with its id and the operation blkif.h says it names, and
  * the status the model expects.
  */
-import { BlkifOp, BlkifStatus, decodeRequest, encodeRequest, type BlkifAbi, type BlkifRequest } from '../../shared/blkif.js';
+import {
+  BLKIF_SEGMENT_BYTES,
+  BlkifOp,
+  BlkifStatus,
+  decodeRequest,
+  decodeSegments,
+  encodeRequest,
+  indirectPagesFor,
+  type BlkifAbi,
+  type BlkifRequest,
+  type BlkifSegment,
+} from '../../shared/blkif.js';
 import { verdict, type DiskPolicy } from './blk-model.js';
 import type { HostilePages } from './blk-pages.js';
 import type { HostileRing, TakenResponse } from './blk-ring.js';
@@ -41,6 +52,8 @@ export class HostileFrontend {
   private readonly awaited: Awaited[] = [];
   /** Requests published (stale slots included). */
   sent = 0;
+  /** Requests (or stale slots) left out for having the backend read into the ring's own pages. */
+  leftOut = 0;
   answered = 0;
   /** Published without a notification yet: waiting for their responses must notify first. */
   private unnotified = false;
@@ -73,24 +86,40 @@ export class HostileFrontend {
   /** Puts requests on the ring and publishes them, notifying as told. */
   send(planned: readonly PlannedRequest[], notification: Notification, stormSize: number): void {
     const entry = new Uint8Array(this.ring.entryBytes);
+    const left = new Set<PlannedRequest>();
     for (const p of planned) {
       if (p.indirect) this.pages.writeIndirect(p.indirect.page, p.indirect.bytes);
       if (p.raw) entry.set(p.raw.subarray(0, entry.length));
       else encodeRequest(this.abi, p.request, entry);
-      this.ring.put(entry);
       // The model judges what the backend will read, not what was meant: the slot decoded.
-      this.expect(decodeRequest(this.abi, entry), p.what);
+      const request = decodeRequest(this.abi, entry);
+      if (this.fillsRing(request)) {
+        left.add(p);
+        this.leftOut++;
+        continue;
+      }
+      this.ring.put(entry);
+      this.expect(request, p.what);
     }
     const needed = this.ring.publish();
-    this.trail.add(`${planned.length} requests (${planned.map((p) => p.what).join(', ')}), notify ${notification}${needed ? ' (needed)' : ''}`);
+    const sent = planned.filter((p) => !left.has(p));
+    this.trail.add(
+      `${sent.length} requests (${sent.map((p) => p.what).join(', ')}), notify ${notification}${needed ? ' (needed)' : ''}` +
+        (left.size > 0 ? `; left out for reading into the ring's own pages: ${[...left].map((p) => p.what).join(', ')}` : ''),
+    );
     this.notify(notification, needed, stormSize);
   }
 
   /** Publishes `count` slots it never wrote; the backend must answer whatever they hold. */
   sendStale(count: number, notification: Notification, stormSize: number): void {
-    const slots = this.ring.publishStale(count).map((slot) => decodeRequest(this.abi, slot));
+    const stale = this.ring.staleSlots(count).map((slot) => decodeRequest(this.abi, slot));
+    // Up to the first that would have the backend read into the ring itself.
+    const harmful = stale.findIndex((request) => this.fillsRing(request));
+    const slots = harmful < 0 ? stale : stale.slice(0, harmful);
+    this.leftOut += stale.length - slots.length;
+    this.ring.publishStale(slots.length);
     for (const request of slots) this.expect(request, 'a stale slot');
-    this.trail.add(`published ${count} slots it never wrote (${slots.map((r) => `id ${r.id} ${describe(r)}`).join('; ')}), notify ${notification}`);
+    this.trail.add(`published ${slots.length} slots it never wrote (${slots.map((r) => `id ${r.id} ${describe(r)}`).join('; ')}), notify ${notification}`);
     this.notify(notification, true, stormSize);
   }
 
@@ -151,6 +180,30 @@ export class HostileFrontend {
         this.unnotified = true;
         break;
     }
+  }
+
+  /**
+   * Whether the request asks the backend to READ into the ring's own pages:
+   * they are granted to it writable, as data pages are, so it would, and
+   * what it then found on its ring would be the frontend's own undoing,
+   * nothing the model can judge. Such requests are left out. An indirect
+   * request's segments are looked at where their page's contents are known.
+   */
+  private fillsRing(request: BlkifRequest): boolean {
+    const intoRing = (segments: readonly BlkifSegment[]) => segments.some((s) => this.pages.classOf(s.gref) === 'ring');
+    if (request.kind === 'rw') return request.operation === BlkifOp.READ && intoRing(request.segments);
+    if (request.kind !== 'indirect' || request.indirectOp !== BlkifOp.READ) return false;
+    if (request.nrSegments < 1 || request.nrSegments > this.disk.maxIndirectSegments) return false;
+    const segments: BlkifSegment[] = [];
+    let left = request.nrSegments;
+    for (const gref of request.indirectGrefs.slice(0, indirectPagesFor(request.nrSegments))) {
+      const bytes = this.pages.stableBytes(gref);
+      if (!bytes) continue;
+      const here = Math.min(left, bytes.length / BLKIF_SEGMENT_BYTES);
+      decodeSegments(bytes, here, segments);
+      left -= here;
+    }
+    return intoRing(segments);
   }
 
   private expect(request: BlkifRequest, what: string): void {

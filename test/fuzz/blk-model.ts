@@ -128,7 +128,9 @@ function dataIo(
     count += BigInt(s.lastSect - s.firstSect + 1);
   }
   if (sector + count > disk.sectors) return answer(ERROR, `sectors ${sector}..${sector + count} past the end`, fills);
-  const needed: GrantClass[] = kind === 'read' ? ['rw'] : ['rw', 'ro'];
+  // The frontend never has the backend READ into its ring (HostileFrontend
+  // leaves such requests out): what would follow is not the backend's doing.
+  const needed: GrantClass[] = kind === 'read' ? ['rw'] : ['rw', 'ro', 'ring'];
   const unusable = segments.find((s) => !needed.includes(pages.classOf(s.gref)));
   if (unusable) return answer(ERROR, `gref ${unusable.gref} is not granted for a ${kind}`, fills);
   return answer(OKAY, `a ${kind} of ${count} sectors`, fills);

@@ -16,8 +16,13 @@ import type { PageKnowledge } from './blk-model.js';
 import type { Prng } from './prng.js';
 import { FuzzViolation } from './violation.js';
 
-/** What the backend may do with a grant reference of this frontend. */
-export type GrantClass = 'rw' | 'ro' | 'bad';
+/**
+ * What the backend may do with a grant reference of this frontend. The
+ * ring's own pages are granted writable to the backend like data pages: a
+ * request may name them, and the backend cannot tell (a WRITE from them is
+ * served as any other).
+ */
+export type GrantClass = 'rw' | 'ro' | 'ring' | 'bad';
 
 /** How many pages of each class a batch has. */
 const DATA_PAGES = 48;
@@ -52,8 +57,8 @@ export class HostilePages implements PageKnowledge {
     private readonly domain: DomainInterface,
     backendDomid: number,
     otherDomid: number,
-    /** The ring's own grants: a request naming them would have the backend write over its ring. */
-    private readonly ringGrefs: readonly number[],
+    /** The ring's own grants: a READ naming them would have the backend write over its ring. */
+    ringGrefs: readonly number[],
     rng: Prng,
   ) {
     const make = (count: number, to: number, readonly: boolean, what: string): Page[] => {
@@ -74,6 +79,7 @@ export class HostilePages implements PageKnowledge {
     for (const page of this.ended) domain.grants.endAccess(page.gref);
     for (const page of this.data) this.classes.set(page.gref, 'rw');
     for (const page of [...this.readOnly, ...this.indirect]) this.classes.set(page.gref, 'ro');
+    for (const gref of ringGrefs) this.classes.set(gref, 'ring');
   }
 
   classOf(gref: number): GrantClass {
@@ -94,7 +100,7 @@ export class HostilePages implements PageKnowledge {
   badGrefs(): number[] {
     // After many batches the allocator comes round to the top of the table:
     // a ring page or a page the backend may use may hold one of those.
-    const never = NEVER_GRANTED.filter((gref) => !this.ringGrefs.includes(gref) && !this.classes.has(gref));
+    const never = NEVER_GRANTED.filter((gref) => !this.classes.has(gref));
     return [...this.foreign.map((p) => p.gref), ...this.ended.map((p) => p.gref), ...never];
   }
 

@@ -78,20 +78,22 @@ export class HostileRing {
   }
 
   /**
-   * Publishes `count` slots without writing them: the backend finds
-   * whatever they held (responses of the previous lap, or zeros). Returns
-   * copies of what they hold, for the oracle to know what was asked.
+   * Copies of what the next `count` slots hold (responses of the previous
+   * lap, or zeros), for the oracle to know what publishing them unwritten
+   * asks.
    */
-  publishStale(count: number): Uint8Array[] {
-    const stale: Uint8Array[] = [];
-    for (let i = 0; i < count; i++) {
+  staleSlots(count: number): Uint8Array[] {
+    return Array.from({ length: count }, (_, i) => {
       const copy = new Uint8Array(this.entry.length);
-      this.front.sring.readEntry(this.front.reqProdPvt, copy);
-      stale.push(copy);
-      this.front.reqProdPvt = u32(this.front.reqProdPvt + 1);
-    }
+      this.front.sring.readEntry(u32(this.front.reqProdPvt + i), copy);
+      return copy;
+    });
+  }
+
+  /** Publishes the next `count` slots without writing them: the backend finds whatever they held. */
+  publishStale(count: number): void {
+    this.front.reqProdPvt = u32(this.front.reqProdPvt + count);
     this.front.pushRequestsAndCheckNotify();
-    return stale;
   }
 
   /** Sets the request producer `distance` slots past the last response: more than a ring is an overrun. */
