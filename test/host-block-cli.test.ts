@@ -3,9 +3,11 @@
  * block-detach do them, against a running `xenmesh up`: through the
  * spawned CLI and at the host's prompt, and each refusal (an unknown
  * domain, a missing image, a vdev in use, an unknown vdev, a backend that
- * cannot serve). A disk attached read-only refuses the guest's writes.
+ * cannot serve). A disk attached read-only refuses the guest's writes. A
+ * disk attached to a paused domain is attached once its backend is ready,
+ * as xl does, and connects when the domain runs.
  */
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,6 +15,8 @@ import { Host } from '../host/machine/host.js';
 import { runToolstackAction } from '../host/cli/toolstack-actions.js';
 import { diskDevice, vdevNumber } from '../host/toolstack/devices.js';
 import { setLogSink } from '../shared/log.js';
+import { waitForState } from '../xenbus/read.js';
+import { XenbusState } from '../xenbus/state.js';
 import { LATENCY_BUCKETS_US, type VbdCounters } from '../shared/vbd-stats.js';
 import { DISK_KERNEL, makeImage, runDiskJob } from './helpers/disk-jobs.js';
 import { startXenmeshHost } from './helpers/xenmesh-host.js';
@@ -100,14 +104,13 @@ t.test('block-attach, block-list and block-detach through the CLI and at the pro
   t.equal(host.child.exitCode, null, 'the host runs on');
 });
 
-t.test('a disk attached read-only: the guest reads it and its writes are refused', async (t) => {
+/** A host in this process with a driver domain and a guest, and 16 MiB images made for it in a directory of its own. */
+async function startDiskHost(t: Test, prefix: string, imageNames: readonly string[]) {
   setLogSink(() => {});
   t.teardown(() => setLogSink((level, component, message) => process.stderr.write(`${level} [${component}] ${message}\n`)));
-  const dir = mkdtempSync(join(tmpdir(), 'xenmesh-block-ro-'));
-  const first = join(dir, 'first.img');
-  const second = join(dir, 'second.img');
-  makeImage(first, 16 * 1024 * 1024);
-  makeImage(second, 16 * 1024 * 1024);
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  const images = imageNames.map((name) => join(dir, name));
+  for (const image of images) makeImage(image, 16 * 1024 * 1024);
   const host = new Host({ socket: join(dir, 'socket'), frames: 16384, kernelModule: DISK_KERNEL });
   t.teardown(async () => {
     await host.shutdown();
@@ -116,6 +119,12 @@ t.test('a disk attached read-only: the guest reads it and its writes are refused
   await host.boot();
   const driver = await host.startDomain({ name: 'driver', pages: 2048 }, { backDrivers: ['vbd'] });
   const guest = await host.startDomain({ name: 'guest', pages: 2048 }, { frontDrivers: ['vbd'] });
+  return { host, driver, guest, dir, images };
+}
+
+t.test('a disk attached read-only: the guest reads it and its writes are refused', async (t) => {
+  const { host, driver, guest, images } = await startDiskHost(t, 'xenmesh-block-ro-', ['first.img', 'second.img']);
+  const [first, second] = images as [string, string];
   await host.plugDevice(diskDevice({ frontendDomid: guest.domid, backendDomid: driver.domid, vdev: 'xvda', target: first }));
 
   const said = await runToolstackAction(host, 'block-attach', 'guest', { image: second, readOnly: true });
@@ -148,4 +157,30 @@ t.test('a disk attached read-only: the guest reads it and its writes are refused
   t.match(shown, /err 8 infl 1/, 'errors and in flight');
   t.match(shown, /p50 100us p99 2\.5ms/, 'latency percentiles');
   t.ok(shown.split('\n').every((line) => line.length <= 80), 'within 80 columns', { shown });
+});
+
+t.test('a disk attached to a paused domain: attached once the backend is ready, connected once it runs', async (t) => {
+  const { host, driver, guest, dir, images } = await startDiskHost(t, 'xenmesh-block-paused-', ['late.img']);
+  const [image] = images as [string];
+  t.equal(await runToolstackAction(host, 'pause', 'guest', {}), `domain guest (${guest.domid}) paused`);
+
+  const started = Date.now();
+  const said = await runToolstackAction(host, 'block-attach', 'guest', { image, timeoutMs: 20_000 });
+  t.equal(said, `xvda (${image}, read-write) attached to domain guest (${guest.domid}), served by domain ${driver.domid}; it connects once the domain is unpaused`);
+  t.ok(Date.now() - started < 20_000, 'without waiting out the timeout for a frontend that cannot answer');
+  const devid = vdevNumber('xvda');
+  const backend = `/local/domain/${driver.domid}/backend/vbd/${guest.domid}/${devid}`;
+  t.equal((await host.xenstore.read(`${backend}/state`)).toString(), '2', 'the backend waits in InitWait');
+  t.equal((await host.xenstore.read(`${backend}/hotplug-status`)).toString(), 'connected');
+
+  t.equal(await runToolstackAction(host, 'unpause', 'guest', {}), `domain guest (${guest.domid}) unpaused`);
+  const frontend = `/local/domain/${guest.domid}/device/vbd/${devid}/state`;
+  t.equal(await waitForState(host.xenstore, frontend, [XenbusState.Connected], 20_000), XenbusState.Connected, 'once it runs, the guest connects the disk');
+  const job = await runDiskJob(host.xenstore, guest.domid, { id: 'after-unpause', kind: 'write', count: 8, depth: 4, devid });
+  t.same([job.acked, job.errors], [8, 0], 'and writes to it');
+  t.equal((await host.xenstore.read(`${backend}/state`)).toString(), '4', 'backend Connected');
+
+  // A backend that refuses the disk is said at once, paused or not.
+  await runToolstackAction(host, 'pause', 'guest', {});
+  await t.rejects(runToolstackAction(host, 'block-attach', 'guest', { image: join(dir, 'missing.img') }), /xvdb not attached: .*missing\.img/);
 });

@@ -8,7 +8,7 @@ import { VIRQ_DOM_EXC, type EventChannels, type ShutdownReasonName } from '../..
 import { waitForState } from '../../xenbus/read.js';
 import { XenbusState } from '../../xenbus/state.js';
 import { attachBackend, detachBackend, devicePaths, diskDevice, vdevName, vdevNumber } from '../toolstack/devices.js';
-import { waitForDevice } from '../toolstack/device-wait.js';
+import { waitForBackend, waitForDevice } from '../toolstack/device-wait.js';
 import { DEFAULT_DRIVER_DOMAIN_VBDS } from '../toolstack/device-quotas.js';
 import { checkDiskImages, DiskRefused } from '../toolstack/disk-check.js';
 import { judgeOutcome, type DomainEnd } from '../toolstack/outcome.js';
@@ -641,8 +641,9 @@ export class Host {
   /**
    * Attaches a disk to a running domain, as xl block-attach does: libxl's
    * layout and permissions, the next free xvdX unless told, the domain's
-   * disks' backend unless told; resolves once the disk connects, and says
-   * why when it does not.
+   * disks' backend unless told; resolves once the disk connects (on a
+   * paused domain, once its backend is ready: the guest connects it when it
+   * runs), and says why when it does not.
    */
   async blockAttach(domain: string, image: string, options: { vdev?: string; readOnly?: boolean; backend?: string; timeoutMs?: number }): Promise<string> {
     const timeoutMs = options.timeoutMs ?? DEFAULT_ACTION_TIMEOUT_MS;
@@ -676,6 +677,14 @@ export class Host {
       throw err;
     }
     const mode = options.readOnly ? 'read-only' : 'read-write';
+    if (info.state === 'paused') {
+      // A paused guest's frontend cannot answer until it runs: as xl does,
+      // the attach is done once the backend is ready for it.
+      const ready = await waitForBackend(this.xenstore, spec, timeoutMs);
+      if (ready.outcome === 'failed') throw new DomainActionError(`${vdev} attached to ${label}, but its backend refused it: ${ready.reason}`);
+      if (ready.outcome === 'timeout') throw new DomainActionError(`${vdev} attached to ${label}, but its backend was not ready within ${timeoutMs / 1000} s`);
+      return `${vdev} (${image}, ${mode}) attached to ${label}, served by domain ${backendDomid}; it connects once the domain is unpaused`;
+    }
     const outcome = await waitForDevice(this.xenstore, spec, timeoutMs);
     if (outcome.outcome === 'failed') throw new DomainActionError(`${vdev} attached to ${label}, but it did not connect: ${outcome.reason}`);
     if (outcome.outcome === 'timeout') throw new DomainActionError(`${vdev} attached to ${label}, but it did not connect within ${timeoutMs / 1000} s`);

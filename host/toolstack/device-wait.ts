@@ -5,7 +5,7 @@
  * `error/<device path>/error` in its domain's home).
  */
 import type { XenStoreClient } from '../../xenstore/client/client.js';
-import { readIfVisible, waitForState } from '../../xenbus/read.js';
+import { readIfVisible, readStateAt, waitForState } from '../../xenbus/read.js';
 import { XenbusState, stateName } from '../../xenbus/state.js';
 import { devicePaths, type DeviceSpec } from './devices.js';
 
@@ -15,18 +15,53 @@ export type DeviceOutcome =
   | { readonly outcome: 'failed'; readonly reason: string }
   | { readonly outcome: 'timeout' };
 
+/** What a device's backend did with it: ready for its frontend, refused it, or nothing yet. */
+export type BackendOutcome = { readonly outcome: 'ready' } | { readonly outcome: 'failed'; readonly reason: string } | { readonly outcome: 'timeout' };
+
 /** The states an end reaches on its way to Connected or instead of it. */
 const SETTLED = [XenbusState.Connected, XenbusState.Closing, XenbusState.Closed];
 
-/** Waits up to `timeoutMs` for both ends of a device to connect, the backend first (the frontend connects only after it). */
-export async function waitForDevice(xs: XenStoreClient, spec: DeviceSpec, timeoutMs: number): Promise<DeviceOutcome> {
+/** A device's two ends: where each keeps its state, and where it leaves the reason it gave up. */
+function endsOf(spec: DeviceSpec) {
   const paths = devicePaths(spec);
-  const deadline = Date.now() + timeoutMs;
-  const ends = [
+  return [
     { name: 'backend', state: `${paths.backend}/state`, error: `/local/domain/${spec.backendDomid}/error/backend/${spec.kind}/${spec.frontendDomid}/${spec.devid}/error` },
     { name: 'frontend', state: `${paths.frontend}/state`, error: `/local/domain/${spec.frontendDomid}/error/device/${spec.kind}/${spec.devid}/error` },
-  ];
-  for (const end of ends) {
+  ] as const;
+}
+
+/**
+ * Waits up to `timeoutMs` for a device's backend to be ready for its
+ * frontend (InitWait or Connected, with `hotplug-status` connected), as
+ * libxl waits before it calls a device added: what a toolstack can wait
+ * for when the frontend's domain is not running to answer.
+ */
+export async function waitForBackend(xs: XenStoreClient, spec: DeviceSpec, timeoutMs: number): Promise<BackendOutcome> {
+  const [backend] = endsOf(spec);
+  const directory = devicePaths(spec).backend;
+  // Any change under the backend's directory (its state, hotplug-status) is a reason to look again.
+  const watcher = await xs.watch(directory);
+  const timer = setTimeout(() => void watcher.close().catch(() => {}), timeoutMs);
+  try {
+    for await (const _event of watcher) {
+      const state = await readStateAt(xs, backend.state);
+      if (state === XenbusState.Closing || state === XenbusState.Closed) {
+        return { outcome: 'failed', reason: (await readIfVisible(xs, backend.error)) ?? `its backend went ${stateName(state)}` };
+      }
+      const ready = state === XenbusState.InitWait || state === XenbusState.Connected;
+      if (ready && (await readIfVisible(xs, `${directory}/hotplug-status`)) === 'connected') return { outcome: 'ready' };
+    }
+    return { outcome: 'timeout' };
+  } finally {
+    clearTimeout(timer);
+    await watcher.close().catch(() => {});
+  }
+}
+
+/** Waits up to `timeoutMs` for both ends of a device to connect, the backend first (the frontend connects only after it). */
+export async function waitForDevice(xs: XenStoreClient, spec: DeviceSpec, timeoutMs: number): Promise<DeviceOutcome> {
+  const deadline = Date.now() + timeoutMs;
+  for (const end of endsOf(spec)) {
     const state = await waitForState(xs, end.state, SETTLED, Math.max(0, deadline - Date.now()));
     if (state === undefined) return { outcome: 'timeout' };
     if (state !== XenbusState.Connected) {
