@@ -17,6 +17,7 @@ import {
   type BlkifRequest,
   type BlkifSegment,
 } from '../../shared/blkif.js';
+import { PAGE_SIZE } from '../../shared/platform.js';
 import { verdict, type DiskPolicy } from './blk-model.js';
 import type { HostilePages } from './blk-pages.js';
 import type { HostileRing, TakenResponse } from './blk-ring.js';
@@ -197,10 +198,9 @@ export class HostileFrontend {
     const segments: BlkifSegment[] = [];
     let left = request.nrSegments;
     for (const gref of request.indirectGrefs.slice(0, indirectPagesFor(request.nrSegments))) {
+      const here = Math.min(left, PAGE_SIZE / BLKIF_SEGMENT_BYTES);
       const bytes = this.pages.stableBytes(gref);
-      if (!bytes) continue;
-      const here = Math.min(left, bytes.length / BLKIF_SEGMENT_BYTES);
-      decodeSegments(bytes, here, segments);
+      if (bytes) decodeSegments(bytes, here, segments);
       left -= here;
     }
     return intoRing(segments);
