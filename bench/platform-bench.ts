@@ -46,7 +46,6 @@ function run<T>(data: unknown): { worker: Worker; result: Promise<T> } {
   return { worker, result };
 }
 
-
 /**
  * Runs every measure once per round, the order rotated from round to
  * round, so that none always goes first and a burst of load on the machine
@@ -151,8 +150,6 @@ async function xenstoreReads(host: Host, inFlight: number, progress: RunProgress
 }
 
 const fmt = (n: number) => Math.round(n).toLocaleString('en-US');
-
-/** A median with its range, e.g. `14,771 (13,902–15,310)`. */
 const ratio = (n: number) => n.toFixed(2);
 
 function row(measure: string, platform: number[], baseline: number[]): string {
