@@ -23,6 +23,7 @@ import { diskDevice } from '../host/toolstack/devices.js';
 import { Host } from '../host/machine/host.js';
 import { setLogSink } from '../shared/log.js';
 import type { XenStoreClient } from '../xenstore/client/client.js';
+import { watchUntil } from '../xenbus/read.js';
 import { CHECK_NODE, type ScaleCheck } from './scale-check.js';
 import { RunProgress } from '../shared/progress.js';
 
@@ -79,18 +80,9 @@ async function inTurn<T>(items: readonly T[], limit: number, task: (item: T) => 
 
 /** Waits for a node to be written, by watching it; its value. */
 async function valueOf(xs: XenStoreClient, path: string, timeoutMs: number): Promise<string> {
-  const watcher = await xs.watch(path);
-  const timer = setTimeout(() => void watcher.close(), timeoutMs);
-  try {
-    for await (const _event of watcher) {
-      const value = await xs.tryRead(path);
-      if (value !== undefined) return value;
-    }
-    throw new Error(`${path} was not written within ${timeoutMs} ms`);
-  } finally {
-    clearTimeout(timer);
-    await watcher.close();
-  }
+  const value = await watchUntil(xs, path, timeoutMs, () => xs.tryRead(path));
+  if (value === undefined) throw new Error(`${path} was not written within ${timeoutMs} ms`);
+  return value;
 }
 
 export async function runOnce(guests: number): Promise<ScaleRun> {

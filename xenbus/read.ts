@@ -28,13 +28,25 @@ export async function readStateAt(xs: XenStoreClient, statePath: string): Promis
  * the connection closed).
  */
 export async function waitForState(xs: XenStoreClient, statePath: string, wanted: readonly number[], timeoutMs: number): Promise<number | undefined> {
-  const watcher = await xs.watch(statePath);
+  return watchUntil(xs, statePath, timeoutMs, async () => {
+    const state = await readStateAt(xs, statePath);
+    return wanted.includes(state) ? state : undefined;
+  });
+}
+
+/**
+ * Watches `path` (and what is under it) for at most `timeoutMs`, asking
+ * `look` after every event, and returns the first answer it gives that is
+ * not undefined; undefined on timeout (or if the connection closed). The
+ * watch fires once when set, so `look` sees things as they are first.
+ */
+export async function watchUntil<T>(xs: XenStoreClient, path: string, timeoutMs: number, look: () => Promise<T | undefined>): Promise<T | undefined> {
+  const watcher = await xs.watch(path);
   const timer = setTimeout(() => void watcher.close().catch(() => {}), timeoutMs);
   try {
-    // The watch fires once when set, so the current state is looked at first.
     for await (const _event of watcher) {
-      const state = await readStateAt(xs, statePath);
-      if (wanted.includes(state)) return state;
+      const found = await look();
+      if (found !== undefined) return found;
     }
     return undefined;
   } finally {

@@ -5,7 +5,7 @@
  * `error/<device path>/error` in its domain's home).
  */
 import type { XenStoreClient } from '../../xenstore/client/client.js';
-import { readIfVisible, readStateAt, waitForState } from '../../xenbus/read.js';
+import { readIfVisible, readStateAt, waitForState, watchUntil } from '../../xenbus/read.js';
 import { XenbusState, stateName } from '../../xenbus/state.js';
 import { devicePaths, type DeviceSpec } from './devices.js';
 
@@ -40,22 +40,15 @@ export async function waitForBackend(xs: XenStoreClient, spec: DeviceSpec, timeo
   const [backend] = endsOf(spec);
   const directory = devicePaths(spec).backend;
   // Any change under the backend's directory (its state, hotplug-status) is a reason to look again.
-  const watcher = await xs.watch(directory);
-  const timer = setTimeout(() => void watcher.close().catch(() => {}), timeoutMs);
-  try {
-    for await (const _event of watcher) {
-      const state = await readStateAt(xs, backend.state);
-      if (state === XenbusState.Closing || state === XenbusState.Closed) {
-        return { outcome: 'failed', reason: (await readIfVisible(xs, backend.error)) ?? `its backend went ${stateName(state)}` };
-      }
-      const ready = state === XenbusState.InitWait || state === XenbusState.Connected;
-      if (ready && (await readIfVisible(xs, `${directory}/hotplug-status`)) === 'connected') return { outcome: 'ready' };
+  const outcome = await watchUntil<BackendOutcome>(xs, directory, timeoutMs, async () => {
+    const state = await readStateAt(xs, backend.state);
+    if (state === XenbusState.Closing || state === XenbusState.Closed) {
+      return { outcome: 'failed', reason: (await readIfVisible(xs, backend.error)) ?? `its backend went ${stateName(state)}` };
     }
-    return { outcome: 'timeout' };
-  } finally {
-    clearTimeout(timer);
-    await watcher.close().catch(() => {});
-  }
+    const ready = state === XenbusState.InitWait || state === XenbusState.Connected;
+    return ready && (await readIfVisible(xs, `${directory}/hotplug-status`)) === 'connected' ? { outcome: 'ready' } : undefined;
+  });
+  return outcome ?? { outcome: 'timeout' };
 }
 
 /** Waits up to `timeoutMs` for both ends of a device to connect, the backend first (the frontend connects only after it). */
