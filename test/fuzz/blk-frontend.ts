@@ -5,20 +5,8 @@
  * per request, with its id and the operation blkif.h says it names, and
  * the status the model expects.
  */
-import {
-  BLKIF_SEGMENT_BYTES,
-  BlkifOp,
-  BlkifStatus,
-  decodeRequest,
-  decodeSegments,
-  encodeRequest,
-  indirectPagesFor,
-  type BlkifAbi,
-  type BlkifRequest,
-  type BlkifSegment,
-} from '../../shared/blkif.js';
-import { PAGE_SIZE } from '../../shared/platform.js';
-import { verdict, type DiskPolicy } from './blk-model.js';
+import { BlkifOp, BlkifStatus, decodeRequest, encodeRequest, type BlkifAbi, type BlkifRequest, type BlkifSegment } from '../../shared/blkif.js';
+import { knownIndirectSegments, verdict, type DiskPolicy } from './blk-model.js';
 import type { HostilePages } from './blk-pages.js';
 import type { HostileRing, TakenResponse } from './blk-ring.js';
 import type { PlannedRequest } from './blk-requests.js';
@@ -195,15 +183,7 @@ export class HostileFrontend {
     if (request.kind === 'rw') return request.operation === BlkifOp.READ && intoRing(request.segments);
     if (request.kind !== 'indirect' || request.indirectOp !== BlkifOp.READ) return false;
     if (request.nrSegments < 1 || request.nrSegments > this.disk.maxIndirectSegments) return false;
-    const segments: BlkifSegment[] = [];
-    let left = request.nrSegments;
-    for (const gref of request.indirectGrefs.slice(0, indirectPagesFor(request.nrSegments))) {
-      const here = Math.min(left, PAGE_SIZE / BLKIF_SEGMENT_BYTES);
-      const bytes = this.pages.stableBytes(gref);
-      if (bytes) decodeSegments(bytes, here, segments);
-      left -= here;
-    }
-    return intoRing(segments);
+    return intoRing(knownIndirectSegments(request, this.pages).segments);
   }
 
   private expect(request: BlkifRequest, what: string): void {

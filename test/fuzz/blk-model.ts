@@ -22,6 +22,7 @@
  */
 import {
   BLKIF_MAX_SEGMENTS_PER_REQUEST,
+  BLKIF_SEGMENT_BYTES,
   BlkifOp,
   BlkifStatus,
   SECTORS_PER_PAGE,
@@ -30,6 +31,7 @@ import {
   type BlkifRequest,
   type BlkifSegment,
 } from '../../shared/blkif.js';
+import { PAGE_SIZE } from '../../shared/platform.js';
 import type { GrantClass } from './blk-pages.js';
 
 /** What the backend offers, from the keys it published. */
@@ -79,16 +81,9 @@ export function verdict(request: BlkifRequest, disk: DiskPolicy, pages: PageKnow
       if (request.nrSegments < 1 || request.nrSegments > disk.maxIndirectSegments) return answer(ERROR, `${request.nrSegments} indirect segments`);
       const grefs = request.indirectGrefs.slice(0, indirectPagesFor(request.nrSegments));
       if (grefs.some((gref) => pages.classOf(gref) === 'bad')) return answer(ERROR, 'an indirect page not granted to the backend');
-      const segments: BlkifSegment[] = [];
-      let left = request.nrSegments;
-      for (const gref of grefs) {
-        const bytes = pages.stableBytes(gref);
-        // A writable page may change under the backend: what it reads there is unknowable.
-        if (!bytes) return { status: undefined, operation, fills: undefined, why: 'segments in a page whose contents may change' };
-        const here = Math.min(left, bytes.length / 8);
-        decodeSegments(bytes, here, segments);
-        left -= here;
-      }
+      const { segments, complete } = knownIndirectSegments(request, pages);
+      // A writable page may change under the backend: what it reads there is unknowable.
+      if (!complete) return { status: undefined, operation, fills: undefined, why: 'segments in a page whose contents may change' };
       return dataIo(request.indirectOp === BlkifOp.READ ? 'read' : 'write', request.sectorNumber, segments, disk, pages, answer);
     }
     case 'rw':
@@ -109,6 +104,25 @@ export function verdict(request: BlkifRequest, disk: DiskPolicy, pages: PageKnow
           return answer(EOPNOTSUPP, `operation ${request.operation}`);
       }
   }
+}
+
+/**
+ * The segments an indirect request's pages hold, where the model knows
+ * their contents (pages the backend may only read), each page counting its
+ * share of nr_segments; `complete` when it knows every page's.
+ */
+export function knownIndirectSegments(request: BlkifRequest & { kind: 'indirect' }, pages: PageKnowledge): { segments: BlkifSegment[]; complete: boolean } {
+  const segments: BlkifSegment[] = [];
+  let complete = true;
+  let left = request.nrSegments;
+  for (const gref of request.indirectGrefs.slice(0, indirectPagesFor(request.nrSegments))) {
+    const here = Math.min(left, PAGE_SIZE / BLKIF_SEGMENT_BYTES);
+    const bytes = pages.stableBytes(gref);
+    if (bytes) decodeSegments(bytes, here, segments);
+    else complete = false;
+    left -= here;
+  }
+  return { segments, complete };
 }
 
 function dataIo(
